@@ -1,0 +1,1 @@
+"""The eager-mlx command line (installed as eager_mlx.cli)."""

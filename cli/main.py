@@ -1,0 +1,10 @@
+"""The `eager-mlx` click group; each command lives in its own module."""
+import click
+
+__all__ = ["cli"]
+
+
+@click.group()
+@click.version_option(package_name="eager-mlx")
+def cli() -> None:
+    """Entropy-aware adaptive generation (EAGer) on MLX."""

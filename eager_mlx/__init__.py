@@ -1,0 +1,1 @@
+"""eager-mlx: entropy-aware adaptive generation on MLX."""

@@ -1,0 +1,85 @@
+"""Result and event dataclasses produced by the engine."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+__all__ = [
+    "SequenceResult",
+    "RunResult",
+    "TokenEvent",
+    "BranchEvent",
+    "SequenceFinished",
+    "RunFinished",
+    "Event",
+]
+
+
+@dataclass
+class SequenceResult:
+    """One finished sequence (a row) of a request."""
+
+    index: int  # 0 is the request's first row; children are numbered in branch order
+    token_ids: list[int]  # generated tokens only, the inherited prefix included
+    text: str
+    finish_reason: str  # "eos" | "stop" | "length" | "aborted"
+    parent: Optional[int]  # index of the sequence it branched from, None for row 0 / parallel rows
+    branch_step: Optional[int]  # position (in token_ids) of its first own token, None if no parent
+    entropies: list[float]  # token entropy (nats) at each generated position
+    logprobs: list[float]  # log-probability (temperature 1) of each generated token
+    answer: Optional[str] = None  # last \boxed{...}, if any
+
+
+@dataclass
+class RunResult:
+    """Everything one request produced."""
+
+    request_id: str
+    sequences: list[SequenceResult]
+    prompt_tokens: int
+    generated_tokens: int  # real tokens, shared prefixes counted once
+    answer: Optional[str]  # majority vote over the sequences' answers
+    threshold: float  # the theta it ran with
+    elapsed_s: float
+    branch_points: int = 0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self.sequences)
+
+
+@dataclass
+class TokenEvent:
+    request_id: str
+    sequence: int
+    token: int
+    text: str  # the text this token added (may be "" while a UTF-8 character is incomplete)
+    entropy: float
+
+
+@dataclass
+class BranchEvent:
+    request_id: str
+    parent: int
+    child: int
+    step: int  # position in the parent's generated tokens where the two differ
+    entropy: float
+    parent_token: int  # top-1, kept by the parent
+    child_token: int  # top-2, taken by the child
+
+
+@dataclass
+class SequenceFinished:
+    request_id: str
+    sequence: int
+    finish_reason: str
+
+
+@dataclass
+class RunFinished:
+    request_id: str
+    result: RunResult
+
+
+Event = Union[TokenEvent, BranchEvent, SequenceFinished, RunFinished]

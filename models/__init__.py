@@ -1,0 +1,1 @@
+"""Model presets and model tooling (installed as eager_mlx.models)."""
