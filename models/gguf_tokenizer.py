@@ -1,0 +1,102 @@
+"""Rebuild a Hugging Face tokenizer (tokenizer.json + tokenizer_config.json) from GGUF metadata.
+
+Only byte-level BPE vocabularies (`tokenizer.ggml.model == "gpt2"`) are
+supported: SmolLM, Qwen2/2.5/3 and Llama 3 use them. The pre-tokenizer follows
+`tokenizer.ggml.pre`, mirroring llama.cpp's rules, so token ids match the
+model's own tokenizer.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+from .errors import ModelError
+from .gguf_model import GGUFModel
+
+__all__ = ["build_tokenizer", "write_tokenizer"]
+
+log = logging.getLogger(__name__)
+
+_CONTROL, _USER_DEFINED = 3, 4
+
+_QWEN2_SPLIT = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
+                r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_GPT2_NAMES = ("gpt2", "default", "gpt-2")
+
+
+def _pre_tokenizer(pre: str):
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pre == "smollm":  # digits one by one, then the GPT-2 regex
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    split = {"qwen2": _QWEN2_SPLIT, "llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT}.get(pre)
+    if split is not None:
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False, trim_offsets=False),
+        ])
+    if pre not in _GPT2_NAMES:
+        log.warning("unknown GGUF pre-tokenizer %r; using the GPT-2 rules", pre)
+    return byte_level
+
+
+def build_tokenizer(gguf: GGUFModel) -> tuple[Tokenizer, dict]:
+    """The `tokenizers.Tokenizer` and the tokenizer_config.json contents for a GGUF file."""
+    kind = gguf.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise ModelError(f"{gguf.path}: tokenizer type {kind!r} is not supported (only byte-level BPE, 'gpt2')")
+    tokens: list[str] = gguf.get("tokenizer.ggml.tokens")
+    merges: list[str] = gguf.get("tokenizer.ggml.merges") or []
+    types: list[int] = gguf.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    pre = str(gguf.get("tokenizer.ggml.pre", "default"))
+
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges],
+                     fuse_unk=False, byte_fallback=False)
+    tokenizer = Tokenizer(bpe)
+    if pre == "qwen2":
+        tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = _pre_tokenizer(pre)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
+                                  for i, t in enumerate(types) if t == _CONTROL])
+    tokenizer.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
+                          for i, t in enumerate(types) if t == _USER_DEFINED])
+
+    def token(key: str) -> str | None:
+        i = gguf.get(f"tokenizer.ggml.{key}_token_id")
+        return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
+
+    bos, eos, pad = token("bos"), token("eos"), token("padding")
+    add_bos = bool(gguf.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
+    processor = [processors.ByteLevel(trim_offsets=False)]
+    if add_bos:
+        processor.append(processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])]))
+    tokenizer.post_processor = processors.Sequence(processor)
+
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": bos,
+        "eos_token": eos,
+        "pad_token": pad or eos,
+        "add_bos_token": add_bos,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": int(gguf.get(f"{gguf.architecture}.context_length", 4096)),
+    }
+    template = gguf.get("tokenizer.chat_template")
+    if template:
+        config["chat_template"] = str(template)
+    return tokenizer, config
+
+
+def write_tokenizer(gguf: GGUFModel, out_dir: Path) -> None:
+    """Write tokenizer.json and tokenizer_config.json for `gguf` into `out_dir`."""
+    tokenizer, config = build_tokenizer(gguf)
+    tokenizer.save(str(out_dir / "tokenizer.json"))
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))

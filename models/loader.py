@@ -1,0 +1,150 @@
+"""`load_model`: presets, local mlx-lm directories, GGUF files and hub ids -> a ready mlx-lm model.
+
+Weights are adapted to the backend at load time:
+- CPU (the Linux CPU build): every weight becomes float32; quantized layers are
+  dequantized first (MLX's quantized matmul is very slow on CPU).
+- Metal / CUDA: models converted from GGUF are cast to float16 and their
+  quantized-in-GGUF weights quantized again with MLX (4, 5, 6 or 8 bits by the
+  GGUF type, group size 32); other models load as mlx-lm stores them.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eager_mlx.packages import cache_root
+
+from .convert import Progress, convert_gguf, is_converted
+from .errors import ModelError
+from .preset import DEFAULT_MODEL, Preset, get_preset, list_presets
+from .sources import gguf_from_packages
+
+__all__ = ["LoadedModel", "load_model", "model_dir", "on_cpu", "on_disk", "prepare_model"]
+
+_GGUF_BITS = {"Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "Q3_K": 4, "Q2_K": 4, "IQ4_NL": 4, "IQ4_XS": 4,
+              "Q5_0": 5, "Q5_1": 5, "Q5_K": 5, "Q6_K": 6, "Q8_0": 8}
+_GROUP_SIZE = 32
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model: the mlx-lm module, its TokenizerWrapper, the preset (if any) and its folder."""
+
+    model: Any  # mlx.nn.Module
+    tokenizer: Any  # mlx_lm.tokenizer_utils.TokenizerWrapper
+    preset: Preset | None
+    path: Path
+
+
+def model_dir(name: str) -> Path:
+    """The cache folder of a converted model: ``~/.cache/eager-mlx/models/NAME``."""
+    return cache_root() / "models" / name
+
+
+def on_disk(preset: Preset) -> bool:
+    """Whether the preset's model is ready locally (converted, or in the hub cache)."""
+    if preset.hub_id is None:
+        return is_converted(model_dir(preset.name))
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(try_to_load_from_cache(preset.hub_id, "config.json"), str)
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.startswith((".", "/", "~")) or ref.endswith(".gguf") or ref.count("/") != 1
+
+
+def prepare_model(ref: str | None = None, progress: Progress | None = None) -> tuple[str, Preset | None]:
+    """Resolve `ref` to an mlx-lm directory (fetching/converting as needed) or a hub id.
+
+    `ref`: None (the default preset), a preset name, an mlx-lm directory, a .gguf
+    file, or a hub id ``OWNER/REPO``. Returns (directory or hub id, preset or None).
+    """
+    ref = ref or DEFAULT_MODEL
+    if ref in {p.name for p in list_presets()}:
+        preset = get_preset(ref)
+        if preset.hub_id is not None:
+            return preset.hub_id, preset
+        out = model_dir(preset.name)
+        if not is_converted(out):
+            with gguf_from_packages(preset, progress) as gguf_path:
+                convert_gguf(gguf_path, out, progress, source=" + ".join(preset.source))
+        return str(out), preset
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path}: not an mlx-lm model directory (no config.json)")
+        return str(path), None
+    if path.is_file():
+        return str(_converted_gguf(path, progress)), None
+    if _looks_like_path(ref):
+        if "/" not in ref and not ref.endswith(".gguf"):
+            get_preset(ref)  # raises: unknown preset, listing the known ones
+        raise ModelError(f"{path}: no such file or directory")
+    return ref, None  # a hub id
+
+
+def _converted_gguf(path: Path, progress: Progress | None) -> Path:
+    stat = path.resolve().stat()
+    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return convert_gguf(path, model_dir(f"gguf-{path.stem}-{digest}"), progress)
+
+
+def load_model(ref: str | None = None, progress: Progress | None = None) -> LoadedModel:
+    """Load a model and its tokenizer, ready for the current backend (see the module docstring).
+
+    `ref` is None (the default preset), a preset name, an mlx-lm directory, a
+    .gguf file, or a hub id. Registry-package presets are fetched and converted
+    on first use and read from the cache afterwards. Raises ModelError.
+    """
+    import mlx_lm
+
+    where, preset = prepare_model(ref, progress)
+    try:
+        model, tokenizer, config = mlx_lm.load(where, lazy=True, return_config=True)
+    except ModelError:
+        raise
+    except Exception as e:  # mlx-lm raises many kinds; keep one line
+        raise ModelError(f"{where}: cannot load model ({type(e).__name__}: {e})") from None
+    _adapt_to_backend(model, config)
+    if isinstance(tokenizer.eos_token_ids, int):
+        tokenizer.eos_token_ids = {tokenizer.eos_token_ids}
+    path = Path(where) if Path(where).is_dir() else Path(mlx_lm.utils.hf_repo_to_path(where))
+    return LoadedModel(model, tokenizer, preset, path)
+
+
+def on_cpu() -> bool:
+    """Whether MLX computes on the CPU (no Metal or CUDA device in use)."""
+    import mlx.core as mx
+
+    return mx.default_device().type == mx.DeviceType.cpu
+
+
+def _adapt_to_backend(model: Any, config: dict) -> None:
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx_lm.utils import dequantize_model
+
+    if on_cpu():
+        dequantize_model(model)
+        model.set_dtype(mx.float32)
+    else:
+        types = config.get("eager_mlx", {}).get("gguf_types")
+        if types:
+            model.set_dtype(mx.float16)
+
+            def bits_for(path: str, module: Any) -> dict | bool:
+                bits = _GGUF_BITS.get(types.get(f"{path}.weight", ""))
+                if bits is None or not hasattr(module, "to_quantized"):
+                    return False
+                if module.weight.shape[-1] % _GROUP_SIZE:
+                    return False
+                return {"group_size": _GROUP_SIZE, "bits": bits}
+
+            nn.quantize(model, class_predicate=bits_for)
+    mx.eval(model.parameters())
