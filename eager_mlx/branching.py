@@ -1,0 +1,70 @@
+"""The EAGer branch rule for one request, decision for decision as the reference.
+
+Pure Python: the engine hands it the statistics of one step (already read back
+from the device) and gets back which rows branch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import EagerConfig
+
+__all__ = ["BranchCandidate", "BranchPolicy"]
+
+
+@dataclass
+class BranchCandidate:
+    """One row of the request at this step."""
+
+    sequence: int  # sequence index (rows are considered in this order)
+    entropy: float
+    think_done: bool  # the row already generated the end-of-thinking marker
+
+
+@dataclass
+class BranchPolicy:
+    """Decides branch points for one request across its steps.
+
+    A row branches at step t when all hold: H_t > theta (or, with the dynamic rule,
+    > max(theta, the chosen percentile of every entropy the request has produced so
+    far, this step's included)); the request has fewer than M sequences; the row has
+    not generated the end-of-thinking marker; and fewer than `no_branch_window`
+    consecutive steps have passed without a branch. Rows are taken in sequence order,
+    so the M cap goes to the oldest rows first.
+    """
+
+    config: EagerConfig
+    num_sequences: int = 1  # running + finished
+    steps_without_branch: int = 0
+    closed: bool = False  # the no-branch window ran out: never branch again
+    _history: list[float] = field(default_factory=list)
+
+    @property
+    def threshold(self) -> float:
+        return self.config.threshold
+
+    def decide(self, rows: list[BranchCandidate]) -> list[int]:
+        """Return the sequence indices that branch at this step (and count them)."""
+        cfg = self.config
+        if cfg.dynamic_threshold:
+            self._history.extend(r.entropy for r in rows)
+        if cfg.parallel or self.closed:
+            return []
+        if self.steps_without_branch >= cfg.no_branch_window:
+            self.closed = True
+            return []
+        wanting = [r for r in sorted(rows, key=lambda r: r.sequence) if r.entropy > cfg.threshold and not r.think_done]
+        if wanting and cfg.dynamic_threshold:
+            # Only computed when some row is above theta: the effective threshold is never lower.
+            theta = max(cfg.threshold, float(np.percentile(self._history, cfg.dynamic_percentile)))
+            wanting = [r for r in wanting if r.entropy > theta]
+        chosen = []
+        for r in wanting:
+            if self.num_sequences >= cfg.max_sequences:
+                break
+            chosen.append(r.sequence)
+            self.num_sequences += 1
+        self.steps_without_branch = 0 if chosen else self.steps_without_branch + 1
+        return chosen

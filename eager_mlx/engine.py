@@ -1,0 +1,451 @@
+"""The batched EAGer engine: one forward pass per step for every row of every request.
+
+A step, pipelined like mlx-lm's `generate_step`:
+
+1. dispatch pass k+1 for all rows, fed with the tokens sampled in pass k
+   (`mx.async_eval`: the device works while Python goes on);
+2. read pass k's statistics (token, top-1, top-2, entropy, log-probs; one
+   transfer, computed inside the graph) and make every decision in Python:
+   finish rows, and branch rows whose entropy is above the threshold;
+3. a branch keeps top-1 in the parent and gives top-2 to a new child row that
+   inherits the parent's suffix KV (the prompt KV is shared, see kv.py). Pass
+   k+1 was dispatched before the decision, so a small *repair pass* over just
+   the affected rows (the new children, and parents whose sampled token was not
+   top-1) rewrites their column before pass k+2. Branches are rare, so repairs
+   cost little and no step ever waits on an extra host sync.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import mlx.core as mx
+import numpy as np
+from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+from .answers import extract_boxed, majority_vote
+from .branching import BranchCandidate, BranchPolicy
+from .config import EagerConfig
+from .kv import PassLayout, PromptGroup, SharedPrefixKV, install_attention
+from .results import (
+    BranchEvent,
+    Event,
+    RunFinished,
+    RunResult,
+    SequenceFinished,
+    SequenceResult,
+    TokenEvent,
+)
+from .sampling import RowSampling, entropy, token_stats
+
+__all__ = ["Engine"]
+
+_PREFILL_CHUNK = 512
+_TOKEN, _TOP1, _TOP2, _ENT, _LP, _LP1, _LP2 = range(7)
+
+
+@dataclass(eq=False)
+class _Request:
+    id: str
+    config: EagerConfig
+    prompt: list[int]
+    policy: BranchPolicy
+    started: float
+    rows: list["_Row"] = field(default_factory=list)  # every row ever created, by sequence index
+    generated: int = 0  # token productions: shared prefixes counted once
+    branch_points: int = 0
+    skipped_full: int = 0
+    done: bool = False
+
+
+@dataclass(eq=False)
+class _Row:
+    request: _Request
+    sequence: int
+    start: int  # absolute KV column of its first generated token
+    detok: object
+    parent: Optional[int] = None
+    branch_step: Optional[int] = None
+    tokens: list[int] = field(default_factory=list)
+    entropies: list[float] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text: str = ""
+    think_done: bool = False
+    finish: Optional[str] = None
+
+
+class Engine:
+    """Batched generation with entropy-aware branching over an mlx-lm model.
+
+    Works with models whose caches are plain `KVCache`s (llama, qwen2, qwen3, ...).
+    See docs/architecture.md for the contract: `add`, `step`, `abort`, `has_work`.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_rows: int = 64,
+        seed: int = 0,
+        context_length: Optional[int] = None,
+        token_events: bool = True,
+    ):
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+        caches = make_prompt_cache(model)
+        if not all(type(c) is KVCache for c in caches):
+            kinds = sorted({type(c).__name__ for c in caches})
+            raise ValueError(f"unsupported model: the engine needs plain KV caches, this model uses {kinds}")
+        install_attention(model)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_rows = max_rows
+        self.token_events = token_events
+        self.context_length = context_length or _context_length(model)
+        self.eos = set(tokenizer.eos_token_ids or ())
+        self.vocab_size = None
+        self._kv = SharedPrefixKV(len(caches))
+        self._key = mx.random.key(seed)
+        self._requests: dict[str, _Request] = {}
+        self._waiting: list[_Request] = []
+        self._rows: list[_Row] = []  # active rows, in slot order
+        self._pending: Optional[mx.array] = None  # (rows, 7) stats of the last pass, not yet read
+        self._column = 0  # absolute column the next pass writes
+        self._sampling_cache: Optional[tuple[tuple, RowSampling]] = None
+
+    # ---- public -----------------------------------------------------------
+    @property
+    def has_work(self) -> bool:
+        return bool(self._rows or self._waiting)
+
+    @property
+    def free_rows(self) -> int:
+        reserved = sum(r.policy.num_sequences for r in self._waiting)
+        return self.max_rows - len(self._rows) - reserved
+
+    @property
+    def num_rows(self) -> int:
+        return len(self._rows)
+
+    def kv_bytes(self) -> int:
+        """Bytes of KV held now (prompts once, plus the row buffers)."""
+        return self._kv.nbytes()
+
+    def add(self, request_id: str, prompt_tokens: list[int], config: EagerConfig) -> None:
+        """Queue a request; it is prefilled on the next `step()`."""
+        config.validate()
+        if request_id in self._requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        if not prompt_tokens:
+            raise ValueError("the prompt is empty: it needs at least one token")
+        if self.context_length and len(prompt_tokens) >= self.context_length:
+            raise ValueError(
+                f"the prompt has {len(prompt_tokens)} tokens, the model's context is {self.context_length}"
+            )
+        initial = config.max_sequences if config.parallel else 1
+        if initial > self.max_rows:
+            raise ValueError(f"parallel sampling needs {initial} rows but the engine has max_rows={self.max_rows}")
+        policy = BranchPolicy(config, num_sequences=initial)
+        req = _Request(request_id, config, list(prompt_tokens), policy, time.perf_counter())
+        self._requests[request_id] = req
+        self._waiting.append(req)
+
+    def abort(self, request_id: str) -> list[Event]:
+        """Stop a request now; its rows are freed and its RunFinished is returned."""
+        req = self._requests.get(request_id)
+        if req is None or req.done:
+            return []
+        if req in self._waiting:
+            self._waiting.remove(req)
+        events: list[Event] = []
+        for row in req.rows:
+            if row.finish is None:
+                row.finish = "aborted"
+                events.append(SequenceFinished(req.id, row.sequence, "aborted"))
+        self._remove_finished()
+        events.extend(self._finish_requests())
+        return events
+
+    def step(self) -> list[Event]:
+        """Advance every row by one token; returns what happened."""
+        events: list[Event] = []
+        if self._pending is None:
+            self._admit()
+            if self._pending is None:
+                return events
+        read = self._pending
+        n_read = len(self._rows)
+        # 1. Dispatch the next pass with the sampled tokens, before reading anything.
+        nxt = self._forward(read[:, _TOKEN].astype(mx.int32), None, self._column)
+        mx.async_eval(nxt)
+        # 2. Read this pass's statistics (the one host sync of the step).
+        stats = np.array(read, copy=False)
+        # 3. Decide: tokens, branches, finishes; then fork and repair the forked rows.
+        repairs, forks = self._decide(stats, events)
+        if forks:
+            self._rows.extend(child for _, child in forks)
+            self._kv.reserve(len(self._rows), self._column, min(r.start for r in self._rows))
+            for i, (parent_slot, child) in enumerate(forks):
+                self._kv.copy_row(parent_slot, n_read + i, child.start, self._column)
+        if repairs:
+            nxt = self._repair(nxt, repairs)
+        self._column += 1
+        self._pending = nxt
+        self._remove_finished()
+        events.extend(self._finish_requests())
+        self._admit()
+        if self._pending is not None:
+            mx.async_eval(self._pending)
+        return events
+
+    # ---- passes -------------------------------------------------------------
+    def _forward(self, tokens: mx.array, slots: Optional[list[int]], column: int) -> mx.array:
+        """One decode pass writing `column` for the given row slots (None: all active rows)."""
+        rows = self._rows if slots is None else [self._rows[s] for s in slots]
+        n = len(rows)
+        lo = min(r.start for r in self._rows)
+        self._kv.reserve(len(self._rows), column, lo)
+        offsets = mx.array([len(r.request.prompt) + column - r.start for r in rows], dtype=mx.int32)
+        starts = mx.array([r.start for r in rows], dtype=mx.int32)
+        mask = mx.arange(lo, column + 1)[None] >= starts[:, None]
+        groups, order = _groups(rows)
+        inverse = None if order is None else mx.array(np.argsort(order), dtype=mx.int32)
+        self._kv.layout = PassLayout(
+            slots=None if slots is None else mx.array(slots, dtype=mx.int32),
+            n=n,
+            column=column,
+            offsets=offsets,
+            lo=lo,
+            mask=mask,
+            groups=groups,
+            inverse=inverse,
+        )
+        logits = self.model(tokens[:, None], cache=self._kv.layers)[:, -1, :]
+        return self._stats(logits, rows)
+
+    def _stats(self, logits: mx.array, rows: list[_Row]) -> mx.array:
+        configs = tuple(r.request.config.sampling for r in rows)
+        if self._sampling_cache is None or self._sampling_cache[0] != configs:
+            self._sampling_cache = (configs, RowSampling.from_configs(configs))
+        self._key, key = mx.random.split(self._key)
+        # Requests may differ in K or full entropy: compute each kind once, pick per row.
+        kinds = [None if r.request.config.full_entropy else r.request.config.entropy_top_k for r in rows]
+        vocab = logits.shape[-1]
+        kinds = [None if k is None or k >= vocab else k for k in kinds]
+        unique = list(dict.fromkeys(kinds))
+        out = token_stats(logits, self._sampling_cache[1], key, unique[0])
+        if len(unique) > 1:
+            logprobs = logits.astype(mx.float32) - mx.logsumexp(logits.astype(mx.float32), axis=-1, keepdims=True)
+            per_kind = {k: entropy(logprobs, k) for k in unique}
+            h = mx.stack([per_kind[k][i] for i, k in enumerate(kinds)])
+            out = mx.concatenate([out[:, :_ENT], h[:, None], out[:, _ENT + 1 :]], axis=1)
+        return out
+
+    def _prefill(self, req: _Request) -> mx.array:
+        cache = make_prompt_cache(self.model)
+        prompt = mx.array(req.prompt, dtype=mx.int32)[None]
+        for i in range(0, len(req.prompt), _PREFILL_CHUNK):
+            logits = self.model(prompt[:, i : i + _PREFILL_CHUNK], cache=cache)
+            if i + _PREFILL_CHUNK < len(req.prompt):
+                mx.eval([c.state for c in cache])
+        plen = len(req.prompt)
+        self._kv.add_prompt(req.id, [(c.keys[:, :, :plen, :], c.values[:, :, :plen, :]) for c in cache])
+        return logits[:, -1, :]
+
+    def _admit(self) -> None:
+        """Prefill waiting requests that fit and append their first rows."""
+        while self._waiting:
+            req = self._waiting[0]
+            initial = req.policy.num_sequences
+            if len(self._rows) + initial > self.max_rows:
+                break
+            self._waiting.pop(0)
+            logits = self._prefill(req)
+            rows = [self._new_row(req, parent=None) for _ in range(initial)]
+            stats = self._stats(mx.repeat(logits, initial, axis=0), rows)
+            self._rows.extend(rows)
+            self._pending = stats if self._pending is None else mx.concatenate([self._pending, stats])
+
+    def _new_row(self, req: _Request, parent: Optional[_Row]) -> _Row:
+        detok = self.tokenizer.detokenizer
+        detok.reset()
+        row = _Row(req, len(req.rows), self._column, detok)
+        if parent is not None:
+            row.start = parent.start
+            row.parent = parent.sequence
+            row.branch_step = len(parent.tokens)
+            row.tokens = list(parent.tokens)
+            row.entropies = list(parent.entropies)
+            row.logprobs = list(parent.logprobs)
+            for t in parent.tokens:
+                detok.add_token(t)
+            row.text = parent.text
+            row.think_done = parent.think_done
+        req.rows.append(row)
+        return row
+
+    def _repair(self, nxt: mx.array, repairs: list[tuple[int, int]]) -> mx.array:
+        """Re-run the just-dispatched column for rows whose token changed and for new children.
+
+        Returns the pass statistics for all rows: `nxt` for untouched rows, the repair's otherwise.
+        """
+        slots = [s for s, _ in repairs]
+        tokens = mx.array([t for _, t in repairs], dtype=mx.int32)
+        fixed = self._forward(tokens, slots, self._column)
+        select = np.arange(len(self._rows))  # children's slots are past len(nxt): always repaired
+        for j, s in enumerate(slots):
+            select[s] = len(nxt) + j
+        return mx.concatenate([nxt, fixed])[mx.array(select, dtype=mx.int32)]
+
+    # ---- decisions ------------------------------------------------------------
+    def _decide(self, stats: np.ndarray, events: list[Event]) -> tuple[list[tuple[int, int]], list[tuple[int, _Row]]]:
+        """Apply the read statistics to every row.
+
+        Returns the repairs (slot, token to feed) and the forks (parent slot, child row);
+        children get the slots after the current rows, in order.
+        """
+        by_request: dict[str, list[int]] = {}
+        for slot, row in enumerate(self._rows):
+            by_request.setdefault(row.request.id, []).append(slot)
+        repairs: list[tuple[int, int]] = []
+        forks: list[tuple[int, _Row]] = []
+        for rid, slots in by_request.items():
+            req = self._requests[rid]
+            cands = [
+                BranchCandidate(self._rows[s].sequence, float(stats[s, _ENT]), self._rows[s].think_done)
+                for s in slots
+            ]
+            branching = set(req.policy.decide(cands))
+            for s in slots:
+                row, st = self._rows[s], stats[s]
+                token, lp = int(st[_TOKEN]), float(st[_LP])
+                if row.sequence in branching:
+                    if len(self._rows) + len(forks) >= self.max_rows:
+                        req.skipped_full += 1
+                        req.policy.num_sequences -= 1
+                    else:
+                        child = self._new_row(req, parent=row)
+                        forks.append((s, child))
+                        top1, top2 = int(st[_TOP1]), int(st[_TOP2])
+                        repairs.append((len(self._rows) + len(forks) - 1, top2))
+                        if token != top1:
+                            repairs.append((s, top1))
+                        token, lp = top1, float(st[_LP1])
+                        req.branch_points += 1
+                        events.append(
+                            BranchEvent(rid, row.sequence, child.sequence, len(row.tokens), float(st[_ENT]), top1, top2)
+                        )
+                        self._append(child, top2, float(st[_ENT]), float(st[_LP2]), events)
+                self._append(row, token, float(st[_ENT]), lp, events)
+        repairs.sort()
+        return repairs, forks
+
+    def _append(self, row: _Row, token: int, entropy: float, lp: float, events: list[Event]) -> None:
+        req, cfg = row.request, row.request.config
+        req.generated += 1
+        row.entropies.append(entropy)
+        row.logprobs.append(lp)
+        if token in self.eos:
+            row.finish = "eos"
+        else:
+            row.tokens.append(token)
+            before = len(row.text)
+            row.detok.add_token(token)
+            row.text = row.detok.text
+            if self.token_events:
+                events.append(TokenEvent(req.id, row.sequence, token, row.text[before:], entropy))
+            tail = row.text[max(0, before - 64) :]
+            if cfg.think_end and not row.think_done and cfg.think_end in tail:
+                row.think_done = True
+            for stop in cfg.stop:
+                if stop in tail:
+                    row.finish = "stop"
+                    break
+            if row.finish is None and (
+                len(row.tokens) >= cfg.max_tokens
+                or (self.context_length and len(req.prompt) + len(row.tokens) >= self.context_length)
+            ):
+                row.finish = "length"
+        if row.finish is not None:
+            events.append(SequenceFinished(req.id, row.sequence, row.finish))
+
+    def _remove_finished(self) -> None:
+        """Drop finished rows: the last live rows move into the freed slots (one suffix copy each)."""
+        keep = [i for i, r in enumerate(self._rows) if r.finish is None]
+        if len(keep) == len(self._rows):
+            return
+        n = len(keep)
+        holes = [i for i in range(n) if self._rows[i].finish is not None]
+        movers = [i for i in keep if i >= n]
+        select = list(range(n))
+        for hole, src in zip(holes, movers):
+            self._kv.copy_row(src, hole, self._rows[src].start, self._column)
+            select[hole] = src
+        self._rows = [self._rows[i] for i in select]
+        if self._pending is not None:
+            self._pending = self._pending[mx.array(select, dtype=mx.int32)] if n else None
+
+    def _finish_requests(self) -> list[Event]:
+        events: list[Event] = []
+        live = {r.request.id for r in self._rows}
+        for req in list(self._requests.values()):
+            if req.done or req.id in live or req in self._waiting or not req.rows:
+                continue
+            req.done = True
+            self._kv.drop_prompt(req.id)
+            events.append(RunFinished(req.id, self._result(req)))
+            del self._requests[req.id]
+        if not self._rows:
+            self._pending = None
+        return events
+
+    def _result(self, req: _Request) -> RunResult:
+        seqs = []
+        for row in req.rows:
+            text = self.tokenizer.decode(row.tokens)
+            if row.finish == "stop":
+                cut = min((text.find(s) for s in row.request.config.stop if s in text), default=-1)
+                text = text[:cut] if cut >= 0 else text
+            seqs.append(
+                SequenceResult(
+                    index=row.sequence,
+                    token_ids=row.tokens,
+                    text=text,
+                    finish_reason=row.finish or "aborted",
+                    parent=row.parent,
+                    branch_step=row.branch_step,
+                    entropies=row.entropies,
+                    logprobs=row.logprobs,
+                    answer=extract_boxed(text),
+                )
+            )
+        return RunResult(
+            request_id=req.id,
+            sequences=seqs,
+            prompt_tokens=len(req.prompt),
+            generated_tokens=req.generated,
+            answer=majority_vote(s.answer for s in seqs),
+            threshold=req.config.threshold,
+            elapsed_s=time.perf_counter() - req.started,
+            branch_points=req.branch_points,
+            info={"branches_skipped_full": req.skipped_full, "parallel": req.config.parallel},
+        )
+
+
+def _groups(rows: list[_Row]) -> tuple[list[PromptGroup], Optional[list[int]]]:
+    """Group pass positions by request; `order` is the concatenation order (None if already grouped)."""
+    positions: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        positions.setdefault(r.request.id, []).append(i)
+    if len(positions) == 1:
+        return [PromptGroup(rows[0].request.id, None)], None
+    order = [i for pos in positions.values() for i in pos]
+    groups = [PromptGroup(rid, mx.array(pos, dtype=mx.int32)) for rid, pos in positions.items()]
+    return groups, (None if order == list(range(len(rows))) else order)
+
+
+def _context_length(model) -> Optional[int]:
+    args = getattr(model, "args", None)
+    return getattr(args, "max_position_embeddings", None) if args is not None else None

@@ -1,0 +1,86 @@
+"""Test doubles: a byte-level tokenizer and tiny random mlx-lm models."""
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+__all__ = ["ByteTokenizer", "tiny_model"]
+
+
+class _ByteDetokenizer:
+    def __init__(self, tok: "ByteTokenizer"):
+        self._tok = tok
+        self.reset()
+
+    def reset(self):
+        self.tokens: list[int] = []
+        self.text = ""
+        self.offset = 0
+
+    def add_token(self, token: int) -> None:
+        self.tokens.append(token)
+        self.text = self._tok.decode(self.tokens)
+
+    def finalize(self) -> None:
+        pass
+
+
+class ByteTokenizer:
+    """Token i < 256 is byte i; 256 is EOS, 257 '</think>'; the rest decode to ''."""
+
+    EOS = 256
+    THINK_END = 257
+
+    def __init__(self, vocab_size: int = 300):
+        self.vocab_size = vocab_size
+        self.eos_token_ids = {self.EOS}
+        self.eos_token_id = self.EOS
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, tokens) -> str:
+        out, raw = [], bytearray()
+        for t in tokens:
+            if t < 256:
+                raw.append(t)
+            else:
+                out.append(raw.decode("utf-8", "replace"))
+                raw = bytearray()
+                out.append("</think>" if t == self.THINK_END else "")
+        out.append(raw.decode("utf-8", "replace"))
+        return "".join(out)
+
+    @property
+    def detokenizer(self) -> _ByteDetokenizer:
+        return _ByteDetokenizer(self)
+
+
+def tiny_model(kind: str = "llama", vocab_size: int = 300, seed: int = 0, layers: int = 2) -> nn.Module:
+    """A small random mlx-lm model (fp32) of the given architecture."""
+    mx.random.seed(seed)
+    common = dict(
+        model_type=kind,
+        hidden_size=64,
+        num_hidden_layers=layers,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-5,
+        vocab_size=vocab_size,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    )
+    if kind == "llama":
+        from mlx_lm.models import llama as arch
+    elif kind == "qwen3":
+        from mlx_lm.models import qwen3 as arch
+
+        common.update(head_dim=16, rope_theta=10000.0)
+    elif kind == "qwen2":
+        from mlx_lm.models import qwen2 as arch
+    else:
+        raise ValueError(kind)
+    model = arch.Model(arch.ModelArgs.from_dict(common))
+    mx.eval(model.parameters())
+    return model
