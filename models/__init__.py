@@ -6,7 +6,7 @@ fetched and converted once into ``~/.cache/eager-mlx/models/NAME``.
 """
 from .convert import convert_gguf
 from .errors import ModelError
-from .loader import LoadedModel, load_model, model_dir, on_cpu, on_disk, prepare_model
+from .loader import LoadedModel, load_model, model_dir, on_cpu, on_disk, prepare_model, pull_model
 from .preset import DEFAULT_MODEL, Preset, get_preset, list_presets
 
 __all__ = [
@@ -22,4 +22,5 @@ __all__ = [
     "on_cpu",
     "on_disk",
     "prepare_model",
+    "pull_model",
 ]

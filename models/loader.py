@@ -21,7 +21,7 @@ from .errors import ModelError
 from .preset import DEFAULT_MODEL, Preset, get_preset, list_presets
 from .sources import gguf_from_packages
 
-__all__ = ["LoadedModel", "load_model", "model_dir", "on_cpu", "on_disk", "prepare_model"]
+__all__ = ["LoadedModel", "load_model", "model_dir", "on_cpu", "on_disk", "prepare_model", "pull_model"]
 
 _GGUF_BITS = {"Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "Q3_K": 4, "Q2_K": 4, "IQ4_NL": 4, "IQ4_XS": 4,
               "Q5_0": 5, "Q5_1": 5, "Q5_K": 5, "Q6_K": 6, "Q8_0": 8}
@@ -86,6 +86,20 @@ def prepare_model(ref: str | None = None, progress: Progress | None = None) -> t
             get_preset(ref)  # raises: unknown preset, listing the known ones
         raise ModelError(f"{path}: no such file or directory")
     return ref, None  # a hub id
+
+
+def pull_model(ref: str, progress: Progress | None = None) -> str:
+    """Make `ref` ready on disk (fetch + convert, or download a hub model); return its folder."""
+    where, _ = prepare_model(ref, progress)
+    if Path(where).is_dir():
+        return where
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(where, allow_patterns=[
+            "*.json", "model*.safetensors", "*.py", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"])
+    except Exception as e:  # network and hub errors come in many kinds
+        raise ModelError(f"{where}: cannot download from the hub ({type(e).__name__}: {e})") from None
 
 
 def _converted_gguf(path: Path, progress: Progress | None) -> Path:
