@@ -8,3 +8,5 @@ __all__ = ["cli"]
 @click.version_option(package_name="eager-mlx")
 def cli() -> None:
     """Entropy-aware adaptive generation (EAGer) on MLX."""
+
+from . import models as _models; cli.add_command(_models.models)  # noqa: E402,E702
