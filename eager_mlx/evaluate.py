@@ -1,0 +1,379 @@
+"""The evaluation loop: scheduler -> engine -> grading -> one JSONL record per prompt.
+
+A run directory holds ``manifest.json`` (model, dataset and its hash, every
+setting, package versions, seed, and at the end the summary) and
+``results.jsonl``: one record per prompt, appended, flushed and fsynced as soon
+as the scheduler says the prompt is complete. A run killed at any moment loses
+at most the prompts in flight; ``resume=True`` reads the records back (a torn
+last line, from a kill mid-write, is truncated), replays their runs into the
+scheduler so the budget decisions come out as before, and runs only the rest.
+Random draws of the remaining prompts differ from an uninterrupted run (the
+engine's random stream restarts), the decisions' inputs do not.
+
+A record: index, id, question, gold, the runs (request id, theta, M, sequences,
+tokens, ...), every sequence (answer, how it was extracted, correct, tokens,
+finish reason, parent, text unless ``save_text`` is off), the prompt's metrics,
+its wall time and ``t_done`` (seconds since the run began, summed over
+sessions; the run's wall time is the largest).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from eager_mlx.config import EagerConfig
+from eager_mlx.data import Dataset
+from eager_mlx.grading import DEFAULT_FALLBACKS, extract_answer, grade
+from eager_mlx.metrics import PromptMetrics, RunMetrics, prompt_metrics, run_metrics
+from eager_mlx.results import RunFinished, RunResult
+from eager_mlx.scheduler import RunOutcome, RunRequest, Scheduler, SchedulerConfig
+
+__all__ = [
+    "EvalError",
+    "EvalSettings",
+    "EvalProgress",
+    "EvalResult",
+    "MANIFEST",
+    "RESULTS",
+    "evaluate",
+    "read_records",
+    "load_run",
+    "record_metrics",
+    "package_versions",
+]
+
+MANIFEST = "manifest.json"
+RESULTS = "results.jsonl"
+FORMAT = 1
+# settings that may change between a run and its resume without changing any decision
+RESUME_MAY_CHANGE = ("max_rows", "save_text", "grade_timeout")
+
+
+class EvalError(Exception):
+    """The evaluation cannot start or continue; the message is one line."""
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Everything that decides an evaluation besides the model and the data."""
+
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    eager: EagerConfig = field(default_factory=EagerConfig)  # threshold, M, parallel set per run
+    seed: int = 55
+    ks: tuple[int, ...] = (1,)  # unbiased pass@k to report
+    answer_fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS
+    grade_timeout: float = 5.0
+    save_text: bool = True
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+
+@dataclass
+class EvalProgress:
+    """Reported after each prompt is written."""
+
+    done: int
+    total: int
+    pass_at_k: float  # running mean over the prompts done
+    tokens: int
+    sequences: int
+    index: Optional[int]  # the prompt just written (None for the initial report)
+
+
+@dataclass
+class EvalResult:
+    run_dir: Path
+    metrics: RunMetrics
+    records: list[dict]
+    resumed: int  # prompts taken from an earlier session
+
+
+def package_versions() -> dict[str, Optional[str]]:
+    """Versions of the packages that decide results, plus Python and the platform."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, Optional[str]] = {}
+    for name in ("eager-mlx", "mlx", "mlx-lm", "math-verify", "numpy", "transformers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    out["python"] = sys.version.split()[0]
+    out["platform"] = platform.platform()
+    return out
+
+
+def read_records(path: Path, repair: bool = False) -> list[dict]:
+    """Records of a results.jsonl; a torn last line is skipped (and cut off the file with repair)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    lines = data[:end].split(b"\n")[:-1]
+    records = []
+    for n, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n < len(lines):
+                raise EvalError(f"{path}:{n}: corrupt record (not the last line: not a torn write)") from None
+            end -= len(line) + 1  # a torn last line that happens to end in a newline
+    if repair and end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
+    return records
+
+
+def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
+    """The manifest and the records of a run directory (records sorted by prompt index)."""
+    run_dir = Path(run_dir)
+    try:
+        manifest = json.loads((run_dir / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise EvalError(f"{run_dir}: no {MANIFEST}: not a run directory") from None
+    except json.JSONDecodeError as e:
+        raise EvalError(f"{run_dir / MANIFEST}: corrupt ({e.msg})") from None
+    records = sorted(read_records(run_dir / RESULTS), key=lambda r: r["index"])
+    return manifest, records
+
+
+def record_metrics(record: dict) -> PromptMetrics:
+    """The PromptMetrics stored in a record."""
+    return PromptMetrics(**record["metrics"])
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            if k in RESUME_MAY_CHANGE:
+                continue
+            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _outcomes(record: dict) -> list[RunOutcome]:
+    return [
+        RunOutcome(r["request_id"], record["index"], r["num_sequences"], r["generated_tokens"], r["any_correct"])
+        for r in record["runs"]
+    ]
+
+
+@dataclass
+class _PromptState:
+    started: float
+    runs: list[dict] = field(default_factory=list)
+    sequences: list[dict] = field(default_factory=list)
+
+
+class _Writer:
+    """Appends one record a line, flushed and fsynced."""
+
+    def __init__(self, path: Path) -> None:
+        self._f = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _prepare_dir(run_dir: Path, manifest: dict, resume: bool) -> list[dict]:
+    """Create or check the run directory; return the records to resume from."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mpath, rpath = run_dir / MANIFEST, run_dir / RESULTS
+    if not resume:
+        if rpath.exists() and rpath.stat().st_size > 0:
+            raise EvalError(f"{run_dir} already holds results: pass resume (--resume) or another directory")
+        _write_json_atomic(mpath, manifest)
+        return []
+    if not mpath.exists():
+        _write_json_atomic(mpath, manifest)
+        return read_records(rpath, repair=True)
+    old = json.loads(mpath.read_text())
+    keys = ("model", "dataset", "settings")
+    diffs = _differences({k: old.get(k) for k in keys}, {k: manifest[k] for k in keys})
+    if diffs:
+        raise EvalError(f"cannot resume {run_dir}: settings differ ({', '.join(diffs[:5])})")
+    records = read_records(rpath, repair=True)
+    seen: set[int] = set()
+    for r in records:
+        if r["index"] in seen:
+            raise EvalError(f"{rpath}: prompt {r['index']} recorded twice")
+        seen.add(r["index"])
+    return records
+
+
+def evaluate(
+    engine: Any,
+    encode: Callable[[str], list[int]],
+    dataset: Dataset,
+    settings: EvalSettings,
+    run_dir: Path,
+    *,
+    model: str = "",
+    resume: bool = False,
+    progress: Optional[Callable[[EvalProgress], None]] = None,
+    extra_manifest: Optional[dict] = None,
+) -> EvalResult:
+    """Evaluate ``dataset`` with ``engine`` (the engine contract) under ``settings``; see the module docstring."""
+    run_dir = Path(run_dir)
+    if len(dataset) == 0:
+        raise EvalError("the dataset is empty")
+    try:
+        sched = Scheduler(len(dataset), settings.scheduler)
+        settings.eager.validate()
+    except ValueError as e:
+        raise EvalError(str(e)) from None
+    manifest = {
+        "format": FORMAT,
+        "model": model,
+        "method": settings.scheduler.method,
+        "dataset": {
+            "name": dataset.name,
+            "source": dataset.source,
+            "hash": dataset.hash,
+            "size": len(dataset),
+            "template": dataset.template,
+        },
+        "settings": settings.to_dict(),
+        "seed": settings.seed,
+        "versions": package_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": False,
+        **(extra_manifest or {}),
+    }
+    records = _prepare_dir(run_dir, manifest, resume)
+    by_index = {r["index"]: r for r in records}
+    for r in records:
+        sched.replay(r["index"], _outcomes(r))
+    offset = max((r["t_done"] for r in records), default=0.0)
+    t0 = time.perf_counter()
+    totals = {"tokens": sum(r["metrics"]["generated_tokens"] for r in records),
+              "sequences": sum(r["metrics"]["num_sequences"] for r in records),
+              "passed": sum(r["metrics"]["pass_at_k"] for r in records)}
+
+    def report(index: Optional[int]) -> None:
+        if progress is not None:
+            n = len(by_index)
+            progress(EvalProgress(n, len(dataset), totals["passed"] / n if n else 0.0,
+                                  totals["tokens"], totals["sequences"], index))
+
+    states: dict[int, _PromptState] = {}
+    prompts: dict[int, list[int]] = {}
+    requests: dict[str, RunRequest] = {}
+    grades: dict[tuple[int, str], bool] = {}
+
+    def on_finished(result: RunResult) -> RunOutcome:
+        req = requests.pop(result.request_id)
+        i = req.prompt_index
+        gold = dataset.examples[i].answer
+        seqs = []
+        for s in result.sequences:
+            answer, how = extract_answer(s.text, settings.answer_fallbacks)
+            key = (i, answer or "")
+            if key not in grades:
+                grades[key] = grade(answer, gold, timeout=settings.grade_timeout)
+            seq = {"run": req.request_id, "index": s.index, "answer": answer, "extracted_by": how,
+                   "correct": grades[key], "tokens": len(s.token_ids), "finish_reason": s.finish_reason,
+                   "parent": s.parent, "branch_step": s.branch_step}
+            if settings.save_text:
+                seq["text"] = s.text
+            seqs.append(seq)
+        any_correct = any(s["correct"] for s in seqs)
+        st = states[i]
+        st.sequences += seqs
+        st.runs.append({
+            "request_id": req.request_id, "attempt": req.attempt, "threshold": req.threshold,
+            "max_sequences": req.max_sequences, "parallel": req.parallel,
+            "num_sequences": len(seqs), "generated_tokens": result.generated_tokens,
+            "prompt_tokens": result.prompt_tokens, "elapsed_s": result.elapsed_s,
+            "branch_points": result.branch_points, "any_correct": any_correct, "info": result.info,
+        })
+        return RunOutcome(req.request_id, i, len(seqs), result.generated_tokens, any_correct)
+
+    def flush(writer: _Writer) -> None:
+        for i in sched.pop_finished():
+            if i in by_index:
+                continue  # replayed from an earlier session
+            st, ex = states.pop(i), dataset.examples[i]
+            now = time.perf_counter()
+            pm = prompt_metrics(
+                [s["answer"] for s in st.sequences], [s["correct"] for s in st.sequences],
+                generated_tokens=sum(r["generated_tokens"] for r in st.runs),
+                prompt_tokens=sum(r["prompt_tokens"] for r in st.runs),
+                wall_s=now - st.started, ks=settings.ks,
+            )
+            rec = {"index": i, "id": ex.id, "question": ex.question, "gold": ex.answer,
+                   "runs": st.runs, "sequences": st.sequences, "metrics": asdict(pm),
+                   "wall_s": now - st.started, "t_done": offset + now - t0}
+            writer.write(rec)
+            by_index[i] = rec
+            totals["tokens"] += pm.generated_tokens
+            totals["sequences"] += pm.num_sequences
+            totals["passed"] += pm.pass_at_k
+            report(i)
+
+    report(None)
+    writer = _Writer(run_dir / RESULTS)
+    try:
+        while not sched.done:
+            for req in sched.schedule(engine.free_rows).runs:
+                i = req.prompt_index
+                if i in by_index:
+                    raise EvalError(f"resume: prompt {i} is recorded but the settings now give it more runs")
+                if i not in prompts:
+                    prompts[i] = encode(dataset.prompt(i))
+                cfg = dataclasses.replace(settings.eager, threshold=req.threshold,
+                                          max_sequences=req.max_sequences, parallel=req.parallel)
+                states.setdefault(i, _PromptState(time.perf_counter()))
+                requests[req.request_id] = req
+                engine.add(req.request_id, prompts[i], cfg)
+            flush(writer)  # replays can complete prompts without running anything
+            if sched.done:
+                break
+            if not engine.has_work:
+                raise EvalError("internal error: the scheduler is waiting but the engine has nothing to run")
+            outcomes = [on_finished(ev.result) for ev in engine.step() if isinstance(ev, RunFinished)]
+            if outcomes:
+                sched.update_from_output(outcomes)
+                flush(writer)
+    except ValueError as e:  # scheduler / engine rejected settings or a resume mismatch
+        raise EvalError(str(e).splitlines()[0]) from None
+    finally:
+        writer.close()
+    ordered = [by_index[i] for i in sorted(by_index)]
+    wall = max((r["t_done"] for r in ordered), default=0.0)
+    metrics = run_metrics([record_metrics(r) for r in ordered], wall_s=wall)
+    manifest.update({"finished": True, "summary": asdict(metrics), "wall_s": wall,
+                     "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    if resume and (run_dir / MANIFEST).exists():
+        manifest["created"] = json.loads((run_dir / MANIFEST).read_text()).get("created", manifest["created"])
+    _write_json_atomic(run_dir / MANIFEST, manifest)
+    return EvalResult(run_dir, metrics, ordered, resumed=len(records))
