@@ -10,3 +10,4 @@ def cli() -> None:
     """Entropy-aware adaptive generation (EAGer) on MLX."""
 
 from . import models as _models; cli.add_command(_models.models)  # noqa: E402,E702
+from . import solve as _solve; cli.add_command(_solve.solve)  # noqa: E402,E702

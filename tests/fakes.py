@@ -4,7 +4,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-__all__ = ["ByteTokenizer", "tiny_model"]
+__all__ = ["ByteTokenizer", "ScriptedModel", "tiny_model"]
 
 
 class _ByteDetokenizer:
@@ -84,3 +84,49 @@ def tiny_model(kind: str = "llama", vocab_size: int = 300, seed: int = 0, layers
     model = arch.Model(arch.ModelArgs.from_dict(common))
     mx.eval(model.parameters())
     return model
+
+
+class ScriptedModel(nn.Module):
+    """A fake model whose next-token distribution depends only on the generation step.
+
+    `schedule` maps a generation step (0 = first generated token) to a kind:
+    "high" (near-uniform over 20 tokens, entropy ~ln 20), "mid" (near-uniform over 8,
+    ~ln 8), "think" (the end-of-thinking token), "eos"; any other step is "low"
+    (almost surely 'x'). In "high"/"mid" steps top-1 is 'a' and top-2 is 'b'.
+    """
+
+    LOW, TOP1, TOP2 = ord("x"), ord("a"), ord("b")
+
+    def __init__(self, prompt_len: int, schedule: dict[int, str], vocab_size: int = 300):
+        super().__init__()
+        self.prompt_len = prompt_len
+        self.schedule = schedule
+        self.vocab_size = vocab_size
+        self.layers = [None]  # make_prompt_cache builds one KVCache
+
+    @classmethod
+    def logits_for(cls, kind: str, vocab_size: int = 300) -> mx.array:
+        row = [-30.0] * vocab_size
+        if kind in ("high", "mid"):
+            width = 20 if kind == "high" else 8
+            for i in range(width):
+                row[cls.TOP1 + i] = 5.0 - 1e-3 * i
+        elif kind == "think":
+            row[ByteTokenizer.THINK_END] = 30.0
+        elif kind == "eos":
+            row[ByteTokenizer.EOS] = 30.0
+        else:
+            row[cls.LOW] = 30.0
+        return mx.array(row)
+
+    def __call__(self, inputs: mx.array, cache=None):
+        batch, length = inputs.shape
+        layer = cache[0]
+        offset = layer.offset
+        layer.update_and_fetch(mx.zeros((batch, 1, length, 2)), mx.zeros((batch, 1, length, 2)))
+        if isinstance(offset, int):  # prefill: only the last position matters
+            steps = [offset + length - self.prompt_len] * batch
+        else:
+            steps = [int(o) - self.prompt_len + 1 for o in offset.tolist()]
+        rows = [self.logits_for(self.schedule.get(s, "low"), self.vocab_size) for s in steps]
+        return mx.broadcast_to(mx.stack(rows)[:, None, :], (batch, length, self.vocab_size))

@@ -1,0 +1,105 @@
+"""The Python API: load a model, encode a prompt, solve it (streaming or in one call)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator, Optional
+
+from .config import EagerConfig, SamplingConfig
+from .engine import Engine
+from .results import Event, RunFinished, RunResult
+
+__all__ = ["load", "config_for", "encode_prompt", "stream_solve", "solve"]
+
+
+def load(model: Optional[str] = None, progress=None):
+    """Load a model by preset name, mlx-lm folder, .gguf file or hub id (None: the default preset).
+
+    Returns `eager_mlx.models.LoadedModel` (model, tokenizer, preset, path).
+    """
+    from .models import load_model
+
+    return load_model(model, progress=progress)
+
+
+def config_for(preset=None, **overrides: Any) -> EagerConfig:
+    """An EagerConfig with the preset's recommended settings, then `overrides` (None values ignored).
+
+    Sampling fields (temperature, top_p, top_k, min_p) may be given directly.
+    """
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    sampling = {k: overrides.pop(k) for k in ("temperature", "top_p", "top_k", "min_p") if k in overrides}
+    base: dict[str, Any] = {}
+    base_sampling: dict[str, Any] = {}
+    if preset is not None:
+        base = {"threshold": preset.threshold, "think_end": preset.think_end or None}
+        base_sampling = {"temperature": preset.temperature, "top_p": preset.top_p}
+    base.update(overrides)
+    base_sampling.update(sampling)
+    base["sampling"] = dataclasses.replace(SamplingConfig(), **base_sampling)
+    return EagerConfig(**base)
+
+
+def encode_prompt(
+    tokenizer,
+    text: str,
+    *,
+    chat: bool = True,
+    chat_template_kwargs: Optional[dict] = None,
+    system: Optional[str] = None,
+) -> list[int]:
+    """Token ids for a user message, through the model's chat template when it has one."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": text}
+        ]
+        return list(
+            tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, **(chat_template_kwargs or {})
+            )
+        )
+    return list(tokenizer.encode(text))
+
+
+def _unpack(model, tokenizer):
+    """Accept either (model, tokenizer) or a LoadedModel as the first argument."""
+    if tokenizer is None:
+        return model.model, model.tokenizer, getattr(model, "preset", None)
+    return model, tokenizer, None
+
+
+def stream_solve(
+    model,
+    prompt: str | list[int],
+    config: Optional[EagerConfig] = None,
+    *,
+    tokenizer=None,
+    seed: int = 0,
+    chat: bool = True,
+    system: Optional[str] = None,
+) -> Iterator[Event]:
+    """Solve one prompt, yielding TokenEvent / BranchEvent / SequenceFinished, then RunFinished.
+
+    `model` is a LoadedModel, or an mlx-lm model with `tokenizer=` given. `prompt` is
+    text (chat-templated unless `chat=False`) or token ids. Build the generator on the
+    thread that drives it: MLX streams are per thread.
+    """
+    model, tokenizer, preset = _unpack(model, tokenizer)
+    config = config or config_for(preset)
+    if isinstance(prompt, str):
+        kwargs = preset.chat_template_kwargs if preset is not None else None
+        tokens = encode_prompt(tokenizer, prompt, chat=chat, chat_template_kwargs=kwargs, system=system)
+    else:
+        tokens = list(prompt)
+    context = preset.context_length if preset is not None else None
+    engine = Engine(model, tokenizer, max_rows=config.max_sequences, seed=seed, context_length=context)
+    engine.add("0", tokens, config)
+    while engine.has_work:
+        yield from engine.step()
+
+
+def solve(model, prompt: str | list[int], config: Optional[EagerConfig] = None, **kwargs: Any) -> RunResult:
+    """Solve one prompt and return its RunResult (sequences, voted answer, token counts)."""
+    for event in stream_solve(model, prompt, config, **kwargs):
+        if isinstance(event, RunFinished):
+            return event.result
+    raise RuntimeError("the engine stopped without finishing the request")

@@ -1,0 +1,71 @@
+"""`eager-mlx solve` through click's CliRunner, on a tiny random model."""
+import json
+from types import SimpleNamespace
+
+import pytest
+from click.testing import CliRunner
+
+import eager_mlx
+from eager_mlx.cli.main import cli
+
+from fakes import ByteTokenizer, tiny_model
+
+
+@pytest.fixture
+def fake_load(monkeypatch):
+    loaded = SimpleNamespace(model=tiny_model(), tokenizer=ByteTokenizer(), preset=None, path=None)
+    monkeypatch.setattr(eager_mlx, "load", lambda ref=None, progress=None: loaded)
+    return loaded
+
+
+Q = r"What is 12*12? Put the final answer in \boxed{}."
+
+
+def solve_json(*args):
+    res = CliRunner().invoke(cli, ["solve", Q, "--json", "--max-tokens", "12", "--temperature", "1", *args])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output)
+
+
+def test_low_threshold_branches_high_threshold_does_not(fake_load):
+    many = solve_json("--threshold", "2.5", "-M", "6")
+    assert len(many["sequences"]) > 1
+    assert many["generated_tokens"] > 12
+    one = solve_json("--threshold", "100")
+    assert len(one["sequences"]) == 1
+    seq = one["sequences"][0]
+    assert one["generated_tokens"] == len(seq["token_ids"]) + (seq["finish_reason"] == "eos")
+    assert one["config"]["threshold"] == 100
+
+
+def test_parallel_flag_gives_m_sequences(fake_load):
+    out = solve_json("--parallel", "-M", "3")
+    assert len(out["sequences"]) == 3 and out["config"]["parallel"] is True
+
+
+def test_text_view_prints_summary(fake_load):
+    res = CliRunner().invoke(cli, ["solve", Q, "--max-tokens", "8", "--threshold", "100"])
+    assert res.exit_code == 0, res.output
+    assert "sequences:  1" in res.output and "tokens/s" in res.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--threshold", "-1"], "threshold (theta) must be >= 0, got -1.0"),
+        (["-M", "0"], "max_sequences (M) must be >= 1, got 0"),
+        (["--entropy-k", "1"], "entropy_top_k (K) must be >= 2, got 1"),
+        (["--top-p", "0"], "top_p must be in (0, 1], got 0.0"),
+    ],
+)
+def test_bad_values_are_one_line_errors(fake_load, args, message):
+    res = CliRunner().invoke(cli, ["solve", Q, *args])
+    assert res.exit_code == 1
+    assert res.output.strip() == f"Error: {message}"
+
+
+def test_unknown_model_is_one_line_error():
+    res = CliRunner().invoke(cli, ["solve", Q, "--model", "no-such-model-anywhere"])
+    assert res.exit_code == 1
+    assert res.output.startswith("Error: ") and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1

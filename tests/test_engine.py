@@ -1,0 +1,134 @@
+"""The engine on tiny random mlx-lm models: fork correctness, randomness, reproducibility."""
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from eager_mlx import EagerConfig, Engine, SamplingConfig
+from eager_mlx.results import RunFinished, SequenceFinished
+from eager_mlx.sampling import entropy
+
+from fakes import ByteTokenizer, tiny_model
+
+TOK = ByteTokenizer()
+
+
+def run_all(engine):
+    results = {}
+    while engine.has_work:
+        for ev in engine.step():
+            if isinstance(ev, RunFinished):
+                results[ev.request_id] = ev.result
+    return results
+
+
+def reference_stats(model, prompt, tokens):
+    """Log-probs and top-20 entropies of `tokens` decoded from scratch (no cache)."""
+    logits = model(mx.array(prompt + tokens)[None])[0].astype(mx.float32)
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    p = len(prompt)
+    lp = [logprobs[p - 1 + i, t].item() for i, t in enumerate(tokens)]
+    h = entropy(logprobs[p - 1 : p - 1 + len(tokens)], 20).tolist()
+    return np.array(lp), np.array(h)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3", "qwen2"])
+def test_forked_rows_match_decoding_from_scratch(kind):
+    """Every token of every row (children included, two prompts in one batch) has the
+    log-prob and entropy that a from-scratch forward pass over the same tokens gives."""
+    model = tiny_model(kind)
+    engine = Engine(model, TOK, max_rows=16, seed=3)
+    prompts = {"a": TOK.encode("Hello world, a longer prompt"), "b": TOK.encode("Hi")}
+    hot = SamplingConfig(temperature=1.0)
+    engine.add("a", prompts["a"], EagerConfig(threshold=2.8, max_sequences=6, max_tokens=24, sampling=hot))
+    engine.add("b", prompts["b"], EagerConfig(threshold=2.8, max_sequences=3, max_tokens=16, sampling=hot))
+    results = run_all(engine)
+    assert sum(r.num_sequences for r in results.values()) > 2, "the test needs branches"
+    for rid, result in results.items():
+        for seq in result.sequences:
+            lp, h = reference_stats(model, prompts[rid], seq.token_ids)
+            np.testing.assert_allclose(seq.logprobs[: len(lp)], lp, atol=2e-4)
+            np.testing.assert_allclose(seq.entropies[: len(h)], h, atol=2e-4)
+
+
+def test_children_inherit_the_parent_prefix():
+    engine = Engine(tiny_model(), TOK, max_rows=16, seed=1)
+    engine.add("a", TOK.encode("Hello"), EagerConfig(threshold=2.8, max_sequences=8, max_tokens=20,
+                                                     sampling=SamplingConfig(temperature=1.0)))
+    result = run_all(engine)["a"]
+    seqs = {s.index: s for s in result.sequences}
+    children = [s for s in seqs.values() if s.parent is not None]
+    assert children
+    for child in children:
+        parent = seqs[child.parent]
+        k = child.branch_step
+        assert child.token_ids[:k] == parent.token_ids[:k]
+        assert child.token_ids[k] != parent.token_ids[k]
+    own = sum(len(s.token_ids) - (s.branch_step or 0) for s in seqs.values())
+    assert result.generated_tokens == own  # no EOS in a random model's 20 tokens: every token counted once
+
+
+def test_parallel_rows_diverge_and_count_m():
+    engine = Engine(tiny_model(), TOK, max_rows=8, seed=0)
+    engine.add("p", TOK.encode("Hi"), EagerConfig(parallel=True, max_sequences=4, max_tokens=12,
+                                                  sampling=SamplingConfig(temperature=1.0)))
+    result = run_all(engine)["p"]
+    assert result.num_sequences == 4
+    assert len({tuple(s.token_ids) for s in result.sequences}) == 4
+    assert result.generated_tokens == 4 * 12
+
+
+def _tokens(seed, temperature=1.0):
+    engine = Engine(tiny_model(), TOK, max_rows=16, seed=seed)
+    engine.add("a", TOK.encode("Hello"), EagerConfig(threshold=2.8, max_sequences=4, max_tokens=16,
+                                                     sampling=SamplingConfig(temperature=temperature)))
+    return [s.token_ids for s in run_all(engine)["a"].sequences]
+
+
+def test_same_seed_same_output_and_greedy_is_deterministic():
+    assert _tokens(7) == _tokens(7)
+    assert _tokens(7) != _tokens(8)
+    assert _tokens(1, temperature=0) == _tokens(2, temperature=0)
+
+
+def test_filters_restrict_the_sampled_tokens():
+    model = tiny_model()
+    prompt = TOK.encode("Hi")
+    logits = model(mx.array(prompt)[None])[0, -1]
+    allowed = set(np.argsort(-np.array(logits))[:3].tolist())
+    engine = Engine(model, TOK, max_rows=32, seed=0)
+    engine.add("k", prompt, EagerConfig(parallel=True, max_sequences=32, max_tokens=1,
+                                        sampling=SamplingConfig(temperature=2.0, top_k=3)))
+    firsts = {s.token_ids[0] if s.token_ids else 256 for s in run_all(engine)["k"].sequences}
+    assert firsts <= allowed and len(firsts) > 1
+
+
+def test_abort_frees_rows_and_reports():
+    engine = Engine(tiny_model(), TOK, max_rows=4, seed=0)
+    engine.add("a", TOK.encode("Hi"), EagerConfig(parallel=True, max_sequences=4, max_tokens=100))
+    engine.step()
+    events = engine.abort("a")
+    finished = [e for e in events if isinstance(e, RunFinished)]
+    assert len(finished) == 1 and engine.free_rows == 4 and not engine.has_work
+    assert {s.finish_reason for s in finished[0].result.sequences} == {"aborted"}
+    assert sum(isinstance(e, SequenceFinished) for e in events) == 4
+
+
+def test_requests_queue_when_rows_are_full():
+    engine = Engine(tiny_model(), TOK, max_rows=4, seed=0)
+    cfg = EagerConfig(parallel=True, max_sequences=4, max_tokens=5)
+    engine.add("a", TOK.encode("Hi"), cfg)
+    engine.add("b", TOK.encode("Yo"), cfg)
+    results = run_all(engine)
+    assert set(results) == {"a", "b"}
+    assert all(r.num_sequences == 4 for r in results.values())
+
+
+def test_unsupported_cache_is_a_clear_error():
+    class Odd:
+        def make_cache(self):
+            from mlx_lm.models.cache import RotatingKVCache
+
+            return [RotatingKVCache(max_size=8)]
+
+    with pytest.raises(ValueError, match="unsupported model"):
+        Engine(Odd(), TOK)
