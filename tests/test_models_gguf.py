@@ -79,3 +79,22 @@ def test_incomplete_cache_entry_is_rebuilt(tmp_path):
     (out / "config.json").write_text("{half written")
     convert_gguf(tiny.path, out)
     assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+
+
+@pytest.mark.parametrize("qtype, bits", [("Q8_0", 8), ("Q4_K", 4), ("F16", None)])
+def test_gpu_path_requantizes_by_gguf_type(tmp_path, monkeypatch, qtype, bits):
+    """On Metal/CUDA, weights quantized in the GGUF are quantized again (run here on CPU)."""
+    import mlx.nn as nn
+
+    monkeypatch.setattr("eager_mlx.models.loader.on_cpu", lambda: False)
+    tiny = write_tiny_gguf(tmp_path / "tiny.gguf", "qwen2", qtype, layers=1)
+    model = load_model(str(tiny.path)).model
+    up = model.model.layers[0].mlp.up_proj
+    if bits is None:
+        assert isinstance(up, nn.Linear) and up.weight.dtype == mx.float16
+    else:
+        assert isinstance(up, nn.QuantizedLinear) and (up.bits, up.group_size) == (bits, 32)
+    assert isinstance(model.model.layers[0].input_layernorm, nn.RMSNorm)
+    got = np.array(model(_TOKENS).astype(mx.float32))
+    want = _reference_logits(tiny, np.float16)
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
