@@ -223,3 +223,96 @@ def test_save_text_off_and_fallbacks(tmp_path):
     res = evaluate(FakeEngine(script), encode, make_dataset(2),
                    replace(settings("eager-init"), answer_fallbacks=()), tmp_path / "r2")
     assert res.records[0]["sequences"][0]["answer"] is None and res.metrics.pass_at_k == 0.0
+
+
+# ---------------------------------------------------------------- CLI (CliRunner, fake engine)
+from click.testing import CliRunner  # noqa: E402
+
+import eager_mlx.cli.eval as cli_eval  # noqa: E402
+from eager_mlx.cli.main import cli  # noqa: E402
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    p = tmp_path / "toy.jsonl"
+    p.write_text("".join(json.dumps({"question": f"What is {i}+1?", "answer": str(i + 1)}) + "\n" for i in range(4)))
+    return p
+
+
+@pytest.fixture
+def fake_runner(monkeypatch):
+    made = []
+
+    def build(model, max_rows, seed, chat=True):
+        eng = FakeEngine(adapt_script, max_rows=max_rows)
+        made.append((model, max_rows, seed, eng))
+        return eng, encode, None, model or "fake-model"
+
+    monkeypatch.setattr(cli_eval, "build_runner", build)
+    return made
+
+
+def test_cli_eval_and_report(tmp_path, data_file, fake_runner):
+    runner = CliRunner()
+    out = tmp_path / "adapt"
+    r = runner.invoke(cli, ["eval", "--model", "fake", "--data", str(data_file), "--method", "eager-adapt",
+                            "--max-sequences", "4", "--max-rows", "16", "--out", str(out), "--k", "2"])
+    assert r.exit_code == 0, r.output
+    assert fake_runner[0][:3] == ("fake", 16, 55)
+    assert "Pass@k" in r.output and "eager-adapt" in r.output and "1.000" in r.output
+    man = json.loads((out / MANIFEST).read_text())
+    assert man["settings"]["scheduler"]["method"] == "eager-adapt" and man["settings"]["ks"] == [2]
+    assert man["settings"]["eager"]["threshold"] == 2.0 and man["model"] == "fake"
+    out2 = tmp_path / "par"
+    r = runner.invoke(cli, ["eval", "--data", str(data_file), "--method", "parallel", "-M", "4", "--out", str(out2)])
+    assert r.exit_code == 0, r.output
+    png = tmp_path / "fig.png"
+    r = runner.invoke(cli, ["report", str(out), str(out2), "--plot", str(png)])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].split()[:2] == ["run", "method"]
+    assert any(x.startswith("adapt ") and "eager-adapt" in x for x in lines)
+    assert any(x.startswith("par ") and "parallel" in x for x in lines)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_resume(tmp_path, data_file, fake_runner):
+    out = tmp_path / "run"
+    args = ["eval", "--data", str(data_file), "--method", "eager-adapt", "-M", "4", "--out", str(out)]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1 and "--resume" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, args + ["--resume"])
+    assert r.exit_code == 0, r.output
+    assert fake_runner[-1][3].added == []  # nothing redone
+    assert len((out / RESULTS).read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--data", "gsm9k"], "unknown dataset"),
+        (["--data", "{bad}", "--method", "beam"], "Invalid value for '--method'"),
+        (["--data", "{bad}", "--method", "parallel", "--token-budget", "100"], "token budget"),
+        (["--data", "{bad}", "--answer-field", "label"], "no answer field 'label'"),
+        (["--data", "{bad}", "--resume"], "--resume needs --out"),
+        (["--data", "{empty}"], "empty"),
+        (["--data", "{malformed}"], "malformed.jsonl:2: not valid JSON"),
+    ],
+)
+def test_cli_eval_errors_are_one_line(tmp_path, data_file, fake_runner, args, message):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "malformed.jsonl").write_text('{"question": "a", "answer": "1"}\n{oops\n')
+    paths = {"{bad}": str(data_file), "{empty}": str(tmp_path / "empty.jsonl"),
+             "{malformed}": str(tmp_path / "malformed.jsonl")}
+    args = [paths.get(a, a) for a in args]
+    r = CliRunner().invoke(cli, ["eval", *args, "--out", str(tmp_path / "o")] if "--resume" not in args
+                           else ["eval", *args])
+    assert r.exit_code == 2 if "Invalid value" in message else r.exit_code == 1
+    assert message in r.output and "Traceback" not in r.output
+    assert not fake_runner  # errors come before the model is loaded
+
+
+def test_cli_report_bad_dir(tmp_path):
+    r = CliRunner().invoke(cli, ["report", str(tmp_path), "--no-plot"])
+    assert r.exit_code == 1 and "not a run directory" in r.output

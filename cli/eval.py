@@ -1,0 +1,234 @@
+"""`eager-mlx eval` (a method over a dataset, results in a run directory) and `eager-mlx report`."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import click
+
+__all__ = ["eval_cmd", "report", "build_runner", "run_summary", "format_table", "plot_runs"]
+
+METHODS = ("parallel", "eager-init", "eager-adapt", "eager")
+
+
+def build_runner(model: Optional[str], max_rows: int, seed: int, chat: bool = True):
+    """Load the model; return (engine, encode, preset, model name). Tests replace this."""
+    from eager_mlx.engine import Engine
+    from eager_mlx.generate import encode_prompt, load
+
+    from .models import _Bars
+
+    bars = _Bars()
+    try:
+        loaded = load(model, progress=bars)
+    finally:
+        bars.close()
+    preset = loaded.preset
+    kwargs = preset.chat_template_kwargs if preset is not None else None
+    context = preset.context_length if preset is not None else None
+    engine = Engine(loaded.model, loaded.tokenizer, max_rows=max_rows, seed=seed, context_length=context,
+                    token_events=False)
+
+    def encode(text: str) -> list[int]:
+        return encode_prompt(loaded.tokenizer, text, chat=chat, chat_template_kwargs=kwargs)
+
+    name = model or (preset.name if preset is not None else str(loaded.path))
+    return engine, encode, preset, name
+
+
+def _default_out(data: str, method: str, m: int) -> Path:
+    stem = Path(data).stem if ("/" in data or "." in data) else data.replace(":", "_").replace("/", "_")
+    return Path("runs") / f"{stem}-{method}-M{m}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class _Bar:
+    """tqdm bar fed by evaluate's progress reports."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, p) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=p.total, initial=p.done, unit="prompt", desc="eval", file=sys.stderr,
+                            dynamic_ncols=True)
+        else:
+            self.bar.update(p.done - self.bar.n)
+        self.bar.set_postfix_str(f"Pass@k {p.pass_at_k:.3f}, {p.tokens} tok, {p.sequences} seq")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@click.command("eval")
+@click.option("--model", "-m", default=None, help="Preset name, mlx-lm folder, .gguf file or hub id.")
+@click.option("--data", "-d", required=True, help="gsm8k, math500, svamp, hf:NAME[:CONFIG], or a .jsonl/.json/.csv file.")
+@click.option("--limit", type=int, default=None, help="First N problems only.")
+@click.option("--method", type=click.Choice(METHODS), default="eager-adapt", show_default=True)
+@click.option("--max-sequences", "-M", type=int, default=8, show_default=True, help="M: sequences per prompt.")
+@click.option("--threshold", "-t", type=float, default=None, help="Entropy threshold theta (default: the preset's).")
+@click.option("--temperature", type=float, default=None, help="Sampling temperature (default: the preset's).")
+@click.option("--top-p", type=float, default=None, help="Nucleus sampling (default: the preset's).")
+@click.option("--max-tokens", type=int, default=1024, show_default=True, help="Tokens per sequence.")
+@click.option("--max-rows", type=int, default=64, show_default=True, help="Rows decoded per forward pass.")
+@click.option("--optimistic-rows", is_flag=True,
+              help="Admit a branching run when one row is free instead of reserving M rows (branches may be skipped).")
+@click.option("--token-budget", type=int, default=None,
+              help="eager-adapt / eager: pool this many generated tokens instead of M x |D| sequences.")
+@click.option("--seed", type=int, default=55, show_default=True)
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="Run directory (default: runs/...).")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
+@click.option("--question-field", default=None, help="Question field of a data file.")
+@click.option("--answer-field", default=None, help="Answer field of a data file.")
+@click.option("--template", default=None, help="Prompt template containing {question}.")
+@click.option("--split", default="test", show_default=True, help="Split of an hf: dataset.")
+@click.option("--fallback", "fallbacks", multiple=True, type=click.Choice(["answer_is", "last_number"]),
+              help="Answer extraction fallbacks when there is no \\boxed{} (default: answer_is).")
+@click.option("--k", "ks", multiple=True, type=int, help="Also report unbiased pass@k for this k (repeatable).")
+@click.option("--no-save-text", is_flag=True, help="Do not store completions in the records.")
+@click.option("--no-chat", is_flag=True, help="Do not apply the chat template.")
+def eval_cmd(model, data, limit, method, max_sequences, threshold, temperature, top_p, max_tokens, max_rows,
+             optimistic_rows, token_budget, seed, out, resume, question_field, answer_field, template, split,
+             fallbacks, ks, no_save_text, no_chat) -> None:
+    """Evaluate a method on a dataset; one JSONL record per problem in the run directory."""
+    from eager_mlx.data import DataError, load_dataset
+    from eager_mlx.evaluate import EvalError, EvalSettings, evaluate
+    from eager_mlx.generate import config_for
+    from eager_mlx.grading import DEFAULT_FALLBACKS
+    from eager_mlx.scheduler import SchedulerConfig
+
+    if resume and out is None:
+        raise click.ClickException("--resume needs --out RUN_DIR")
+    try:
+        dataset = load_dataset(data, question_field=question_field, answer_field=answer_field,
+                               template=template, limit=limit, split=split)
+        SchedulerConfig(method=method, max_sequences=max_sequences, max_rows=max_rows,
+                        token_budget=token_budget).validate()  # fail before loading the model
+    except (DataError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    from eager_mlx.models import ModelError
+
+    try:
+        engine, encode, preset, name = build_runner(model, max_rows, seed, chat=not no_chat)
+        eager = config_for(preset, threshold=threshold, temperature=temperature, top_p=top_p,
+                           max_tokens=max_tokens, max_sequences=max_sequences)
+        sched = SchedulerConfig(method=method, max_sequences=max_sequences, threshold=eager.threshold,
+                                max_rows=max_rows, reserve_rows=not optimistic_rows, token_budget=token_budget)
+        settings = EvalSettings(scheduler=sched, eager=eager, seed=seed, ks=tuple(sorted(set(ks))) or (1,),
+                                answer_fallbacks=tuple(fallbacks) or DEFAULT_FALLBACKS,
+                                save_text=not no_save_text)
+        run_dir = out or _default_out(data, method, max_sequences)
+        bar = _Bar()
+        try:
+            result = evaluate(engine, encode, dataset, settings, run_dir, model=name, resume=resume,
+                              progress=bar, extra_manifest={"chat": not no_chat})
+        finally:
+            bar.close()
+    except (ModelError, EvalError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    summary = run_summary(run_dir)
+    click.echo(format_table([summary]))
+    click.echo(f"results: {run_dir}")
+
+
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    """One row of the report: the run's settings and its metrics recomputed from the records."""
+    from dataclasses import asdict
+
+    from eager_mlx.evaluate import load_run, record_metrics
+    from eager_mlx.metrics import run_metrics
+
+    manifest, records = load_run(run_dir)
+    wall = max((r["t_done"] for r in records), default=0.0)
+    m = run_metrics([record_metrics(r) for r in records], wall_s=wall)
+    sched = manifest["settings"]["scheduler"]
+    return {
+        "run": Path(run_dir).name,
+        "method": manifest["method"],
+        "M": sched["max_sequences"],
+        "theta": sched["threshold"],
+        "dataset": manifest["dataset"]["name"],
+        "hash": manifest["dataset"]["hash"],
+        "prompts": f"{m.num_prompts}/{manifest['dataset']['size']}",
+        "model": manifest.get("model", ""),
+        **asdict(m),
+    }
+
+
+COLUMNS: Sequence[tuple[str, str, Callable[[Any], str]]] = (
+    ("run", "run", str),
+    ("method", "method", str),
+    ("M", "M", str),
+    ("theta", "theta", lambda v: f"{v:g}"),
+    ("prompts", "prompts", str),
+    ("pass_at_1", "Pass@1", lambda v: f"{v:.3f}"),
+    ("pass_at_k", "Pass@k", lambda v: f"{v:.3f}"),
+    ("cons_at_k", "cons@k", lambda v: f"{v:.3f}"),
+    ("pass_rate", "PR", lambda v: f"{v:.3f}"),
+    ("total_tokens", "#T", str),
+    ("tokens_per_prompt", "#T/prompt", lambda v: f"{v:.0f}"),
+    ("sequences_per_prompt", "#S", lambda v: f"{v:.2f}"),
+    ("wall_s", "time s", lambda v: f"{v:.1f}"),
+    ("tokens_per_s", "tok/s", lambda v: f"{v:.1f}"),
+)
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The paper's table, one line per run."""
+    cells = [[title for _, title, _ in COLUMNS]] + [[fmt(r[key]) for key, _, fmt in COLUMNS] for r in rows]
+    widths = [max(len(row[c]) for row in cells) for c in range(len(COLUMNS))]
+    lines = ["  ".join(cell.rjust(w) if c > 1 else cell.ljust(w) for c, (cell, w) in enumerate(zip(row, widths)))
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plot_runs(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """PNG of Pass@k against generated tokens: one line (its runs as points) per method."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise click.ClickException("the plot needs matplotlib (pip install matplotlib), or pass --no-plot") from None
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for method in [m for m in METHODS if any(r["method"] == m for r in rows)]:
+        pts = sorted((r["total_tokens"], r["pass_at_k"]) for r in rows if r["method"] == method)
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=method)
+    ax.set_xlabel("generated tokens (#T, shared prefixes once)")
+    ax.set_ylabel("Pass@k")
+    datasets = sorted({Path(r["dataset"]).name for r in rows})
+    models = sorted({Path(str(r["model"])).name for r in rows if r["model"]})
+    ax.set_title(f"Pass@k vs tokens: {', '.join(datasets)}" + (f" ({', '.join(models)})" if models else ""))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+@click.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--plot", "plot", type=click.Path(path_type=Path), default=Path("pass_at_k_vs_tokens.png"),
+              show_default=True, help="Where to write the PNG.")
+@click.option("--no-plot", is_flag=True, help="Only print the table.")
+def report(run_dirs: tuple[Path, ...], plot: Path, no_plot: bool) -> None:
+    """Compare runs side by side: Pass@1, Pass@k, cons@k, PR, #T, #S, time; plot Pass@k against tokens."""
+    from eager_mlx.evaluate import EvalError
+
+    try:
+        rows = [run_summary(d) for d in run_dirs]
+    except (EvalError, KeyError) as e:
+        raise click.ClickException(f"cannot read run: {e}") from None
+    click.echo(format_table(rows))
+    if len({r["hash"] for r in rows}) > 1:
+        click.echo("note: the runs used different data (dataset hashes differ)")
+    if not no_plot:
+        plot_runs(rows, plot)
+        click.echo(f"plot: {plot}")
