@@ -55,9 +55,8 @@ class _Bar:
         if self.bar is None:
             self.bar = tqdm(total=p.total, initial=p.done, unit="prompt", desc="eval", file=sys.stderr,
                             dynamic_ncols=True)
-        else:
-            self.bar.update(p.done - self.bar.n)
-        self.bar.set_postfix_str(f"Pass@k {p.pass_at_k:.3f}, {p.tokens} tok, {p.sequences} seq")
+        self.bar.set_postfix_str(f"Pass@k {p.pass_at_k:.3f}, {p.tokens} tok, {p.sequences} seq", refresh=False)
+        self.bar.update(p.done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
