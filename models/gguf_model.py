@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelError
+from .errors import ModelError, one_line
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "GGUFModel", "open_gguf"]
 
@@ -144,7 +144,7 @@ def open_gguf(path: str | Path) -> GGUFModel:
     try:
         reader = GGUFReader(path)
     except Exception as e:  # the reader raises many kinds on damaged files
-        raise ModelError(f"{path}: damaged or truncated GGUF file ({type(e).__name__}: {e})") from None
+        raise ModelError(f"{path}: damaged or truncated GGUF file ({one_line(e)})") from None
     size = path.stat().st_size
     for t in reader.tensors:
         if t.data_offset + t.n_bytes > size or t.data.nbytes != t.n_bytes:

@@ -17,7 +17,7 @@ from typing import Any
 from eager_mlx.packages import cache_root
 
 from .convert import Progress, convert_gguf, is_converted
-from .errors import ModelError
+from .errors import ModelError, one_line
 from .preset import DEFAULT_MODEL, Preset, get_preset, list_presets
 from .sources import gguf_from_packages
 
@@ -95,11 +95,11 @@ def pull_model(ref: str, progress: Progress | None = None) -> str:
         return where
     try:
         from huggingface_hub import snapshot_download
+        from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
 
-        return snapshot_download(where, allow_patterns=[
-            "*.json", "model*.safetensors", "*.py", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"])
+        return snapshot_download(where, allow_patterns=DEFAULT_ALLOW_PATTERNS)
     except Exception as e:  # network and hub errors come in many kinds
-        raise ModelError(f"{where}: cannot download from the hub ({type(e).__name__}: {e})") from None
+        raise ModelError(f"{where}: cannot download from the hub ({one_line(e)})") from None
 
 
 def _converted_gguf(path: Path, progress: Progress | None) -> Path:
@@ -124,7 +124,7 @@ def load_model(ref: str | None = None, progress: Progress | None = None) -> Load
     except ModelError:
         raise
     except Exception as e:  # mlx-lm raises many kinds; keep one line
-        raise ModelError(f"{where}: cannot load model ({type(e).__name__}: {e})") from None
+        raise ModelError(f"{where}: cannot load model ({one_line(e)})") from None
     _adapt_to_backend(model, config)
     if isinstance(tokenizer.eos_token_ids, int):
         tokenizer.eos_token_ids = {tokenizer.eos_token_ids}
