@@ -64,7 +64,10 @@ class GGUFModel:
     def config(self) -> dict[str, Any]:
         """The mlx-lm config.json contents for this model."""
         arch = self.architecture
-        meta = lambda key, default=None: self.get(f"{arch}.{key}", default)  # noqa: E731
+
+        def meta(key: str, default: Any = None) -> Any:
+            return self.get(f"{arch}.{key}", default)
+
         names = set(self.tensor_names())
         vocab = next(t for t in self.reader.tensors if t.name == "token_embd.weight").shape[1]
         heads = int(meta("attention.head_count"))
