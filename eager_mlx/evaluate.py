@@ -3,10 +3,12 @@
 A run directory holds ``manifest.json`` (model, dataset and its hash, every
 setting, package versions, seed, and at the end the summary) and
 ``results.jsonl``: one record per prompt, appended, flushed and fsynced as soon
-as the scheduler says the prompt is complete. A run killed at any moment loses
-at most the prompts in flight; ``resume=True`` reads the records back (a torn
-last line, from a kill mid-write, is truncated), replays their runs into the
-scheduler so the budget decisions come out as before, and runs only the rest.
+as the scheduler says the prompt is complete. ``runs.jsonl`` journals every
+finished run the same way (prompts of eager-adapt / eager wait for the budget
+barrier before they are complete). A run killed at any moment loses at most the
+runs in flight; ``resume=True`` reads both back (a torn last line, from a kill
+mid-write, is truncated), replays the recorded runs into the scheduler so the
+budget decisions come out as before, and runs only what is missing.
 Random draws of the remaining prompts differ from an uninterrupted run (the
 engine's random stream restarts), the decisions' inputs do not.
 
@@ -43,6 +45,7 @@ __all__ = [
     "EvalResult",
     "MANIFEST",
     "RESULTS",
+    "JOURNAL",
     "evaluate",
     "read_records",
     "load_run",
@@ -52,6 +55,7 @@ __all__ = [
 
 MANIFEST = "manifest.json"
 RESULTS = "results.jsonl"
+JOURNAL = "runs.jsonl"  # every finished run, so a resume also keeps runs of prompts not yet complete
 FORMAT = 1
 # settings that may change between a run and its resume without changing any decision
 RESUME_MAY_CHANGE = ("max_rows", "save_text", "grade_timeout")
@@ -184,7 +188,7 @@ def _outcomes(record: dict) -> list[RunOutcome]:
 
 @dataclass
 class _PromptState:
-    started: float
+    started: float  # on the run's clock (seconds since the run began, over all sessions)
     runs: list[dict] = field(default_factory=list)
     sequences: list[dict] = field(default_factory=list)
 
@@ -204,30 +208,31 @@ class _Writer:
         self._f.close()
 
 
-def _prepare_dir(run_dir: Path, manifest: dict, resume: bool) -> list[dict]:
-    """Create or check the run directory; return the records to resume from."""
+def _prepare_dir(run_dir: Path, manifest: dict, resume: bool) -> tuple[list[dict], list[dict]]:
+    """Create or check the run directory; return the records and journaled runs to resume from."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    mpath, rpath = run_dir / MANIFEST, run_dir / RESULTS
+    mpath, rpath, jpath = run_dir / MANIFEST, run_dir / RESULTS, run_dir / JOURNAL
     if not resume:
-        if rpath.exists() and rpath.stat().st_size > 0:
+        if any(p.exists() and p.stat().st_size > 0 for p in (rpath, jpath)):
             raise EvalError(f"{run_dir} already holds results: pass resume (--resume) or another directory")
         _write_json_atomic(mpath, manifest)
-        return []
-    if not mpath.exists():
+        return [], []
+    if mpath.exists():
+        old = json.loads(mpath.read_text())
+        keys = ("model", "dataset", "settings")
+        diffs = _differences({k: old.get(k) for k in keys}, {k: manifest[k] for k in keys})
+        if diffs:
+            raise EvalError(f"cannot resume {run_dir}: settings differ ({', '.join(diffs[:5])})")
+    else:
         _write_json_atomic(mpath, manifest)
-        return read_records(rpath, repair=True)
-    old = json.loads(mpath.read_text())
-    keys = ("model", "dataset", "settings")
-    diffs = _differences({k: old.get(k) for k in keys}, {k: manifest[k] for k in keys})
-    if diffs:
-        raise EvalError(f"cannot resume {run_dir}: settings differ ({', '.join(diffs[:5])})")
     records = read_records(rpath, repair=True)
+    journal = read_records(jpath, repair=True)
     seen: set[int] = set()
     for r in records:
         if r["index"] in seen:
             raise EvalError(f"{rpath}: prompt {r['index']} recorded twice")
         seen.add(r["index"])
-    return records
+    return records, journal
 
 
 def evaluate(
@@ -269,12 +274,23 @@ def evaluate(
         "finished": False,
         **(extra_manifest or {}),
     }
-    records = _prepare_dir(run_dir, manifest, resume)
+    records, journal = _prepare_dir(run_dir, manifest, resume)
     by_index = {r["index"]: r for r in records}
     for r in records:
         sched.replay(r["index"], _outcomes(r))
-    offset = max((r["t_done"] for r in records), default=0.0)
+    states: dict[int, _PromptState] = {}  # prompts with runs, not yet complete
+    for e in journal:
+        if e["index"] not in by_index:
+            st = states.setdefault(e["index"], _PromptState(e["t_start"]))
+            st.runs.append(e["run"])
+            st.sequences += e["sequences"]
+    for i, st in states.items():
+        sched.replay(i, _outcomes({"index": i, "runs": st.runs}))
+    offset = max([r["t_done"] for r in records] + [e["t"] for e in journal], default=0.0)
     t0 = time.perf_counter()
+
+    def clock() -> float:
+        return offset + time.perf_counter() - t0
     totals = {"tokens": sum(r["metrics"]["generated_tokens"] for r in records),
               "sequences": sum(r["metrics"]["num_sequences"] for r in records),
               "passed": sum(r["metrics"]["pass_at_k"] for r in records)}
@@ -285,7 +301,6 @@ def evaluate(
             progress(EvalProgress(n, len(dataset), totals["passed"] / n if n else 0.0,
                                   totals["tokens"], totals["sequences"], index))
 
-    states: dict[int, _PromptState] = {}
     prompts: dict[int, list[int]] = {}
     requests: dict[str, RunRequest] = {}
     grades: dict[tuple[int, str], bool] = {}
@@ -308,14 +323,16 @@ def evaluate(
             seqs.append(seq)
         any_correct = any(s["correct"] for s in seqs)
         st = states[i]
-        st.sequences += seqs
-        st.runs.append({
+        run = {
             "request_id": req.request_id, "attempt": req.attempt, "threshold": req.threshold,
             "max_sequences": req.max_sequences, "parallel": req.parallel,
             "num_sequences": len(seqs), "generated_tokens": result.generated_tokens,
             "prompt_tokens": result.prompt_tokens, "elapsed_s": result.elapsed_s,
             "branch_points": result.branch_points, "any_correct": any_correct, "info": result.info,
-        })
+        }
+        st.sequences += seqs
+        st.runs.append(run)
+        journal_writer.write({"index": i, "t_start": st.started, "t": clock(), "run": run, "sequences": seqs})
         return RunOutcome(req.request_id, i, len(seqs), result.generated_tokens, any_correct)
 
     def flush(writer: _Writer) -> None:
@@ -323,7 +340,7 @@ def evaluate(
             if i in by_index:
                 continue  # replayed from an earlier session
             st, ex = states.pop(i), dataset.examples[i]
-            now = time.perf_counter()
+            now = clock()
             pm = prompt_metrics(
                 [s["answer"] for s in st.sequences], [s["correct"] for s in st.sequences],
                 generated_tokens=sum(r["generated_tokens"] for r in st.runs),
@@ -332,7 +349,7 @@ def evaluate(
             )
             rec = {"index": i, "id": ex.id, "question": ex.question, "gold": ex.answer,
                    "runs": st.runs, "sequences": st.sequences, "metrics": asdict(pm),
-                   "wall_s": now - st.started, "t_done": offset + now - t0}
+                   "wall_s": now - st.started, "t_done": now}
             writer.write(rec)
             by_index[i] = rec
             totals["tokens"] += pm.generated_tokens
@@ -342,6 +359,7 @@ def evaluate(
 
     report(None)
     writer = _Writer(run_dir / RESULTS)
+    journal_writer = _Writer(run_dir / JOURNAL)
     try:
         while not sched.done:
             for req in sched.schedule(engine.free_rows).runs:
@@ -352,7 +370,7 @@ def evaluate(
                     prompts[i] = encode(dataset.prompt(i))
                 cfg = dataclasses.replace(settings.eager, threshold=req.threshold,
                                           max_sequences=req.max_sequences, parallel=req.parallel)
-                states.setdefault(i, _PromptState(time.perf_counter()))
+                states.setdefault(i, _PromptState(clock()))
                 requests[req.request_id] = req
                 engine.add(req.request_id, prompts[i], cfg)
             flush(writer)  # replays can complete prompts without running anything
@@ -368,6 +386,7 @@ def evaluate(
         raise EvalError(str(e).splitlines()[0]) from None
     finally:
         writer.close()
+        journal_writer.close()
     ordered = [by_index[i] for i in sorted(by_index)]
     wall = max((r["t_done"] for r in ordered), default=0.0)
     metrics = run_metrics([record_metrics(r) for r in ordered], wall_s=wall)

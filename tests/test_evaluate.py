@@ -10,6 +10,7 @@ import pytest
 from eager_mlx.config import EagerConfig
 from eager_mlx.data import Dataset, Example
 from eager_mlx.evaluate import (
+    JOURNAL,
     MANIFEST,
     RESULTS,
     EvalError,
@@ -178,11 +179,17 @@ def test_resume_after_crash_with_torn_line(tmp_path):
     with pytest.raises(json.JSONDecodeError):  # a naive reader would choke; ours skips the torn tail
         json.loads((run / RESULTS).read_text().splitlines()[-1])
     assert len(read_records(run / RESULTS)) == len(before)
+    journaled = {e["run"]["request_id"] for e in read_records(run / JOURNAL)}
+    assert "p0-r0" in journaled and 0 not in {r["index"] for r in before}  # run, prompt waiting for the barrier
+    with open(run / JOURNAL, "a") as f:
+        f.write('{"index": 5, "t_st')  # torn journal line too
     eng = FakeEngine(script)
     res = evaluate(eng, encode, ds, st, run, resume=True)
     assert res.resumed == len(before)
     done_before = {r["index"] for r in before}
-    assert not any(int(rid[1:].split("-")[0]) in done_before for rid in eng.added)  # nothing redone
+    assert not any(int(rid[1:].split("-")[0]) in done_before for rid in eng.added)  # no prompt redone
+    assert not journaled & set(eng.added)  # no finished run redone either
+    assert "p5-r0" in eng.added  # the run in flight at the crash is run again
     lines = (run / RESULTS).read_text().splitlines()
     idx = [json.loads(x)["index"] for x in lines]  # every line parses: the torn one was cut
     assert sorted(idx) == list(range(6))  # no duplicates
