@@ -8,7 +8,7 @@ __all__ = ["extract_boxed", "normalize_answer", "majority_vote"]
 
 
 def extract_boxed(text: str) -> Optional[str]:
-    """Return the content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in text, braces balanced."""
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced; None if absent or empty."""
     best = None
     for marker in ("\\boxed", "\\fbox"):
         start = text.rfind(marker)
@@ -28,7 +28,7 @@ def extract_boxed(text: str) -> Optional[str]:
         elif text[j] == "}":
             depth -= 1
             if depth == 0:
-                return text[begin:j].strip()
+                return text[begin:j].strip() or None  # an empty box is no answer
     return None  # unbalanced: the box was cut off
 
 

@@ -1,0 +1,19 @@
+from eager_mlx.answers import extract_boxed, majority_vote
+
+
+def test_extract_last_box_with_nested_braces():
+    assert extract_boxed(r"first \boxed{1} then \boxed{\frac{1}{2}} done") == r"\frac{1}{2}"
+    assert extract_boxed(r"\fbox{7}") == "7"
+    assert extract_boxed(r"\boxed {42}") == "42"
+
+
+def test_missing_empty_or_cut_box_is_none():
+    assert extract_boxed("no box here") is None
+    assert extract_boxed(r"\boxed{}") is None
+    assert extract_boxed(r"\boxed{12") is None
+
+
+def test_majority_vote_ties_go_to_first_seen():
+    assert majority_vote(["3", None, "4", "4", "3"]) == "3"
+    assert majority_vote(["5", " 5", "6"]) == "5"
+    assert majority_vote([None, None]) is None
