@@ -13,14 +13,15 @@ __all__ = ["eval_cmd", "report", "build_runner", "run_summary", "format_table", 
 METHODS = ("parallel", "eager-init", "eager-adapt", "eager")
 
 
-def build_runner(model: Optional[str], max_rows: int, seed: int, chat: bool = True):
+def build_runner(model: Optional[str], max_rows: int, seed: int, chat: bool = True,
+                 max_kv_memory: Optional[int] = None):
     """Load the model; return (engine, encode, preset, model name). Tests replace this."""
     from eager_mlx.engine import Engine
     from eager_mlx.generate import encode_prompt, load
 
-    from .models import _Bars
+    from .progress import ProgressBars
 
-    bars = _Bars()
+    bars = ProgressBars()
     try:
         loaded = load(model, progress=bars)
     finally:
@@ -29,7 +30,7 @@ def build_runner(model: Optional[str], max_rows: int, seed: int, chat: bool = Tr
     kwargs = preset.chat_template_kwargs if preset is not None else None
     context = preset.context_length if preset is not None else None
     engine = Engine(loaded.model, loaded.tokenizer, max_rows=max_rows, seed=seed, context_length=context,
-                    token_events=False)
+                    token_events=False, max_kv_memory=max_kv_memory)
 
     def encode(text: str) -> list[int]:
         return encode_prompt(loaded.tokenizer, text, chat=chat, chat_template_kwargs=kwargs)
@@ -90,9 +91,10 @@ class _Bar:
 @click.option("--k", "ks", multiple=True, type=int, help="Also report unbiased pass@k for this k (repeatable).")
 @click.option("--no-save-text", is_flag=True, help="Do not store completions in the records.")
 @click.option("--no-chat", is_flag=True, help="Do not apply the chat template.")
+@click.option("--max-kv-memory", default=None, help="Cap on KV cache memory, e.g. 2GB: forks past it are skipped.")
 def eval_cmd(model, data, limit, method, max_sequences, threshold, temperature, top_p, max_tokens, max_rows,
              optimistic_rows, token_budget, seed, out, resume, question_field, answer_field, template, split,
-             fallbacks, ks, no_save_text, no_chat) -> None:
+             fallbacks, ks, no_save_text, no_chat, max_kv_memory) -> None:
     """Evaluate a method on a dataset; one JSONL record per problem in the run directory."""
     from eager_mlx.data import DataError, load_dataset
     from eager_mlx.evaluate import EvalError, EvalSettings, evaluate
@@ -100,8 +102,11 @@ def eval_cmd(model, data, limit, method, max_sequences, threshold, temperature, 
     from eager_mlx.grading import DEFAULT_FALLBACKS
     from eager_mlx.scheduler import SchedulerConfig
 
+    from .progress import parse_size
+
     if resume and out is None:
         raise click.ClickException("--resume needs --out RUN_DIR")
+    kv_limit = parse_size(max_kv_memory)
     try:
         dataset = load_dataset(data, question_field=question_field, answer_field=answer_field,
                                template=template, limit=limit, split=split)
@@ -112,7 +117,7 @@ def eval_cmd(model, data, limit, method, max_sequences, threshold, temperature, 
     from eager_mlx.models import ModelError
 
     try:
-        engine, encode, preset, name = build_runner(model, max_rows, seed, chat=not no_chat)
+        engine, encode, preset, name = build_runner(model, max_rows, seed, chat=not no_chat, max_kv_memory=kv_limit)
         eager = config_for(preset, threshold=threshold, temperature=temperature, top_p=top_p,
                            max_tokens=max_tokens, max_sequences=max_sequences)
         sched = SchedulerConfig(method=method, max_sequences=max_sequences, threshold=eager.threshold,

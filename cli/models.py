@@ -5,6 +5,8 @@ import time
 
 import click
 
+from .progress import ProgressBars
+
 __all__ = ["models"]
 
 
@@ -25,39 +27,13 @@ def models(ctx: click.Context) -> None:
         click.echo(f"{'':<{width}}  {'':<7}  {p.note}")
 
 
-class _Bars:
-    """One tqdm bar per stage ("fetch ...", "convert"), on stderr."""
-
-    def __init__(self) -> None:
-        self.stage: str | None = None
-        self.bar = None
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        from tqdm import tqdm
-
-        kind = stage.split()[0]
-        if kind != self.stage:
-            self.close()
-            self.stage = kind
-            self.bar = tqdm(total=total, desc=kind, unit="part" if kind == "fetch" else "tensor",
-                            leave=True)
-        if stage != kind:
-            self.bar.set_postfix_str(stage[len(kind) + 1:])
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 @models.command("pull")
 @click.argument("name")
 def pull(name: str) -> None:
     """Fetch and convert a model preset (or a .gguf file) into the cache."""
     from eager_mlx.models import ModelError, pull_model
 
-    bars = _Bars()
+    bars = ProgressBars()
     start = time.perf_counter()
     try:
         where = pull_model(name, progress=bars)

@@ -29,6 +29,7 @@ __all__ = ["solve"]
 @click.option("--dynamic-threshold", is_flag=True, help="Reference-code rule: max(theta, p99 of the prompt's entropies).")
 @click.option("--no-branch-window", type=int, default=1000, show_default=True, help="Stop branching after this many steps without a branch.")
 @click.option("--parallel", is_flag=True, help="Baseline: M independent samples, no branching.")
+@click.option("--max-kv-memory", default=None, help="Cap on KV cache memory, e.g. 2GB: forks past it are skipped.")
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
 @click.option("--system", default=None, help="System message.")
 @click.option("--no-chat", is_flag=True, help="Do not apply the chat template.")
@@ -36,17 +37,19 @@ __all__ = ["solve"]
               help="one: stream sequence 0 live; all: a live status line for all rows; quiet: summary only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
 def solve(question: str, model: Optional[str], threshold, max_sequences, temperature, top_p, top_k, min_p,
-          max_tokens, seed, entropy_k, full_entropy, dynamic_threshold, no_branch_window, parallel, stop,
+          max_tokens, seed, entropy_k, full_entropy, dynamic_threshold, no_branch_window, parallel, max_kv_memory, stop,
           system, no_chat, view, as_json) -> None:
     """Solve QUESTION with entropy-aware branching."""
     from eager_mlx import config_for, load, stream_solve
     from eager_mlx.models import ModelError
     from eager_mlx.results import BranchEvent, RunFinished, TokenEvent
 
-    from .models import _Bars
+    from .progress import ProgressBars, parse_size
+
+    kv_limit = parse_size(max_kv_memory)
 
     try:
-        bars = _Bars()
+        bars = ProgressBars()
         try:
             loaded = load(model, progress=bars)
         finally:
@@ -61,7 +64,8 @@ def solve(question: str, model: Optional[str], threshold, max_sequences, tempera
         start = time.perf_counter()
         status = _Status(enabled=view == "all" and not as_json)
         result = None
-        for event in stream_solve(loaded, question, config, seed=seed, chat=not no_chat, system=system):
+        for event in stream_solve(loaded, question, config, seed=seed, chat=not no_chat, system=system,
+                                  max_kv_memory=kv_limit):
             if isinstance(event, TokenEvent):
                 status.token()
                 if view == "one" and not as_json and event.sequence == 0:

@@ -56,6 +56,8 @@ class _Request:
     generated: int = 0  # token productions: shared prefixes counted once
     branch_points: int = 0
     skipped_full: int = 0
+    skipped_memory: int = 0
+    aborted: bool = False
     done: bool = False
 
 
@@ -91,7 +93,9 @@ class Engine:
         seed: int = 0,
         context_length: Optional[int] = None,
         token_events: bool = True,
+        max_kv_memory: Optional[int] = None,
     ):
+        """`max_kv_memory` (bytes): a fork that would grow the KV past it is skipped (generation goes on)."""
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         caches = make_prompt_cache(model)
@@ -103,6 +107,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.max_rows = max_rows
         self.token_events = token_events
+        self.max_kv_memory = max_kv_memory
         self.context_length = context_length or _context_length(model)
         self.eos = set(tokenizer.eos_token_ids or ())
         self.vocab_size = None
@@ -157,13 +162,23 @@ class Engine:
         req = self._requests.get(request_id)
         if req is None or req.done:
             return []
+        req.aborted = True
         if req in self._waiting:
             self._waiting.remove(req)
+        return self._stop_rows([row for row in req.rows if row.finish is None], "aborted")
+
+    def finish_sequence(self, request_id: str, sequence: int, reason: str = "pruned") -> list[Event]:
+        """Stop one running sequence now (e.g. pruned for low confidence); its row is freed."""
+        req = self._requests.get(request_id)
+        if req is None or req.done:
+            return []
+        return self._stop_rows([r for r in req.rows if r.sequence == sequence and r.finish is None], reason)
+
+    def _stop_rows(self, rows: list[_Row], reason: str) -> list[Event]:
         events: list[Event] = []
-        for row in req.rows:
-            if row.finish is None:
-                row.finish = "aborted"
-                events.append(SequenceFinished(req.id, row.sequence, "aborted"))
+        for row in rows:
+            row.finish = reason
+            events.append(SequenceFinished(row.request.id, row.sequence, reason))
         self._remove_finished()
         events.extend(self._finish_requests())
         return events
@@ -325,6 +340,9 @@ class Engine:
                     if len(self._rows) + len(forks) >= self.max_rows:
                         req.skipped_full += 1
                         req.policy.num_sequences -= 1
+                    elif self._over_memory(len(self._rows) + len(forks) + 1):
+                        req.skipped_memory += 1
+                        req.policy.num_sequences -= 1
                     else:
                         child = self._new_row(req, parent=row)
                         forks.append((s, child))
@@ -341,6 +359,12 @@ class Engine:
                 self._append(row, token, float(st[_ENT]), lp, events)
         repairs.sort()
         return repairs, forks
+
+    def _over_memory(self, slots: int) -> bool:
+        if self.max_kv_memory is None:
+            return False
+        lo = min(r.start for r in self._rows)
+        return self._kv.bytes_after(slots, self._column, lo) > self.max_kv_memory
 
     def _append(self, row: _Row, token: int, entropy: float, lp: float, events: list[Event]) -> None:
         req, cfg = row.request, row.request.config
@@ -391,7 +415,7 @@ class Engine:
         events: list[Event] = []
         live = {r.request.id for r in self._rows}
         for req in list(self._requests.values()):
-            if req.done or req.id in live or req in self._waiting or not req.rows:
+            if req.done or req.id in live or req in self._waiting or not (req.rows or req.aborted):
                 continue
             req.done = True
             self._kv.drop_prompt(req.id)
@@ -430,7 +454,11 @@ class Engine:
             threshold=req.config.threshold,
             elapsed_s=time.perf_counter() - req.started,
             branch_points=req.branch_points,
-            info={"branches_skipped_full": req.skipped_full, "parallel": req.config.parallel},
+            info={
+                "branches_skipped_full": req.skipped_full,
+                "branches_skipped_memory": req.skipped_memory,
+                "parallel": req.config.parallel,
+            },
         )
 
 

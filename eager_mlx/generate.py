@@ -76,12 +76,14 @@ def stream_solve(
     seed: int = 0,
     chat: bool = True,
     system: Optional[str] = None,
+    max_kv_memory: Optional[int] = None,
 ) -> Iterator[Event]:
     """Solve one prompt, yielding TokenEvent / BranchEvent / SequenceFinished, then RunFinished.
 
     `model` is a LoadedModel, or an mlx-lm model with `tokenizer=` given. `prompt` is
     text (chat-templated unless `chat=False`) or token ids. Build the generator on the
-    thread that drives it: MLX streams are per thread.
+    thread that drives it: MLX streams are per thread. `max_kv_memory` (bytes) caps the
+    KV cache: forks that would pass it are skipped and generation goes on.
     """
     model, tokenizer, preset = _unpack(model, tokenizer)
     config = config or config_for(preset)
@@ -91,7 +93,9 @@ def stream_solve(
     else:
         tokens = list(prompt)
     context = preset.context_length if preset is not None else None
-    engine = Engine(model, tokenizer, max_rows=config.max_sequences, seed=seed, context_length=context)
+    engine = Engine(
+        model, tokenizer, max_rows=config.max_sequences, seed=seed, context_length=context, max_kv_memory=max_kv_memory
+    )
     engine.add("0", tokens, config)
     while engine.has_work:
         yield from engine.step()

@@ -85,6 +85,14 @@ class SharedPrefixKV:
         self.keys[layer] = mx.zeros((slots, heads, columns, dk), like_k.dtype)
         self.values[layer] = mx.zeros((slots, heads, columns, dv), like_v.dtype)
 
+    def _target(self, slots: int, column: int, lo: int) -> Optional[tuple[int, int]]:
+        """(slots, columns) the buffers must grow to, or None when they already fit."""
+        cap_slots, cap_cols = self.keys[0].shape[0], self.keys[0].shape[2]
+        if slots <= cap_slots and column - self.base < cap_cols:
+            return None
+        new_slots = cap_slots if slots <= cap_slots else max(slots, 2 * cap_slots)
+        return new_slots, _round_up(column - lo + 1)
+
     def reserve(self, slots: int, column: int, lo: int) -> None:
         """Make room for `slots` row slots and absolute `column`; drop columns before `lo`.
 
@@ -93,14 +101,13 @@ class SharedPrefixKV:
         if self.keys[0] is None:
             self.base, self._want_slots = lo, slots
             return  # allocated lazily on the first write, when shapes are known
-        cap_slots, cap_cols = self.keys[0].shape[0], self.keys[0].shape[2]
-        if slots <= cap_slots and column - self.base < cap_cols:
+        target = self._target(slots, column, lo)
+        if target is None:
             return
-        new_slots = slots if slots <= cap_slots else max(slots, 2 * cap_slots)
-        new_slots = max(new_slots, cap_slots)
+        new_slots, new_cols = target
+        cap_slots, cap_cols = self.keys[0].shape[0], self.keys[0].shape[2]
         # Keep what was written in [lo, column] (a repair pass rewrites a written column).
         keep = max(0, min(column + 1, self.base + cap_cols) - lo)
-        new_cols = _round_up(column - lo + 1)
         start = lo - self.base
         for i in range(self.num_layers):
             k, v = self.keys[i], self.values[i]
@@ -111,6 +118,16 @@ class SharedPrefixKV:
                 nv[:cap_slots, :, :keep, :] = v[:, :, start : start + keep, :]
             self.keys[i], self.values[i] = nk, nv
         self.base = lo
+
+    def bytes_after(self, slots: int, column: int, lo: int) -> int:
+        """Bytes held once `reserve(slots, column, lo)` has run."""
+        if self.keys[0] is None:
+            return self.nbytes()
+        target = self._target(slots, column, lo)
+        if target is None:
+            return self.nbytes()
+        per_cell = sum((k.nbytes + v.nbytes) // (k.shape[0] * k.shape[2]) for k, v in zip(self.keys, self.values))
+        return self._prompt_bytes() + target[0] * target[1] * per_cell
 
     # ---- rows -----------------------------------------------------------
     def copy_row(self, src: int, dst: int, start: int, stop: int) -> None:
@@ -128,9 +145,12 @@ class SharedPrefixKV:
     def drop_prompt(self, request_id: str) -> None:
         self.prompts.pop(request_id, None)
 
+    def _prompt_bytes(self) -> int:
+        return sum(k.nbytes + v.nbytes for kv in self.prompts.values() for k, v in kv)
+
     def nbytes(self) -> int:
         """Bytes held: prompt KV once per request plus the suffix buffers."""
-        total = sum(k.nbytes + v.nbytes for kv in self.prompts.values() for k, v in kv)
+        total = self._prompt_bytes()
         if self.keys[0] is not None:
             total += sum(k.nbytes + v.nbytes for k, v in zip(self.keys, self.values))
         return total

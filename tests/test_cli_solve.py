@@ -69,3 +69,19 @@ def test_unknown_model_is_one_line_error():
     assert res.exit_code == 1
     assert res.output.startswith("Error: ") and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_max_kv_memory_option(fake_load):
+    capped = solve_json("--threshold", "2.5", "-M", "6", "--max-kv-memory", "1KB")
+    assert len(capped["sequences"]) == 1 and capped["info"]["branches_skipped_memory"] > 0
+    res = CliRunner().invoke(cli, ["solve", Q, "--max-kv-memory", "lots"])
+    assert res.exit_code == 2 and "'lots' is not a size such as 512MB or 2GB" in res.output
+
+
+def test_parse_size():
+    from eager_mlx.cli.progress import parse_size
+
+    assert parse_size("512MB") == 512 * 2**20
+    assert parse_size("1.5g") == int(1.5 * 2**30)
+    assert parse_size("2048") == 2048
+    assert parse_size(None) is None

@@ -132,3 +132,54 @@ def test_unsupported_cache_is_a_clear_error():
 
     with pytest.raises(ValueError, match="unsupported model"):
         Engine(Odd(), TOK)
+
+
+def _branchy(engine, rid="a", m=16):
+    engine.add(rid, TOK.encode("Hello"), EagerConfig(threshold=2.7, max_sequences=m, max_tokens=40,
+                                                     sampling=SamplingConfig(temperature=1.0)))
+
+
+def test_memory_guard_stops_forks_and_generation_goes_on():
+    free = Engine(tiny_model(), TOK, max_rows=32, seed=1)
+    _branchy(free)
+    unguarded = run_all(free)["a"]
+    assert unguarded.num_sequences > 8
+    # Room for the prompt and 8 row slots of 256 columns only.
+    per_cell = 2 * 2 * 2 * 16 * 4  # layers * (k+v) * kv_heads * head_dim * fp32 bytes
+    prompt = 2 * len(TOK.encode("Hello")) * per_cell
+    limit = prompt + 8 * 256 * per_cell
+    guarded = Engine(tiny_model(), TOK, max_rows=32, seed=1, max_kv_memory=limit)
+    _branchy(guarded)
+    peak = 0
+    result = None
+    while guarded.has_work:
+        for ev in guarded.step():
+            if isinstance(ev, RunFinished):
+                result = ev.result
+        peak = max(peak, guarded.kv_bytes())
+    assert result.num_sequences == 8
+    assert result.info["branches_skipped_memory"] > 0
+    assert peak <= limit
+    assert all(s.finish_reason == "length" for s in result.sequences)
+
+
+def test_finish_sequence_frees_one_row():
+    engine = Engine(tiny_model(), TOK, max_rows=4, seed=0)
+    engine.add("a", TOK.encode("Hi"), EagerConfig(parallel=True, max_sequences=3, max_tokens=6))
+    engine.step()
+    events = engine.finish_sequence("a", 1, "pruned")
+    assert [(e.sequence, e.finish_reason) for e in events] == [(1, "pruned")]
+    assert engine.num_rows == 2
+    result = run_all(engine)["a"]
+    reasons = {s.index: s.finish_reason for s in result.sequences}
+    assert reasons == {0: "length", 1: "pruned", 2: "length"}
+
+
+def test_abort_a_waiting_request():
+    engine = Engine(tiny_model(), TOK, max_rows=2, seed=0)
+    engine.add("a", TOK.encode("Hi"), EagerConfig(parallel=True, max_sequences=2, max_tokens=4))
+    engine.add("b", TOK.encode("Yo"), EagerConfig(parallel=True, max_sequences=2, max_tokens=4))
+    engine.step()
+    finished = [e for e in engine.abort("b") if isinstance(e, RunFinished)]
+    assert len(finished) == 1 and finished[0].result.sequences == []
+    assert set(run_all(engine)) == {"a"}

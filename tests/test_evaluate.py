@@ -250,7 +250,7 @@ def data_file(tmp_path):
 def fake_runner(monkeypatch):
     made = []
 
-    def build(model, max_rows, seed, chat=True):
+    def build(model, max_rows, seed, chat=True, max_kv_memory=None):
         eng = FakeEngine(adapt_script, max_rows=max_rows)
         made.append((model, max_rows, seed, eng))
         return eng, encode, None, model or "fake-model"
