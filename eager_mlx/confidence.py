@@ -1,0 +1,164 @@
+"""Sequence confidence (after DeepConf, Fu et al. 2025) and confidence-weighted voting.
+
+DeepConf's token confidence is C_t = -(1/k) sum_{j<=k} log P_t(j), the negative
+mean log-probability of the top-k candidate tokens at position t: large when
+the distribution is peaked. Its *group confidence* is the mean of C_t over a
+sliding window of n tokens (n = 2048), and a trace's *lowest group confidence*
+is the minimum over its windows; DeepConf-online stops a trace as soon as its
+current group confidence falls below a threshold set from warm-up traces.
+
+The engine stores, per generated position, the top-K entropy H_t (nats, the
+same peakedness of the top-K distribution that C_t measures) and the
+temperature-1 log-probability of the sampled token. So here:
+
+* token confidence c_t = -H_t (signal ``"entropy"``, the default; the only
+  one the online monitor sees, since TokenEvents carry the entropy), or
+  c_t = log p(sampled token) (signal ``"logprob"``, offline only);
+* group confidence: mean of c_t over ``window`` consecutive positions
+  (default 64: our sequences are hundreds of tokens, not DeepConf's tens of
+  thousands);
+* sequence confidence: the lowest group confidence; a sequence shorter than
+  the window gets the mean over all its positions. Values are <= 0; higher is
+  more confident.
+* vote weight: exp(confidence), in (0, 1] (for ``"logprob"`` the geometric
+  mean probability of the worst window). DeepConf weights votes by the
+  confidence itself, which is positive in its definition; ours is not, hence
+  the exponential (same order).
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from .answers import normalize_answer
+
+__all__ = [
+    "SIGNALS",
+    "ConfidenceConfig",
+    "token_confidences",
+    "lowest_group_confidence",
+    "sequence_confidence",
+    "confidence_weight",
+    "weighted_vote",
+    "WindowConfidence",
+]
+
+SIGNALS = ("entropy", "logprob")
+
+
+@dataclass(frozen=True)
+class ConfidenceConfig:
+    """How confidence is measured, and whether low-confidence rows are pruned while they run."""
+
+    window: int = 64  # tokens per group
+    signal: str = "entropy"  # "entropy" (c_t = -H_t) | "logprob" (c_t = log p of the sampled token)
+    prune_percentile: Optional[float] = None  # prune a row whose group confidence < this percentile (None: off)
+    warmup: int = 4  # finished sequences of the prompt needed before any pruning
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad value."""
+        if self.window < 1:
+            raise ValueError(f"confidence window must be >= 1, got {self.window}")
+        if self.signal not in SIGNALS:
+            raise ValueError(f"unknown confidence signal {self.signal!r}; choose one of {', '.join(SIGNALS)}")
+        if self.prune_percentile is not None:
+            if not 0 < self.prune_percentile < 100:
+                raise ValueError(f"prune percentile must be in (0, 100), got {self.prune_percentile}")
+            if self.signal != "entropy":
+                raise ValueError("pruning needs the entropy signal (TokenEvents carry entropies only)")
+        if self.warmup < 1:
+            raise ValueError(f"warmup must be >= 1, got {self.warmup}")
+
+
+def token_confidences(entropies: Sequence[float], logprobs: Sequence[float], signal: str = "entropy") -> list[float]:
+    """c_t per position: -H_t (``"entropy"``) or the sampled token's log-probability (``"logprob"``)."""
+    if signal == "entropy":
+        return [-h for h in entropies]
+    if signal == "logprob":
+        return list(logprobs)
+    raise ValueError(f"unknown confidence signal {signal!r}")
+
+
+def lowest_group_confidence(values: Sequence[float], window: int) -> Optional[float]:
+    """Minimum over windows of `window` consecutive values of their mean; the mean of all when shorter; None if empty."""
+    n = len(values)
+    if n == 0:
+        return None
+    if n <= window:
+        return sum(values) / n
+    total = sum(values[:window])
+    lowest = total
+    for i in range(window, n):
+        total += values[i] - values[i - window]
+        lowest = min(lowest, total)
+    return lowest / window
+
+
+def sequence_confidence(entropies: Sequence[float], logprobs: Sequence[float], config: ConfidenceConfig) -> Optional[float]:
+    """A sequence's confidence: its lowest group confidence under `config` (None for an empty sequence)."""
+    return lowest_group_confidence(token_confidences(entropies, logprobs, config.signal), config.window)
+
+
+def confidence_weight(confidence: Optional[float]) -> float:
+    """Vote weight of a sequence: exp(confidence), 0 for a sequence without one."""
+    return 0.0 if confidence is None else math.exp(confidence)
+
+
+def weighted_vote(answers: Sequence[Optional[str]], weights: Sequence[float]) -> Optional[str]:
+    """Answer with the largest summed weight (normalised as in majority_vote); ties go to the first seen."""
+    if len(answers) != len(weights):
+        raise ValueError("answers and weights must have the same length")
+    seen: dict[str, str] = {}
+    totals: dict[str, float] = {}
+    for a, w in zip(answers, weights):
+        if a is None:
+            continue
+        key = normalize_answer(a)
+        seen.setdefault(key, a)
+        totals[key] = totals.get(key, 0.0) + w
+    if not totals:
+        return None
+    best = max(totals.values())
+    return next(seen[k] for k in seen if totals[k] == best)
+
+
+class WindowConfidence:
+    """Online group confidence of one row: push c_t per token; `lowest` matches lowest_group_confidence."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self._values: deque[float] = deque()
+        self._sum = 0.0
+        self._lowest_full: Optional[float] = None  # min over full windows so far
+
+    def push(self, value: float) -> None:
+        self._values.append(value)
+        self._sum += value
+        if len(self._values) > self.window:
+            self._sum -= self._values.popleft()
+        if len(self._values) == self.window:
+            mean = self._sum / self.window
+            self._lowest_full = mean if self._lowest_full is None else min(self._lowest_full, mean)
+
+    @property
+    def full(self) -> bool:
+        """True once a whole window has been seen."""
+        return self._lowest_full is not None
+
+    @property
+    def current(self) -> Optional[float]:
+        """Mean of the last `window` values (all of them while fewer)."""
+        return self._sum / len(self._values) if self._values else None
+
+    @property
+    def lowest(self) -> Optional[float]:
+        """Lowest group confidence so far (the mean of all values before the first full window)."""
+        return self._lowest_full if self._lowest_full is not None else self.current
+
+    def copy(self) -> "WindowConfidence":
+        other = WindowConfidence(self.window)
+        other._values = deque(self._values)
+        other._sum, other._lowest_full = self._sum, self._lowest_full
+        return other
