@@ -42,6 +42,18 @@ Choices where the reference is ambiguous (each an option of SchedulerConfig):
   overshoot its share (by at most one run). Only for eager-adapt and eager:
   parallel and eager-init have no second phase.
 
+* ``consensus`` (None, or a ``ConsensusConfig``: eager_mlx/consensus.py): a
+  prompt whose finished answers agree (Beta-posterior or window rule, over
+  its runs' answers in run order then sequence order; sequences pruned or
+  aborted do not vote) gets no more runs: after its first run it takes no
+  share of B; after an extra run it stops and its unspent share goes back to
+  the pool. With consensus on, the pool is split again (further rounds, as
+  ``recycle_unused`` does for ``eager``) among the prompts that may still get
+  more (eager-adapt: hit M, no consensus, cap left). A run whose outcome says
+  ``consensus=True`` (an online monitor found agreement and aborted it) counts
+  as agreement too. parallel and eager-init have one run per prompt, so
+  consensus changes nothing here: there it works only through that online abort.
+
 Rows: by default each run reserves ``max_sequences`` rows (min with max_rows),
 so the engine never has to skip a branch (the paper's decisions exactly). With
 ``reserve_rows=False`` a branching run is admitted when one row is free (more
@@ -52,6 +64,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .consensus import ConsensusConfig, consensus_reached
 __all__ = [
     "METHODS",
     "SchedulerConfig",
@@ -81,6 +94,7 @@ class SchedulerConfig:
     later_decay: float = 0.9  # eager: further theta factor for each try after the second
     decay_capped_on_retry: bool = False  # eager: prompts that hit M also get retry_decay on try 2
     recycle_unused: bool = True  # eager: a solved prompt's unspent share goes back to the pool
+    consensus: Optional[ConsensusConfig] = None  # stop a prompt once its answers agree (see above)
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""
@@ -103,6 +117,8 @@ class SchedulerConfig:
             )
         if not (0 < self.retry_decay <= 1 and 0 < self.later_decay <= 1):
             raise ValueError("retry_decay and later_decay must be in (0, 1]")
+        if self.consensus is not None:
+            self.consensus.validate()
 
 
 @dataclass(frozen=True)
@@ -133,6 +149,8 @@ class RunOutcome:
     num_sequences: int
     generated_tokens: int
     any_correct: Optional[bool] = None  # needed by method "eager"
+    answers: tuple[Optional[str], ...] = ()  # answers of its sequences that finished by themselves (consensus)
+    consensus: bool = False  # an online monitor found agreement during the run
 
 
 def split_evenly(budget: int, caps: list[int]) -> list[int]:
@@ -161,6 +179,8 @@ class _Prompt:
     share: int = 0  # allocated budget (sequences or tokens) not yet spent
     theta: float = 0.0  # theta of the last run
     done: bool = False
+    answers: list[Optional[str]] = field(default_factory=list)
+    agreed: bool = False  # consensus reached
     replay: list[RunOutcome] = field(default_factory=list)
 
 
@@ -273,6 +293,9 @@ class Scheduler:
             p.rows = 0
             p.runs.append(o)
             p.solved = p.solved or bool(o.any_correct)
+            p.answers += o.answers
+            consensus = self.config.consensus
+            p.agreed = p.agreed or o.consensus or (consensus is not None and consensus_reached(p.answers, consensus))
             if req.attempt == 0:
                 self._first_pending -= 1
                 p.first_hit_cap = o.num_sequences >= self.config.max_sequences
@@ -302,9 +325,14 @@ class Scheduler:
             return req.max_sequences
         return min(req.max_sequences, self.config.max_rows) if self.config.reserve_rows else 1
 
+    @property
+    def _recycling(self) -> bool:
+        """Unspent shares go back to the pool and are split again in later rounds."""
+        return (self.config.method == "eager" and self.config.recycle_unused) or self.config.consensus is not None
+
     def _may_get_more(self, p: _Prompt) -> bool:
         """Could this prompt (first run finished) be given extra budget?"""
-        if p.done or p.extra_sequences >= self._extra_cap:
+        if p.done or p.agreed or p.extra_sequences >= self._extra_cap:
             return False
         if self.config.method == "eager-adapt":
             return p.first_hit_cap
@@ -313,7 +341,8 @@ class Scheduler:
         return False
 
     def _share_over(self, p: _Prompt) -> bool:
-        return p.share <= 0 or p.extra_sequences >= self._extra_cap or (self.config.method == "eager" and p.solved)
+        return (p.share <= 0 or p.extra_sequences >= self._extra_cap or p.agreed
+                or (self.config.method == "eager" and p.solved))
 
     def _finish(self, i: int) -> None:
         if self._p[i].replay:
@@ -325,10 +354,10 @@ class Scheduler:
     def _close(self, i: int) -> None:
         """Prompt i's share is over: return what is left, finish it unless a later round may serve it."""
         p = self._p[i]
-        if p.share > 0 and self.config.recycle_unused and self.config.method == "eager":
+        if p.share > 0 and self._recycling:
             self._pool += p.share
         p.share = 0
-        if self.config.method != "eager" or not self.config.recycle_unused or not self._may_get_more(p):
+        if not self._recycling or not self._may_get_more(p):
             self._finish(i)
 
     def _advance(self) -> None:
@@ -344,7 +373,7 @@ class Scheduler:
         if busy:
             return
         eligible = [i for i, p in enumerate(self._p) if self._may_get_more(p)]
-        another_round = self.rounds == 0 or (self.config.method == "eager" and self.config.recycle_unused)
+        another_round = self.rounds == 0 or self._recycling
         if not (eligible and self._pool > 0 and another_round):
             for i in eligible:
                 self._finish(i)
