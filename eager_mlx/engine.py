@@ -111,7 +111,7 @@ class Engine:
         self.context_length = context_length or _context_length(model)
         self.eos = set(tokenizer.eos_token_ids or ())
         self.vocab_size = None
-        self._kv = SharedPrefixKV(len(caches))
+        self._kv = SharedPrefixKV(len(caches), max_slots=max_rows)
         self._key = mx.random.key(seed)
         self._requests: dict[str, _Request] = {}
         self._waiting: list[_Request] = []
@@ -266,7 +266,10 @@ class Engine:
             if i + _PREFILL_CHUNK < len(req.prompt):
                 mx.eval([c.state for c in cache])
         plen = len(req.prompt)
-        self._kv.add_prompt(req.id, [(c.keys[:, :, :plen, :], c.values[:, :, :plen, :]) for c in cache])
+        # Compact copies: a slice would keep mlx-lm's 256-step buffer alive.
+        self._kv.add_prompt(
+            req.id, [(mx.contiguous(c.keys[:, :, :plen, :]), mx.contiguous(c.values[:, :, :plen, :])) for c in cache]
+        )
         return logits[:, -1, :]
 
     def _admit(self) -> None:

@@ -36,7 +36,7 @@ import mlx.core as mx
 
 __all__ = ["PassLayout", "PromptGroup", "SharedPrefixKV", "LayerCache", "install_attention"]
 
-_COLUMN_STEP = 256
+_COLUMN_STEP = 64  # buffers grow by 1/8 of what is needed, in multiples of this
 
 
 @dataclass
@@ -64,8 +64,9 @@ class PassLayout:
 class SharedPrefixKV:
     """Per-request prompt KV plus a batch of per-row suffix buffers, for every layer."""
 
-    def __init__(self, num_layers: int):
+    def __init__(self, num_layers: int, max_slots: int = 1 << 30):
         self.num_layers = num_layers
+        self.max_slots = max_slots
         self.prompts: dict[str, list[tuple[mx.array, mx.array]]] = {}
         self.keys: list[Optional[mx.array]] = [None] * num_layers
         self.values: list[Optional[mx.array]] = [None] * num_layers
@@ -90,13 +91,13 @@ class SharedPrefixKV:
         cap_slots, cap_cols = self.keys[0].shape[0], self.keys[0].shape[2]
         if slots <= cap_slots and column - self.base < cap_cols:
             return None
-        new_slots = cap_slots if slots <= cap_slots else max(slots, 2 * cap_slots)
+        new_slots = cap_slots if slots <= cap_slots else max(slots, min(2 * cap_slots, self.max_slots))
         return new_slots, _round_up(column - lo + 1)
 
     def reserve(self, slots: int, column: int, lo: int) -> None:
         """Make room for `slots` row slots and absolute `column`; drop columns before `lo`.
 
-        Grows rows by doubling and columns in steps of 256, so the copy is amortised.
+        Grows rows by doubling (up to `max_slots`) and columns by an eighth, so copies are amortised.
         """
         if self.keys[0] is None:
             self.base, self._want_slots = lo, slots
@@ -163,7 +164,7 @@ class SharedPrefixKV:
     def write(self, layer: int, k: mx.array, v: mx.array) -> None:
         lay = self.layout
         if self.keys[layer] is None:
-            slots = max(self._want_slots, lay.n, 8)
+            slots = max(self._want_slots, lay.n, min(8, self.max_slots))
             self._allocate(k, v, slots, _round_up(lay.column - self.base + 1), layer)
         c = lay.column - self.base
         if lay.slots is None:
@@ -214,6 +215,7 @@ class SharedPrefixKV:
 
 
 def _round_up(columns: int) -> int:
+    columns += columns // 8  # headroom: growth copies stay amortised, waste stays under ~1/8
     return -(-columns // _COLUMN_STEP) * _COLUMN_STEP
 
 
