@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any, Iterator, Optional
 
 from .config import EagerConfig, SamplingConfig
@@ -77,13 +78,17 @@ def stream_solve(
     chat: bool = True,
     system: Optional[str] = None,
     max_kv_memory: Optional[int] = None,
+    cancel: Optional[threading.Event] = None,
 ) -> Iterator[Event]:
     """Solve one prompt, yielding TokenEvent / BranchEvent / SequenceFinished, then RunFinished.
 
     `model` is a LoadedModel, or an mlx-lm model with `tokenizer=` given. `prompt` is
-    text (chat-templated unless `chat=False`) or token ids. Build the generator on the
-    thread that drives it: MLX streams are per thread. `max_kv_memory` (bytes) caps the
-    KV cache: forks that would pass it are skipped and generation goes on.
+    text (chat-templated unless `chat=False`) or token ids. The engine is made on the
+    first `next()`: drive the generator from one thread (MLX streams are per thread; start
+    a worker with `eager_mlx.threads.start_mlx_thread`). Setting `cancel` (any thread)
+    stops the run within one step: rows are freed, RunFinished marks them "aborted".
+    `max_kv_memory` (bytes) caps the KV cache: forks that would pass it are skipped and
+    generation goes on.
     """
     model, tokenizer, preset = _unpack(model, tokenizer)
     config = config or config_for(preset)
@@ -98,6 +103,9 @@ def stream_solve(
     )
     engine.add("0", tokens, config)
     while engine.has_work:
+        if cancel is not None and cancel.is_set():
+            yield from engine.abort("0")
+            return
         yield from engine.step()
 
 
