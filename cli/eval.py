@@ -8,13 +8,16 @@ from typing import Any, Callable, Optional, Sequence
 
 import click
 
+from .beyond import beyond_from, beyond_options
+from .calibrate import THRESHOLD
+
 __all__ = ["eval_cmd", "report", "build_runner", "run_summary", "format_table", "plot_runs"]
 
 METHODS = ("parallel", "eager-init", "eager-adapt", "eager")
 
 
 def build_runner(model: Optional[str], max_rows: int, seed: int, chat: bool = True,
-                 max_kv_memory: Optional[int] = None):
+                 max_kv_memory: Optional[int] = None, token_events: bool = False):
     """Load the model; return (engine, encode, preset, model name). Tests replace this."""
     from eager_mlx.engine import Engine
     from eager_mlx.generate import encode_prompt, load
@@ -30,7 +33,7 @@ def build_runner(model: Optional[str], max_rows: int, seed: int, chat: bool = Tr
     kwargs = preset.chat_template_kwargs if preset is not None else None
     context = preset.context_length if preset is not None else None
     engine = Engine(loaded.model, loaded.tokenizer, max_rows=max_rows, seed=seed, context_length=context,
-                    token_events=False, max_kv_memory=max_kv_memory)
+                    token_events=token_events, max_kv_memory=max_kv_memory)
 
     def encode(text: str) -> list[int]:
         return encode_prompt(loaded.tokenizer, text, chat=chat, chat_template_kwargs=kwargs)
@@ -70,7 +73,9 @@ class _Bar:
 @click.option("--limit", type=int, default=None, help="First N problems only.")
 @click.option("--method", type=click.Choice(METHODS), default="eager-adapt", show_default=True)
 @click.option("--max-sequences", "-M", type=int, default=8, show_default=True, help="M: sequences per prompt.")
-@click.option("--threshold", "-t", type=float, default=None, help="Entropy threshold theta (default: the preset's).")
+@click.option("--threshold", "-t", type=THRESHOLD, default=None,
+              help="Entropy threshold theta, or auto (the preset's calibrated value, else calibrated on the first "
+                   "8 prompts; default: the preset's).")
 @click.option("--temperature", type=float, default=None, help="Sampling temperature (default: the preset's).")
 @click.option("--top-p", type=float, default=None, help="Nucleus sampling (default: the preset's).")
 @click.option("--max-tokens", type=int, default=1024, show_default=True, help="Tokens per sequence.")
@@ -92,9 +97,10 @@ class _Bar:
 @click.option("--no-save-text", is_flag=True, help="Do not store completions in the records.")
 @click.option("--no-chat", is_flag=True, help="Do not apply the chat template.")
 @click.option("--max-kv-memory", default=None, help="Cap on KV cache memory, e.g. 2GB: forks past it are skipped.")
+@beyond_options
 def eval_cmd(model, data, limit, method, max_sequences, threshold, temperature, top_p, max_tokens, max_rows,
              optimistic_rows, token_budget, seed, out, resume, question_field, answer_field, template, split,
-             fallbacks, ks, no_save_text, no_chat, max_kv_memory) -> None:
+             fallbacks, ks, no_save_text, no_chat, max_kv_memory, **beyond) -> None:
     """Evaluate a method on a dataset; one JSONL record per problem in the run directory."""
     from eager_mlx.data import DataError, load_dataset
     from eager_mlx.evaluate import EvalError, EvalSettings, evaluate
@@ -107,6 +113,7 @@ def eval_cmd(model, data, limit, method, max_sequences, threshold, temperature, 
     if resume and out is None:
         raise click.ClickException("--resume needs --out RUN_DIR")
     kv_limit = parse_size(max_kv_memory)
+    opts = beyond_from(beyond)
     try:
         dataset = load_dataset(data, question_field=question_field, answer_field=answer_field,
                                template=template, limit=limit, split=split)
@@ -117,19 +124,30 @@ def eval_cmd(model, data, limit, method, max_sequences, threshold, temperature, 
     from eager_mlx.models import ModelError
 
     try:
-        engine, encode, preset, name = build_runner(model, max_rows, seed, chat=not no_chat, max_kv_memory=kv_limit)
+        engine, encode, preset, name = build_runner(model, max_rows, seed, chat=not no_chat, max_kv_memory=kv_limit,
+                                                    **({"token_events": True} if opts.online else {}))
+        extra = {"chat": not no_chat}
+        if threshold == "auto":
+            from eager_mlx.calibrate import auto_threshold
+
+            base = config_for(preset, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+            prompts = [encode(dataset.prompt(i)) for i in range(min(8, len(dataset)))]
+            threshold, extra["threshold_auto"] = auto_threshold(engine, prompts, base, preset)
+            click.echo(f"theta auto: {threshold:.4f} ({extra['threshold_auto']})", err=True)
         eager = config_for(preset, threshold=threshold, temperature=temperature, top_p=top_p,
                            max_tokens=max_tokens, max_sequences=max_sequences)
         sched = SchedulerConfig(method=method, max_sequences=max_sequences, threshold=eager.threshold,
-                                max_rows=max_rows, reserve_rows=not optimistic_rows, token_budget=token_budget)
+                                max_rows=max_rows, reserve_rows=not optimistic_rows, token_budget=token_budget,
+                                consensus=opts.consensus)
         settings = EvalSettings(scheduler=sched, eager=eager, seed=seed, ks=tuple(sorted(set(ks))) or (1,),
                                 answer_fallbacks=tuple(fallbacks) or DEFAULT_FALLBACKS,
-                                save_text=not no_save_text)
+                                save_text=not no_save_text, confidence=opts.confidence,
+                                confidence_vote=opts.confidence_vote, consensus_abort=opts.consensus_abort)
         run_dir = out or _default_out(data, method, max_sequences)
         bar = _Bar()
         try:
             result = evaluate(engine, encode, dataset, settings, run_dir, model=name, resume=resume,
-                              progress=bar, extra_manifest={"chat": not no_chat})
+                              progress=bar, extra_manifest=extra)
         finally:
             bar.close()
     except (ModelError, EvalError, ValueError) as e:
@@ -150,6 +168,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     wall = max((r["t_done"] for r in records), default=0.0)
     m = run_metrics([record_metrics(r) for r in records], wall_s=wall)
     sched = manifest["settings"]["scheduler"]
+    weighted = [r["weighted_vote"]["correct"] for r in records if "weighted_vote" in r]
     return {
         "run": Path(run_dir).name,
         "method": manifest["method"],
@@ -160,6 +179,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "prompts": f"{m.num_prompts}/{manifest['dataset']['size']}",
         "model": manifest.get("model", ""),
         **asdict(m),
+        "wcons_at_k": sum(weighted) / len(weighted) if weighted else None,
     }
 
 
@@ -172,6 +192,7 @@ COLUMNS: Sequence[tuple[str, str, Callable[[Any], str]]] = (
     ("pass_at_1", "Pass@1", lambda v: f"{v:.3f}"),
     ("pass_at_k", "Pass@k", lambda v: f"{v:.3f}"),
     ("cons_at_k", "cons@k", lambda v: f"{v:.3f}"),
+    ("wcons_at_k", "wcons@k", lambda v: "-" if v is None else f"{v:.3f}"),
     ("pass_rate", "PR", lambda v: f"{v:.3f}"),
     ("total_tokens", "#T", str),
     ("tokens_per_prompt", "#T/prompt", lambda v: f"{v:.0f}"),

@@ -13,3 +13,4 @@ from . import models as _models; cli.add_command(_models.models)  # noqa: E402,E
 from . import solve as _solve; cli.add_command(_solve.solve)  # noqa: E402,E702
 from . import eval as _eval; cli.add_command(_eval.eval_cmd); cli.add_command(_eval.report)  # noqa: E402,E702
 from . import serve as _serve; cli.add_command(_serve.serve)  # noqa: E402,E702
+from . import calibrate as _calibrate; cli.add_command(_calibrate.calibrate)  # noqa: E402,E702

@@ -42,10 +42,14 @@ __all__ = [
     "sequence_confidence",
     "confidence_weight",
     "weighted_vote",
+    "weighted_vote_record",
+    "confidence_vote",
     "WindowConfidence",
+    "NATURAL_FINISHES",
 ]
 
 SIGNALS = ("entropy", "logprob")
+NATURAL_FINISHES = ("eos", "stop", "length")  # ended by itself: not pruned, not aborted (only these vote)
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,30 @@ def weighted_vote(answers: Sequence[Optional[str]], weights: Sequence[float]) ->
         return None
     best = max(totals.values())
     return next(seen[k] for k in seen if totals[k] == best)
+
+
+def weighted_vote_record(
+    answers: Sequence[Optional[str]], correct: Sequence[bool], confidences: Sequence[Optional[float]]
+) -> dict:
+    """``{"answer", "correct"}`` of the confidence-weighted vote; a sequence with confidence None does not vote.
+
+    Correct is that of the first voter giving the winning answer (as cons@k in metrics.py).
+    """
+    voters = [i for i, c in enumerate(confidences) if c is not None]
+    answer = weighted_vote([answers[i] for i in voters], [confidence_weight(confidences[i]) for i in voters])
+    ok = False
+    if answer is not None:
+        key = normalize_answer(answer)
+        ok = bool(next(correct[i] for i in voters if answers[i] is not None and normalize_answer(answers[i]) == key))
+    return {"answer": answer, "correct": ok}
+
+
+def confidence_vote(result, config: Optional[ConfidenceConfig] = None) -> Optional[str]:
+    """The confidence-weighted answer of a RunResult; pruned and aborted sequences do not vote."""
+    config = config or ConfidenceConfig()
+    voters = [s for s in result.sequences if s.finish_reason in NATURAL_FINISHES]
+    weights = [confidence_weight(sequence_confidence(s.entropies, s.logprobs, config)) for s in voters]
+    return weighted_vote([s.answer for s in voters], weights)
 
 
 class WindowConfidence:

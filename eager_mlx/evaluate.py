@@ -17,6 +17,13 @@ tokens, ...), every sequence (answer, how it was extracted, correct, tokens,
 finish reason, parent, text unless ``save_text`` is off), the prompt's metrics,
 its wall time and ``t_done`` (seconds since the run began, summed over
 sessions; the run's wall time is the largest).
+
+Beyond the paper (docs/beyond.md): every sequence records its ``confidence``
+(eager_mlx/confidence.py; None for pruned / aborted ones), and with
+``confidence_vote`` the record holds ``weighted_vote`` (answer, correct).
+``SchedulerConfig.consensus`` stops prompts whose answers agree;
+``consensus_abort`` and ``confidence.prune_percentile`` act on running rows
+through an OnlineMonitor (the engine must emit TokenEvents).
 """
 from __future__ import annotations
 
@@ -31,10 +38,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from eager_mlx.confidence import NATURAL_FINISHES, ConfidenceConfig, sequence_confidence, weighted_vote_record
 from eager_mlx.config import EagerConfig
 from eager_mlx.data import Dataset
 from eager_mlx.grading import DEFAULT_FALLBACKS, extract_answer, grade
 from eager_mlx.metrics import PromptMetrics, RunMetrics, prompt_metrics, run_metrics
+from eager_mlx.online import OnlineMonitor
 from eager_mlx.results import RunFinished, RunResult
 from eager_mlx.scheduler import RunOutcome, RunRequest, Scheduler, SchedulerConfig
 
@@ -76,6 +85,9 @@ class EvalSettings:
     answer_fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS
     grade_timeout: float = 5.0
     save_text: bool = True
+    confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)  # per-sequence confidence, pruning
+    confidence_vote: bool = False  # records carry the confidence-weighted vote
+    consensus_abort: bool = False  # abort a prompt's run in flight once its answers agree (scheduler.consensus)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -179,9 +191,15 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def _voters(sequences: list[dict], run: str) -> tuple[Optional[str], ...]:
+    """Answers of a run's sequences that finished by themselves (the ones consensus counts)."""
+    return tuple(s["answer"] for s in sequences if s["run"] == run and s["finish_reason"] in NATURAL_FINISHES)
+
+
 def _outcomes(record: dict) -> list[RunOutcome]:
     return [
-        RunOutcome(r["request_id"], record["index"], r["num_sequences"], r["generated_tokens"], r["any_correct"])
+        RunOutcome(r["request_id"], record["index"], r["num_sequences"], r["generated_tokens"], r["any_correct"],
+                   _voters(record["sequences"], r["request_id"]), r.get("consensus_abort", False))
         for r in record["runs"]
     ]
 
@@ -235,6 +253,20 @@ def _prepare_dir(run_dir: Path, manifest: dict, resume: bool) -> tuple[list[dict
     return records, journal
 
 
+def _monitor(engine: Any, settings: EvalSettings) -> Optional[OnlineMonitor]:
+    """The OnlineMonitor the settings need (pruning and/or consensus abort), or None."""
+    if settings.consensus_abort and settings.scheduler.consensus is None:
+        raise ValueError("consensus_abort needs a consensus rule (scheduler.consensus)")
+    if settings.confidence.prune_percentile is None and not settings.consensus_abort:
+        return None
+    return OnlineMonitor(
+        engine, confidence=settings.confidence,
+        consensus=settings.scheduler.consensus if settings.consensus_abort else None,
+        prompt_of=lambda rid: rid.rsplit("-r", 1)[0],
+        extract=lambda text: extract_answer(text, settings.answer_fallbacks)[0],
+    )
+
+
 def evaluate(
     engine: Any,
     encode: Callable[[str], list[int]],
@@ -254,6 +286,8 @@ def evaluate(
     try:
         sched = Scheduler(len(dataset), settings.scheduler)
         settings.eager.validate()
+        settings.confidence.validate()
+        monitor = _monitor(engine, settings)
     except ValueError as e:
         raise EvalError(str(e)) from None
     manifest = {
@@ -285,7 +319,7 @@ def evaluate(
             st.runs.append(e["run"])
             st.sequences += e["sequences"]
     for i, st in states.items():
-        sched.replay(i, _outcomes({"index": i, "runs": st.runs}))
+        sched.replay(i, _outcomes({"index": i, "runs": st.runs, "sequences": st.sequences}))
     offset = max([r["t_done"] for r in records] + [e["t"] for e in journal], default=0.0)
     t0 = time.perf_counter()
 
@@ -317,7 +351,9 @@ def evaluate(
                 grades[key] = grade(answer, gold, timeout=settings.grade_timeout)
             seq = {"run": req.request_id, "index": s.index, "answer": answer, "extracted_by": how,
                    "correct": grades[key], "tokens": len(s.token_ids), "finish_reason": s.finish_reason,
-                   "parent": s.parent, "branch_step": s.branch_step}
+                   "parent": s.parent, "branch_step": s.branch_step,
+                   "confidence": sequence_confidence(s.entropies, s.logprobs, settings.confidence)
+                   if s.finish_reason in NATURAL_FINISHES else None}
             if settings.save_text:
                 seq["text"] = s.text
             seqs.append(seq)
@@ -329,11 +365,13 @@ def evaluate(
             "num_sequences": len(seqs), "generated_tokens": result.generated_tokens,
             "prompt_tokens": result.prompt_tokens, "elapsed_s": result.elapsed_s,
             "branch_points": result.branch_points, "any_correct": any_correct, "info": result.info,
+            "consensus_abort": monitor is not None and monitor.agreed(req.request_id),
         }
         st.sequences += seqs
         st.runs.append(run)
         journal_writer.write({"index": i, "t_start": st.started, "t": clock(), "run": run, "sequences": seqs})
-        return RunOutcome(req.request_id, i, len(seqs), result.generated_tokens, any_correct)
+        return RunOutcome(req.request_id, i, len(seqs), result.generated_tokens, any_correct,
+                          _voters(seqs, req.request_id), run["consensus_abort"])
 
     def flush(writer: _Writer) -> None:
         for i in sched.pop_finished():
@@ -350,6 +388,10 @@ def evaluate(
             rec = {"index": i, "id": ex.id, "question": ex.question, "gold": ex.answer,
                    "runs": st.runs, "sequences": st.sequences, "metrics": asdict(pm),
                    "wall_s": now - st.started, "t_done": now}
+            if settings.confidence_vote:
+                rec["weighted_vote"] = weighted_vote_record([s["answer"] for s in st.sequences],
+                                                            [s["correct"] for s in st.sequences],
+                                                            [s["confidence"] for s in st.sequences])
             writer.write(rec)
             by_index[i] = rec
             totals["tokens"] += pm.generated_tokens
@@ -378,7 +420,10 @@ def evaluate(
                 break
             if not engine.has_work:
                 raise EvalError("internal error: the scheduler is waiting but the engine has nothing to run")
-            outcomes = [on_finished(ev.result) for ev in engine.step() if isinstance(ev, RunFinished)]
+            events = engine.step()
+            if monitor is not None:
+                events += monitor.feed(events)
+            outcomes = [on_finished(ev.result) for ev in events if isinstance(ev, RunFinished)]
             if outcomes:
                 sched.update_from_output(outcomes)
                 flush(writer)

@@ -31,13 +31,11 @@ from typing import Callable, Hashable, Optional
 import numpy as np
 
 from .answers import extract_boxed
-from .confidence import ConfidenceConfig, WindowConfidence
+from .confidence import NATURAL_FINISHES, ConfidenceConfig, WindowConfidence
 from .consensus import ConsensusConfig, consensus_reached
 from .results import BranchEvent, Event, RunFinished, SequenceFinished, TokenEvent
 
-__all__ = ["NATURAL_FINISHES", "OnlineMonitor"]
-
-NATURAL_FINISHES = ("eos", "stop", "length")  # a sequence that ended by itself (not pruned, not aborted)
+__all__ = ["OnlineMonitor"]
 
 
 @dataclass

@@ -119,7 +119,8 @@ def test_eager_adapt_end_to_end(tmp_path):
     assert recs[2]["metrics"]["pass_rate"] == 0.5
     assert recs[0]["sequences"][0] == {
         "run": "p0-r0", "index": 0, "answer": "99", "extracted_by": "boxed", "correct": False, "tokens": 10,
-        "finish_reason": "eos", "parent": None, "branch_step": None, "text": "so \\boxed{99}"}
+        "finish_reason": "eos", "parent": None, "branch_step": None, "confidence": 0.0,
+        "text": "so \\boxed{99}"}
     assert res.metrics.pass_at_k == 1.0 and res.metrics.pass_at_1 == 0.75 and res.metrics.cons_at_k == 0.75
     assert res.metrics.total_tokens == sum(r["metrics"]["generated_tokens"] for r in res.records)
     # files: one line per prompt, manifest with settings, hash and summary
