@@ -5,8 +5,11 @@ import dataclasses
 import threading
 from typing import Any, Iterator, Optional
 
+from .confidence import ConfidenceConfig
 from .config import EagerConfig, SamplingConfig
+from .consensus import ConsensusConfig
 from .engine import Engine
+from .online import OnlineMonitor
 from .results import Event, RunFinished, RunResult
 
 __all__ = ["load", "config_for", "encode_prompt", "stream_solve", "solve"]
@@ -79,6 +82,8 @@ def stream_solve(
     system: Optional[str] = None,
     max_kv_memory: Optional[int] = None,
     cancel: Optional[threading.Event] = None,
+    confidence: Optional[ConfidenceConfig] = None,
+    consensus: Optional[ConsensusConfig] = None,
 ) -> Iterator[Event]:
     """Solve one prompt, yielding TokenEvent / BranchEvent / SequenceFinished, then RunFinished.
 
@@ -88,7 +93,8 @@ def stream_solve(
     a worker with `eager_mlx.threads.start_mlx_thread`). Setting `cancel` (any thread)
     stops the run within one step: rows are freed, RunFinished marks them "aborted".
     `max_kv_memory` (bytes) caps the KV cache: forks that would pass it are skipped and
-    generation goes on.
+    generation goes on. `confidence` with a `prune_percentile` prunes low-confidence rows;
+    `consensus` aborts the run once its finished answers agree (eager_mlx/online.py).
     """
     model, tokenizer, preset = _unpack(model, tokenizer)
     config = config or config_for(preset)
@@ -102,11 +108,17 @@ def stream_solve(
         model, tokenizer, max_rows=config.max_sequences, seed=seed, context_length=context, max_kv_memory=max_kv_memory
     )
     engine.add("0", tokens, config)
+    monitor = None
+    if consensus is not None or (confidence is not None and confidence.prune_percentile is not None):
+        monitor = OnlineMonitor(engine, confidence=confidence, consensus=consensus)
     while engine.has_work:
         if cancel is not None and cancel.is_set():
             yield from engine.abort("0")
             return
-        yield from engine.step()
+        events = engine.step()
+        yield from events
+        if monitor is not None:
+            yield from monitor.feed(events)
 
 
 def solve(model, prompt: str | list[int], config: Optional[EagerConfig] = None, **kwargs: Any) -> RunResult:

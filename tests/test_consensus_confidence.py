@@ -109,3 +109,19 @@ def test_confidence_config_validate():
         ConfidenceConfig(signal="logprob", prune_percentile=10).validate()
     with pytest.raises(ValueError, match="percentile"):
         ConfidenceConfig(prune_percentile=100).validate()
+
+
+def test_confidence_vote_on_a_run_result():
+    from eager_mlx.confidence import confidence_vote, weighted_vote_record
+    from eager_mlx.results import RunResult, SequenceResult
+
+    def seq(i, answer, h, reason="eos"):
+        return SequenceResult(i, [1, 2], "", reason, None, None, [h, h], [-0.1, -0.1], answer)
+
+    seqs = [seq(0, "3", 2.0), seq(1, "3", 2.0), seq(2, "5", 0.1), seq(3, "5", 0.0, "pruned")]
+    result = RunResult("r", seqs, 5, 8, "3", 2.0, 0.1)
+    assert confidence_vote(result) == "5"  # e^-0.1 = 0.905 > 2 e^-2 = 0.271; the pruned row does not vote
+    assert confidence_vote(result, ConfidenceConfig(signal="logprob")) == "3"  # equal weights: majority
+    assert weighted_vote_record(["3", "5", "5"], [False, True, True], [-2.0, None, -0.1]) == {"answer": "5",
+                                                                                          "correct": True}
+    assert weighted_vote_record(["3"], [True], [None]) == {"answer": None, "correct": False}

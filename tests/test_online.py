@@ -120,3 +120,17 @@ def test_real_engine_consensus_aborts_the_other_run_of_the_prompt():
     assert [s.finish_reason for s in results["B"].sequences] == ["aborted", "aborted"]
     assert all(len(s.token_ids) == 3 for s in results["B"].sequences)
     assert mon.agreed("A") and mon.agreed("B")
+
+
+def test_stream_solve_prunes_with_the_monitor():
+    from eager_mlx import confidence_vote, stream_solve
+
+    # step 1 branches (M = 2); the child takes 'b' and stops at once (stop "b"): confidence mean(-0, -ln 20).
+    # The parent's next window (steps 1, 2: both ~ln 20) is lower: pruned at step 2.
+    model = ScriptedModel(len(PROMPT), {1: "high", 2: "high", 3: "high"})
+    cfg = EagerConfig(threshold=1.0, max_sequences=2, max_tokens=8, stop=("b",), sampling=SamplingConfig(temperature=0))
+    events = list(stream_solve(model, PROMPT, cfg, tokenizer=ByteTokenizer(),
+                               confidence=ConfidenceConfig(window=2, prune_percentile=50, warmup=1)))
+    result = events[-1].result
+    assert [(s.finish_reason, len(s.entropies)) for s in result.sequences] == [("pruned", 3), ("stop", 2)]
+    assert confidence_vote(result) is None  # the stopped child has no answer; the pruned parent does not vote
