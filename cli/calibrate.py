@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import click
 
-__all__ = ["calibrate", "THRESHOLD", "ThresholdType"]
+__all__ = ["calibrate", "THRESHOLD", "ThresholdType", "solve_auto_threshold"]
 
 
 class ThresholdType(click.ParamType):
@@ -79,3 +79,20 @@ def calibrate(model: Optional[str], data: str, limit: int, target_rate: Optional
     if plot is not None:
         cal_mod.plot_histogram(result, plot, title=f"{name}: {result.tokens} tokens, {result.target}")
         click.echo(f"plot: {plot}")
+
+
+def solve_auto_threshold(loaded: Any, question: str, config: Any, *, seed: int, chat: bool,
+                         system: Optional[str]) -> tuple[float, str]:
+    """`solve --threshold auto`: the preset's stored theta, else one unbranched sample of the question itself."""
+    from eager_mlx.calibrate import auto_threshold, stored_threshold
+    from eager_mlx.engine import Engine
+    from eager_mlx.generate import encode_prompt
+
+    preset = loaded.preset
+    tokens = encode_prompt(loaded.tokenizer, question, chat=chat, system=system,
+                           chat_template_kwargs=preset.chat_template_kwargs if preset is not None else None)
+    engine = None
+    if stored_threshold(preset) is None:
+        engine = Engine(loaded.model, loaded.tokenizer, max_rows=1, seed=seed, token_events=False,
+                        context_length=preset.context_length if preset is not None else None)
+    return auto_threshold(engine, [tokens], config, preset)

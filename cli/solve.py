@@ -10,13 +10,18 @@ from typing import Optional
 
 import click
 
+from .beyond import beyond_from, beyond_options
+from .calibrate import THRESHOLD
+
 __all__ = ["solve"]
 
 
 @click.command()
 @click.argument("question")
 @click.option("--model", "-m", default=None, help="Preset name, mlx-lm folder, .gguf file or hub id (default: the default preset).")
-@click.option("--threshold", "-t", type=float, default=None, help="Entropy threshold theta in nats (default: the preset's).")
+@click.option("--threshold", "-t", type=THRESHOLD, default=None,
+              help="Entropy threshold theta in nats, or auto (the preset's calibrated value, else calibrated on this "
+                   "question: one extra unbranched sample; default: the preset's).")
 @click.option("--max-sequences", "-M", type=int, default=32, show_default=True, help="Cap on sequences (M).")
 @click.option("--temperature", type=float, default=None, help="Sampling temperature (default: the preset's).")
 @click.option("--top-p", type=float, default=None, help="Nucleus sampling (default: the preset's).")
@@ -36,9 +41,10 @@ __all__ = ["solve"]
 @click.option("--view", type=click.Choice(["one", "all", "quiet"]), default="one", show_default=True,
               help="one: stream sequence 0 live; all: a live status line for all rows; quiet: summary only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@beyond_options
 def solve(question: str, model: Optional[str], threshold, max_sequences, temperature, top_p, top_k, min_p,
           max_tokens, seed, entropy_k, full_entropy, dynamic_threshold, no_branch_window, parallel, max_kv_memory, stop,
-          system, no_chat, view, as_json) -> None:
+          system, no_chat, view, as_json, **beyond) -> None:
     """Solve QUESTION with entropy-aware branching."""
     from eager_mlx import config_for, load, stream_solve
     from eager_mlx.models import ModelError
@@ -47,6 +53,7 @@ def solve(question: str, model: Optional[str], threshold, max_sequences, tempera
     from .progress import ProgressBars, parse_size
 
     kv_limit = parse_size(max_kv_memory)
+    opts = beyond_from(beyond, abort_implied=True)  # one run: a consensus rule can only stop it early
 
     try:
         bars = ProgressBars()
@@ -60,12 +67,18 @@ def solve(question: str, model: Optional[str], threshold, max_sequences, tempera
             full_entropy=full_entropy, dynamic_threshold=dynamic_threshold,
             no_branch_window=no_branch_window, parallel=parallel, stop=tuple(stop),
         )
+        if threshold == "auto":
+            from .calibrate import solve_auto_threshold
+
+            theta, how = solve_auto_threshold(loaded, question, config, seed=seed, chat=not no_chat, system=system)
+            config = dataclasses.replace(config, threshold=theta)
+            click.echo(f"theta auto: {theta:.4f} ({how})", err=True)
         config.validate()
         start = time.perf_counter()
         status = _Status(enabled=view == "all" and not as_json)
         result = None
         for event in stream_solve(loaded, question, config, seed=seed, chat=not no_chat, system=system,
-                                  max_kv_memory=kv_limit):
+                                  max_kv_memory=kv_limit, confidence=opts.confidence, consensus=opts.consensus):
             if isinstance(event, TokenEvent):
                 status.token()
                 if view == "one" and not as_json and event.sequence == 0:
@@ -79,10 +92,15 @@ def solve(question: str, model: Optional[str], threshold, max_sequences, tempera
         raise click.ClickException(str(e)) from None
     elapsed = time.perf_counter() - start
     tps = result.generated_tokens / elapsed if elapsed > 0 else 0.0
+    weighted = None
+    if opts.confidence_vote:
+        from eager_mlx.confidence import confidence_vote
+
+        weighted = confidence_vote(result, opts.confidence)
     if as_json:
         out = dataclasses.asdict(result)
         out.update(model=model or (loaded.preset.name if loaded.preset else None), elapsed_s=elapsed,
-                   tokens_per_s=tps, config=dataclasses.asdict(config))
+                   tokens_per_s=tps, config=dataclasses.asdict(config), confidence_answer=weighted)
         click.echo(json.dumps(out))
         return
     if view == "one":
@@ -91,6 +109,8 @@ def solve(question: str, model: Optional[str], threshold, max_sequences, tempera
     click.echo("-" * 60)
     answer = result.answer if result.answer is not None else "(no \\boxed{} answer)"
     click.echo(f"answer:     {answer}")
+    if opts.confidence_vote:
+        click.echo(f"confidence: {weighted if weighted is not None else '(no answer)'} (confidence-weighted vote)")
     if votes:
         click.echo("votes:      " + ", ".join(f"{a} x{n}" for a, n in votes.most_common(5)))
     click.echo(f"sequences:  {result.num_sequences} (branch points {result.branch_points}, theta {result.threshold:g})")
