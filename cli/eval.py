@@ -95,11 +95,13 @@ class _Bar:
               help="Answer extraction fallbacks when there is no \\boxed{} (default: answer_is).")
 @click.option("--k", "ks", multiple=True, type=int, help="Also report unbiased pass@k for this k (repeatable).")
 @click.option("--no-save-text", is_flag=True, help="Do not store completions in the records.")
+@click.option("--save-trace", is_flag=True,
+              help="Keep each run's branch tree and entropies (trees.jsonl) for `eager-mlx report --html`.")
 @click.option("--no-chat", is_flag=True, help="Do not apply the chat template.")
 @click.option("--max-kv-memory", default=None, help="Cap on KV cache memory, e.g. 2GB: forks past it are skipped.")
 @beyond_options
 def eval_cmd(model, data, limit, method, max_sequences, threshold, temperature, top_p, max_tokens, max_rows,
-             optimistic_rows, token_budget, seed, out, resume, question_field, answer_field, template, split,
+             save_trace, optimistic_rows, token_budget, seed, out, resume, question_field, answer_field, template, split,
              fallbacks, ks, no_save_text, no_chat, max_kv_memory, **beyond) -> None:
     """Evaluate a method on a dataset; one JSONL record per problem in the run directory."""
     from eager_mlx.data import DataError, load_dataset
@@ -107,6 +109,8 @@ def eval_cmd(model, data, limit, method, max_sequences, threshold, temperature, 
     from eager_mlx.generate import config_for
     from eager_mlx.grading import DEFAULT_FALLBACKS
     from eager_mlx.scheduler import SchedulerConfig
+    from eager_mlx.shards import barrier, current_shard, rank_dirs, shard_run
+    from eager_mlx.treepages import TRACES, TraceRecorder
 
     from .progress import parse_size
 
@@ -143,7 +147,11 @@ def eval_cmd(model, data, limit, method, max_sequences, threshold, temperature, 
                                 answer_fallbacks=tuple(fallbacks) or DEFAULT_FALLBACKS,
                                 save_text=not no_save_text, confidence=opts.confidence,
                                 confidence_vote=opts.confidence_vote, consensus_abort=opts.consensus_abort)
-        run_dir = out or _default_out(data, method, max_sequences)
+        shard = current_shard()  # rank r of n under mlx.launch: prompts i % n == r, results in RUN_DIR/rank-r
+        run_dir, dataset = shard_run(out or (_default_out(data, method, max_sequences) if shard.size == 1 else None),
+                                     dataset, shard)
+        if save_trace:
+            engine = TraceRecorder(engine, run_dir / TRACES)
         bar = _Bar()
         try:
             result = evaluate(engine, encode, dataset, settings, run_dir, model=name, resume=resume,
@@ -155,16 +163,21 @@ def eval_cmd(model, data, limit, method, max_sequences, threshold, temperature, 
     summary = run_summary(run_dir)
     click.echo(format_table([summary]))
     click.echo(f"results: {run_dir}")
+    if shard.size > 1:
+        barrier()
+        if shard.rank == 0 and len(rank_dirs(run_dir.parent)) == shard.size:
+            click.echo(f"all {shard.size} ranks:\n" + format_table([run_summary(run_dir.parent)]))
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """One row of the report: the run's settings and its metrics recomputed from the records."""
     from dataclasses import asdict
 
-    from eager_mlx.evaluate import load_run, record_metrics
+    from eager_mlx.evaluate import record_metrics
     from eager_mlx.metrics import run_metrics
+    from eager_mlx.shards import load_merged
 
-    manifest, records = load_run(run_dir)
+    manifest, records = load_merged(run_dir)  # a sharded run's rank-N folders are merged
     wall = max((r["t_done"] for r in records), default=0.0)
     m = run_metrics([record_metrics(r) for r in records], wall_s=wall)
     sched = manifest["settings"]["scheduler"]
@@ -243,7 +256,8 @@ def plot_runs(rows: Sequence[dict[str, Any]], path: Path) -> None:
 @click.option("--plot", "plot", type=click.Path(path_type=Path), default=Path("pass_at_k_vs_tokens.png"),
               show_default=True, help="Where to write the PNG.")
 @click.option("--no-plot", is_flag=True, help="Only print the table.")
-def report(run_dirs: tuple[Path, ...], plot: Path, no_plot: bool) -> None:
+@click.option("--html", "html", is_flag=True, help="Write a branch-tree page per prompt: RUN_DIR/trees/pN.html.")
+def report(run_dirs: tuple[Path, ...], plot: Path, no_plot: bool, html: bool) -> None:
     """Compare runs side by side: Pass@1, Pass@k, cons@k, PR, #T, #S, time; plot Pass@k against tokens."""
     from eager_mlx.evaluate import EvalError
 
@@ -257,3 +271,8 @@ def report(run_dirs: tuple[Path, ...], plot: Path, no_plot: bool) -> None:
     if not no_plot:
         plot_runs(rows, plot)
         click.echo(f"plot: {plot}")
+    if html:
+        from eager_mlx.treepages import write_tree_pages
+
+        for d in run_dirs:
+            click.echo(f"trees: {write_tree_pages(d)}")

@@ -42,9 +42,11 @@ __all__ = ["solve"]
               help="one: stream sequence 0 live; all: a live status line for all rows; quiet: summary only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
 @beyond_options
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the branch tree (forks, entropy traces, answers, vote) to this HTML page.")
 def solve(question: str, model: Optional[str], threshold, max_sequences, temperature, top_p, top_k, min_p,
           max_tokens, seed, entropy_k, full_entropy, dynamic_threshold, no_branch_window, parallel, max_kv_memory, stop,
-          system, no_chat, view, as_json, **beyond) -> None:
+          system, no_chat, view, as_json, html_path, **beyond) -> None:
     """Solve QUESTION with entropy-aware branching."""
     from eager_mlx import config_for, load, stream_solve
     from eager_mlx.models import ModelError
@@ -91,6 +93,12 @@ def solve(question: str, model: Optional[str], threshold, max_sequences, tempera
     except (ModelError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     elapsed = time.perf_counter() - start
+    if html_path:
+        from pathlib import Path
+
+        from eager_mlx.treeview import render_tree_html
+
+        Path(html_path).write_text(render_tree_html(result, loaded.tokenizer, question=question), encoding="utf-8")
     tps = result.generated_tokens / elapsed if elapsed > 0 else 0.0
     weighted = None
     if opts.confidence_vote:
