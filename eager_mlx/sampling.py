@@ -32,6 +32,7 @@ class RowSampling:
     use_top_k: bool
     use_min_p: bool
     any_greedy: bool
+    max_top_k: int
 
     @classmethod
     def from_configs(cls, configs: Sequence[SamplingConfig]) -> "RowSampling":
@@ -47,6 +48,7 @@ class RowSampling:
             use_top_k=any(c.top_k > 0 for c in configs),
             use_min_p=any(c.min_p > 0 for c in configs),
             any_greedy=any(t == 0 for t in temps),
+            max_top_k=max(c.top_k for c in configs),
         )
 
 
@@ -62,27 +64,26 @@ def entropy(logprobs: mx.array, top_k: Optional[int]) -> mx.array:
     return -(mx.exp(logprobs) * logprobs).sum(axis=-1)
 
 
-def _filter(tempered: mx.array, s: RowSampling) -> mx.array:
-    """Mask tokens outside top-k / top-p / min-p of the *tempered* distribution (vLLM order)."""
-    neg_inf = mx.array(-float("inf"), tempered.dtype)
-    if s.use_top_k or s.use_top_p:
-        desc = -mx.sort(-tempered, axis=-1)
-        vocab = tempered.shape[-1]
-        if s.use_top_k:
-            k = mx.where(s.top_k > 0, mx.minimum(s.top_k, vocab), vocab)
-            kth = mx.take_along_axis(desc, k - 1, axis=-1)
-            tempered = mx.where(tempered >= kth, tempered, neg_inf)
-            desc = mx.where(mx.arange(vocab)[None] < k, desc, neg_inf)
-        if s.use_top_p:
-            probs = mx.softmax(desc, axis=-1)
-            before = mx.cumsum(probs, axis=-1) - probs  # mass strictly above each token
-            keep = before < s.top_p  # always keeps the first token
-            smallest_kept = mx.min(mx.where(keep, desc, mx.inf), axis=-1, keepdims=True)
-            tempered = mx.where(tempered >= smallest_kept, tempered, neg_inf)
+_CANDIDATES = 256  # top-k / top-p are applied within this many most probable tokens
+
+
+def _sample_candidates(cand_logits: mx.array, cand_idx: mx.array, s: RowSampling, key: mx.array) -> mx.array:
+    """Sample among the sorted candidates after top-k / top-p / min-p of the tempered distribution.
+
+    `cand_logits` (B, C) are tempered logits sorted descending; `lse` is over the full vocabulary, so
+    the top-p mass is exact; the nucleus is cut at C tokens when they hold less than top_p.
+    """
+    neg_inf = mx.array(-float("inf"), cand_logits.dtype)
+    width = cand_logits.shape[-1]
+    keep = mx.ones(cand_logits.shape, dtype=mx.bool_)
+    if s.use_top_k:
+        k = mx.where(s.top_k > 0, s.top_k, width)
+        keep = keep & (mx.arange(width)[None] < k)
     if s.use_min_p:
-        top = mx.max(tempered, axis=-1, keepdims=True)
-        tempered = mx.where(tempered >= top + mx.log(mx.maximum(s.min_p, 1e-30)), tempered, neg_inf)
-    return tempered
+        keep = keep & (cand_logits >= cand_logits[:, :1] + mx.log(mx.maximum(s.min_p, 1e-30)))
+    return mx.take_along_axis(
+        cand_idx, mx.random.categorical(mx.where(keep, cand_logits, neg_inf), axis=-1, key=key)[:, None], axis=-1
+    )[:, 0]
 
 
 def token_stats(
@@ -95,23 +96,50 @@ def token_stats(
 
     Entropy, top-1/top-2 and log-probabilities come from the temperature-1
     distribution (as the reference reads vLLM's raw logprobs); the sampled token
-    comes from the tempered, filtered one. Each row draws its own noise.
+    comes from the tempered, filtered one (temperature first, then top-k / top-p /
+    min-p, the vLLM order). Each row draws its own noise.
+
+    Cost: one partial sort (argpartition) gives the candidates for top-1/top-2, the
+    top-K entropy and the filters, so none of them sorts the whole vocabulary.
     """
     logits = logits.astype(mx.float32)
-    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    vocab = logits.shape[-1]
+    lse = mx.logsumexp(logits, axis=-1, keepdims=True)
+    filtered = sampling.use_top_k or sampling.use_top_p
+    width = max(entropy_top_k or 2, 2)
+    if filtered:
+        width = max(width, _CANDIDATES, sampling.max_top_k)
+    width = min(width, vocab)
+    cand_idx = mx.argpartition(-logits, kth=width - 1, axis=-1)[:, :width]
+    cand = mx.take_along_axis(logits, cand_idx, axis=-1)
+    order = mx.argsort(-cand, axis=-1)
+    cand_idx = mx.take_along_axis(cand_idx, order, axis=-1)
+    cand = mx.take_along_axis(cand, order, axis=-1)  # sorted descending
+    top1, top2 = cand_idx[:, 0], cand_idx[:, 1]
+    lp_top1, lp_top2 = cand[:, 0] - lse[:, 0], cand[:, 1] - lse[:, 0]
 
-    top1 = mx.argmax(logprobs, axis=-1)
-    lp_top1 = mx.take_along_axis(logprobs, top1[:, None], axis=-1)[:, 0]
-    masked = mx.where(mx.arange(logprobs.shape[-1])[None] == top1[:, None], -mx.inf, logprobs)
-    top2 = mx.argmax(masked, axis=-1)
-    lp_top2 = mx.take_along_axis(logprobs, top2[:, None], axis=-1)[:, 0]
-
-    tempered = _filter(logits / sampling.temperature, sampling)
-    token = mx.random.categorical(tempered, axis=-1, key=key)
+    tempered = logits / sampling.temperature
+    if filtered:
+        cand_t = cand / sampling.temperature
+        if sampling.use_top_p:
+            probs = mx.exp(cand_t - mx.logsumexp(tempered, axis=-1, keepdims=True))
+            before = mx.cumsum(probs, axis=-1) - probs  # mass strictly above each token
+            cand_t = mx.where(before < sampling.top_p, cand_t, -mx.inf)  # always keeps the first
+        token = _sample_candidates(cand_t, cand_idx, sampling, key)
+    else:
+        if sampling.use_min_p:
+            top = mx.max(tempered, axis=-1, keepdims=True)
+            tempered = mx.where(tempered >= top + mx.log(mx.maximum(sampling.min_p, 1e-30)), tempered, -mx.inf)
+        token = mx.random.categorical(tempered, axis=-1, key=key)
     if sampling.any_greedy:
         token = mx.where(sampling.greedy, top1, token)
-    lp_token = mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
+    lp_token = mx.take_along_axis(logits, token[:, None], axis=-1)[:, 0] - lse[:, 0]
 
-    h = entropy(logprobs, entropy_top_k)
+    if entropy_top_k is None:
+        h = entropy(logits - lse, None)
+    else:
+        top = cand[:, :entropy_top_k]
+        top = top - mx.logsumexp(top, axis=-1, keepdims=True)
+        h = -(mx.exp(top) * top).sum(axis=-1)
     cols = [token, top1, top2, h, lp_token, lp_top1, lp_top2]
     return mx.stack([c.astype(mx.float32) for c in cols], axis=1)
