@@ -64,14 +64,16 @@ def entropy(logprobs: mx.array, top_k: Optional[int]) -> mx.array:
     return -(mx.exp(logprobs) * logprobs).sum(axis=-1)
 
 
-_CANDIDATES = 256  # top-k / top-p are applied within this many most probable tokens
+# top-k / top-p sample among this many most probable tokens. The top-p mass is measured
+# against the full vocabulary, so the nucleus is exact unless these tokens hold less than
+# top_p (then it is cut at them).
+_CANDIDATES = 256
 
 
 def _sample_candidates(cand_logits: mx.array, cand_idx: mx.array, s: RowSampling, key: mx.array) -> mx.array:
-    """Sample among the sorted candidates after top-k / top-p / min-p of the tempered distribution.
+    """Sample among the candidates left by top-k and min-p (top-p was applied by the caller).
 
-    `cand_logits` (B, C) are tempered logits sorted descending; `lse` is over the full vocabulary, so
-    the top-p mass is exact; the nucleus is cut at C tokens when they hold less than top_p.
+    `cand_logits` (B, C) are tempered logits sorted descending, `cand_idx` their token ids.
     """
     neg_inf = mx.array(-float("inf"), cand_logits.dtype)
     width = cand_logits.shape[-1]
