@@ -180,7 +180,7 @@ class SharedPrefixKV:
         n, heads, _, dim = queries.shape
         kv_heads = self.keys[layer].shape[1]
         rep = heads // kv_heads
-        q = (queries.reshape(n, kv_heads, rep, dim) * scale).astype(mx.float32)
+        q = _f32(queries.reshape(n, kv_heads, rep, dim) * scale)
 
         # Suffix part: each row over its own columns [lo, column].
         a, b = lay.lo - self.base, lay.column - self.base + 1
@@ -188,8 +188,8 @@ class SharedPrefixKV:
             ks, vs = self.keys[layer][: lay.n, :, a:b, :], self.values[layer][: lay.n, :, a:b, :]
         else:
             ks, vs = self.keys[layer][lay.slots, :, a:b, :], self.values[layer][lay.slots, :, a:b, :]
-        s = q @ ks.astype(mx.float32).transpose(0, 1, 3, 2)  # (n, kvh, rep, S)
-        s = mx.where(lay.mask[:, None, None, :], s, -mx.inf)
+        s = q @ _f32(ks).transpose(0, 1, 3, 2)  # (n, kvh, rep, S)
+        s = mx.where(lay.mask[:, None, None, :], s, -mx.inf)  # a row always sees its current token
         o_suffix, lse_suffix = _softmax_out(s, vs)
 
         # Prompt part: all rows of a request at once against its prompt KV.
@@ -199,7 +199,7 @@ class SharedPrefixKV:
             qg = q if g.positions is None else q[g.positions]
             m = qg.shape[0]
             qg = qg.transpose(1, 2, 0, 3).reshape(1, kv_heads, rep * m, dim)
-            s = qg @ kp.astype(mx.float32).transpose(0, 1, 3, 2)  # (1, kvh, rep*m, P)
+            s = qg @ _f32(kp).transpose(0, 1, 3, 2)  # (1, kvh, rep*m, P)
             o, lse = _softmax_out(s, vp)
             outs.append(o.reshape(kv_heads, rep, m, -1).transpose(2, 0, 1, 3))
             lses.append(lse.reshape(kv_heads, rep, m, 1).transpose(2, 0, 1, 3))
@@ -208,9 +208,8 @@ class SharedPrefixKV:
         if lay.inverse is not None:
             o_prompt, lse_prompt = o_prompt[lay.inverse], lse_prompt[lay.inverse]
 
-        top = mx.maximum(lse_prompt, lse_suffix)
-        wp, ws = mx.exp(lse_prompt - top), mx.exp(lse_suffix - top)
-        out = (o_prompt * wp + o_suffix * ws) / (wp + ws)
+        lse = mx.logaddexp(lse_prompt, lse_suffix)
+        out = o_prompt * mx.exp(lse_prompt - lse) + o_suffix * mx.exp(lse_suffix - lse)
         return out.reshape(n, heads, 1, -1).astype(queries.dtype)
 
 
@@ -219,13 +218,14 @@ def _round_up(columns: int) -> int:
     return -(-columns // _COLUMN_STEP) * _COLUMN_STEP
 
 
+def _f32(x: mx.array) -> mx.array:
+    return x if x.dtype == mx.float32 else x.astype(mx.float32)
+
+
 def _softmax_out(scores: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
     """softmax(scores) @ values and the log-sum-exp of scores (last axis)."""
-    top = mx.max(scores, axis=-1, keepdims=True)
-    e = mx.exp(scores - top)
-    total = e.sum(axis=-1, keepdims=True)
-    out = (e @ values.astype(mx.float32)) / total
-    return out, top + mx.log(total)
+    lse = mx.logsumexp(scores, axis=-1, keepdims=True)
+    return mx.exp(scores - lse) @ _f32(values), lse
 
 
 class LayerCache:
