@@ -382,7 +382,7 @@ class Engine:
             row.detok.add_token(token)
             row.text = row.detok.text
             if self.token_events:
-                events.append(TokenEvent(req.id, row.sequence, token, row.text[before:], entropy))
+                events.append(TokenEvent(req.id, row.sequence, token, row.text[before:], entropy, lp))
             tail = row.text[max(0, before - 64) :]
             if cfg.think_end and not row.think_done and cfg.think_end in tail:
                 row.think_done = True

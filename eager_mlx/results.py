@@ -56,6 +56,7 @@ class TokenEvent:
     token: int
     text: str  # the text this token added (may be "" while a UTF-8 character is incomplete)
     entropy: float
+    logprob: Optional[float] = None  # temperature-1 log-probability of the token
 
 
 @dataclass

@@ -50,6 +50,22 @@ def test_forked_rows_match_decoding_from_scratch(kind):
             np.testing.assert_allclose(seq.entropies[: len(h)], h, atol=2e-4)
 
 
+def test_token_events_carry_entropy_and_logprob():
+    engine = Engine(tiny_model(), TOK, max_rows=4, seed=0)
+    engine.add("a", TOK.encode("Hi"), EagerConfig(threshold=100, max_sequences=1, max_tokens=6))
+    events, result = [], None
+    while engine.has_work:
+        for ev in engine.step():
+            if isinstance(ev, RunFinished):
+                result = ev.result
+            elif not isinstance(ev, SequenceFinished):
+                events.append(ev)
+    seq = result.sequences[0]
+    assert [e.token for e in events] == seq.token_ids[: len(events)]
+    assert [e.logprob for e in events] == seq.logprobs[: len(events)]
+    assert [e.entropy for e in events] == seq.entropies[: len(events)]
+
+
 def test_children_inherit_the_parent_prefix():
     engine = Engine(tiny_model(), TOK, max_rows=16, seed=1)
     engine.add("a", TOK.encode("Hello"), EagerConfig(threshold=2.8, max_sequences=8, max_tokens=20,
