@@ -95,7 +95,8 @@ class Engine:
         token_events: bool = True,
         max_kv_memory: Optional[int] = None,
     ):
-        """`max_kv_memory` (bytes): a fork that would grow the KV past it is skipped (generation goes on)."""
+        """`max_kv_memory` (bytes): a fork is skipped (generation goes on) when the rows, run to
+        their max_tokens, would then need more KV than this."""
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         caches = make_prompt_cache(model)
@@ -364,10 +365,12 @@ class Engine:
         return repairs, forks
 
     def _over_memory(self, slots: int) -> bool:
+        """Would `slots` rows, each run to its max_tokens, need more KV than max_kv_memory?"""
         if self.max_kv_memory is None:
             return False
         lo = min(r.start for r in self._rows)
-        return self._kv.bytes_after(slots, self._column, lo) > self.max_kv_memory
+        horizon = max(r.start + r.request.config.max_tokens for r in self._rows)
+        return self._kv.bytes_after(slots, max(horizon, self._column), lo) > self.max_kv_memory
 
     def _append(self, row: _Row, token: int, entropy: float, lp: float, events: list[Event]) -> None:
         req, cfg = row.request, row.request.config

@@ -160,10 +160,10 @@ def test_memory_guard_stops_forks_and_generation_goes_on():
     _branchy(free)
     unguarded = run_all(free)["a"]
     assert unguarded.num_sequences > 8
-    # Room for the prompt and 8 row slots of 64 columns (40 tokens + headroom) only.
+    # Room for the prompt and 8 row slots of 48 columns (40 tokens + headroom, in steps of 16) only.
     per_cell = 2 * 2 * 2 * 16 * 4  # layers * (k+v) * kv_heads * head_dim * fp32 bytes
     prompt = 2 * len(TOK.encode("Hello")) * per_cell
-    limit = prompt + 8 * 64 * per_cell
+    limit = prompt + 8 * 48 * per_cell
     guarded = Engine(tiny_model(), TOK, max_rows=32, seed=1, max_kv_memory=limit)
     _branchy(guarded)
     peak = 0
