@@ -46,7 +46,10 @@ class BranchPolicy:
         return self.config.threshold
 
     def decide(self, rows: list[BranchCandidate]) -> list[int]:
-        """Return the sequence indices that branch at this step (and count them)."""
+        """Return the sequence indices that branch at this step (counted against M).
+
+        The caller reports the step's outcome with `end_step` (after any `veto`).
+        """
         cfg = self.config
         if cfg.dynamic_threshold:
             self._history.extend(r.entropy for r in rows)
@@ -66,5 +69,12 @@ class BranchPolicy:
                 break
             chosen.append(r.sequence)
             self.num_sequences += 1
-        self.steps_without_branch = 0 if chosen else self.steps_without_branch + 1
         return chosen
+
+    def veto(self) -> None:
+        """A chosen branch could not be made (no row or memory for it): it does not count."""
+        self.num_sequences -= 1
+
+    def end_step(self, branched: bool) -> None:
+        """Count the step towards the no-branch window unless a branch was made."""
+        self.steps_without_branch = 0 if branched else self.steps_without_branch + 1

@@ -337,16 +337,17 @@ class Engine:
                 for s in slots
             ]
             branching = set(req.policy.decide(cands))
+            made_before = req.branch_points
             for s in slots:
                 row, st = self._rows[s], stats[s]
                 token, lp = int(st[_TOKEN]), float(st[_LP])
                 if row.sequence in branching:
                     if len(self._rows) + len(forks) >= self.max_rows:
                         req.skipped_full += 1
-                        req.policy.num_sequences -= 1
+                        req.policy.veto()
                     elif self._over_memory(len(self._rows) + len(forks) + 1):
                         req.skipped_memory += 1
-                        req.policy.num_sequences -= 1
+                        req.policy.veto()
                     else:
                         child = self._new_row(req, parent=row)
                         forks.append((s, child))
@@ -361,6 +362,7 @@ class Engine:
                         )
                         self._append(child, top2, float(st[_ENT]), float(st[_LP2]), events)
                 self._append(row, token, float(st[_ENT]), lp, events)
+            req.policy.end_step(req.branch_points > made_before)
         repairs.sort()
         return repairs, forks
 

@@ -121,3 +121,19 @@ def test_recorded_entropy_matches_numpy():
         p = np.exp(top - top.max())
         p /= p.sum()
         assert ent[step] == pytest.approx(-(p * np.log(p)).sum(), abs=1e-4)
+
+
+def test_branches_vetoed_for_lack_of_rows_do_not_reset_the_window():
+    # Only one row fits: the branch wanted at step 1 cannot be made, so steps 0..4 all
+    # count as steps without a branch and the window (N=5) is closed at step 5.
+    tok = ByteTokenizer()
+    engine = Engine(ScriptedModel(len(PROMPT), {1: "high", 5: "high"}), tok, max_rows=1, seed=0)
+    engine.add("r", PROMPT, EagerConfig(threshold=1.0, no_branch_window=5, max_tokens=8,
+                                        sampling=SamplingConfig(temperature=0)))
+    result = None
+    while engine.has_work:
+        for ev in engine.step():
+            if isinstance(ev, RunFinished):
+                result = ev.result
+    assert result.num_sequences == 1
+    assert result.info["branches_skipped_full"] == 1  # step 1 only: at step 5 branching was closed
