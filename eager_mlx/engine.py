@@ -111,7 +111,6 @@ class Engine:
         self.max_kv_memory = max_kv_memory
         self.context_length = context_length or _context_length(model)
         self.eos = set(tokenizer.eos_token_ids or ())
-        self.vocab_size = None
         self._kv = SharedPrefixKV(len(caches), max_slots=max_rows)
         self._key = mx.random.key(seed)
         self._requests: dict[str, _Request] = {}
@@ -197,7 +196,7 @@ class Engine:
         nxt = self._forward(read[:, _TOKEN].astype(mx.int32), None, self._column)
         mx.async_eval(nxt)
         # 2. Read this pass's statistics (the one host sync of the step).
-        stats = np.array(read, copy=False)
+        stats = np.asarray(read)
         # 3. Decide: tokens, branches, finishes; then fork and repair the forked rows.
         repairs, forks = self._decide(stats, events)
         if forks:
