@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="Run only these variant names.")
     args = ap.parse_args()
 
-    from eager_mlx.cli.eval import run_summary
+    from eager_mlx.report import run_summary
 
     data = args.out / "arith.jsonl"
     write_data(data, args.limit)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from eager_mlx.cli.eval import format_table, run_summary
+from eager_mlx.report import format_table, run_summary
 
 METHODS = ("parallel", "eager-init", "eager-adapt", "eager")
 

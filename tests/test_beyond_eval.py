@@ -7,7 +7,7 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from eager_mlx import EagerConfig, Engine, SamplingConfig
+from eager_mlx import EagerConfig, Engine, SamplingConfig, report
 from eager_mlx.calibrate import (
     auto_threshold,
     branching_rate,
@@ -87,9 +87,9 @@ def test_confidence_vote_record_and_report(tmp_path, monkeypatch):
     # majority: "9" (wrong); weights e^-0.1 = 0.905 vs 2 e^-2 = 0.271: "1" (right)
     assert rec["metrics"]["cons_at_k"] == 0.0
     assert rec["weighted_vote"] == {"answer": "1", "correct": True}
-    summary = cli_eval.run_summary(tmp_path / "run")
+    summary = report.run_summary(tmp_path / "run")
     assert summary["wcons_at_k"] == 1.0 and summary["cons_at_k"] == 0.0
-    assert "wcons@k" in cli_eval.format_table([summary])
+    assert "wcons@k" in report.format_table([summary])
 
 
 def test_consensus_abort_needs_a_rule(tmp_path):
