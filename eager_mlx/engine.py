@@ -430,6 +430,7 @@ class Engine:
             del self._requests[req.id]
         if not self._rows:
             self._pending = None
+            self._kv.release()  # a long-lived engine (server, app) holds no KV while idle
         return events
 
     def _result(self, req: _Request) -> RunResult:

@@ -76,9 +76,10 @@ class SharedPrefixKV:
         self.layers = [LayerCache(self, i) for i in range(num_layers)]
 
     # ---- capacity -------------------------------------------------------
-    @property
-    def slot_capacity(self) -> int:
-        return 0 if self.keys[0] is None else self.keys[0].shape[0]
+    def release(self) -> None:
+        """Drop the row buffers (no rows left); they are allocated again on the next write."""
+        self.keys = [None] * self.num_layers
+        self.values = [None] * self.num_layers
 
     def _allocate(self, like_k: mx.array, like_v: mx.array, slots: int, columns: int, layer: int):
         _, heads, _, dk = like_k.shape

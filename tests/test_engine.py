@@ -199,3 +199,14 @@ def test_abort_a_waiting_request():
     finished = [e for e in engine.abort("b") if isinstance(e, RunFinished)]
     assert len(finished) == 1 and finished[0].result.sequences == []
     assert set(run_all(engine)) == {"a"}
+
+
+def test_idle_engine_holds_no_row_kv():
+    engine = Engine(tiny_model(), TOK, max_rows=8, seed=0)
+    engine.add("a", TOK.encode("Hi"), EagerConfig(parallel=True, max_sequences=4, max_tokens=5))
+    engine.step()
+    assert engine.kv_bytes() > 0
+    run_all(engine)
+    assert engine.kv_bytes() == 0
+    engine.add("b", TOK.encode("Yo"), EagerConfig(parallel=True, max_sequences=2, max_tokens=5))
+    assert run_all(engine)["b"].num_sequences == 2
