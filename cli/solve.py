@@ -131,7 +131,7 @@ class _Status:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self.tokens = self.sequences = 0
+        self.tokens = 0
         self.sequences = 1
         self.last = 0.0
 

@@ -252,9 +252,11 @@ class Engine:
         unique = list(dict.fromkeys(kinds))
         out = token_stats(logits, self._sampling_cache[1], key, unique[0])
         if len(unique) > 1:
-            logprobs = logits.astype(mx.float32) - mx.logsumexp(logits.astype(mx.float32), axis=-1, keepdims=True)
-            per_kind = {k: entropy(logprobs, k) for k in unique}
-            h = mx.stack([per_kind[k][i] for i, k in enumerate(kinds)])
+            logits = logits.astype(mx.float32)
+            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            per_kind = mx.stack([entropy(logprobs, k) for k in unique])  # (kinds, rows)
+            which = mx.array([unique.index(k) for k in kinds], dtype=mx.int32)
+            h = per_kind[which, mx.arange(len(rows))]
             out = mx.concatenate([out[:, :_ENT], h[:, None], out[:, _ENT + 1 :]], axis=1)
         return out
 

@@ -210,3 +210,19 @@ def test_idle_engine_holds_no_row_kv():
     assert engine.kv_bytes() == 0
     engine.add("b", TOK.encode("Yo"), EagerConfig(parallel=True, max_sequences=2, max_tokens=5))
     assert run_all(engine)["b"].num_sequences == 2
+
+
+def test_requests_with_different_entropy_settings_share_a_batch():
+    model = tiny_model()
+    engine = Engine(model, TOK, max_rows=4, seed=0)
+    prompts = {"k5": TOK.encode("Hello"), "full": TOK.encode("Hi there")}
+    engine.add("k5", prompts["k5"], EagerConfig(threshold=100, max_sequences=1, max_tokens=6, entropy_top_k=5))
+    engine.add("full", prompts["full"], EagerConfig(threshold=100, max_sequences=1, max_tokens=6, full_entropy=True))
+    results = run_all(engine)
+    for rid, k in (("k5", 5), ("full", None)):
+        seq = results[rid].sequences[0]
+        logits = model(mx.array(prompts[rid] + seq.token_ids)[None])[0].astype(mx.float32)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        p = len(prompts[rid])
+        want = entropy(logprobs[p - 1 : p - 1 + len(seq.token_ids)], k).tolist()
+        np.testing.assert_allclose(seq.entropies[: len(want)], want, atol=2e-4)
