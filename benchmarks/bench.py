@@ -33,6 +33,7 @@ from eager_mlx.sampling import STAT_FIELDS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fakes import ByteTokenizer, tiny_model  # noqa: E402
+from sections import write_section  # noqa: E402  (benchmarks/ is the script's folder)
 
 SAMPLING = SamplingConfig(temperature=0.6)
 
@@ -319,12 +320,7 @@ def main():
         out += [f"### {title}", "", body, "", f"**Target {'holds' if ok else 'does not hold'}.**", ""]
     report = "\n".join(out)
     print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    marker = "<!-- bench.py -->"
-    old = args.out.read_text() if args.out.exists() else "# Benchmarks\n"
-    head, _, tail = old.partition(marker)
-    _, _, rest = tail.partition(marker)
-    args.out.write_text(head.rstrip() + f"\n\n{marker}\n{report}\n{marker}\n" + rest)
+    write_section(args.out, "<!-- bench.py -->", report)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from eager_mlx.report import format_table, run_summary
+from sections import write_section  # benchmarks/ is the script's folder
 
 METHODS = ("parallel", "eager-init", "eager-adapt", "eager")
 
@@ -36,14 +37,10 @@ def main() -> None:
     lines += [f"| {name} | {value} | {'-' if ok is None else ('yes' if ok else 'no')} |" for name, value, ok in checks]
     report = "\n".join(lines)
     print(report)
-    marker = "<!-- e2e.py -->"
-    old = args.out.read_text() if args.out.exists() else "# Benchmarks\n"
-    head, _, tail = old.partition(marker)
-    _, _, rest = tail.partition(marker)
     body = (f"## End to end: the four methods on {p['prompts']} {p['dataset']} problems, {p['model']}, M={p['M']}\n\n"
             f"Commands: `bash benchmarks/gsm8k_methods.sh {args.runs}` then `python benchmarks/e2e.py {args.runs}`\n\n"
             + report)
-    args.out.write_text(head.rstrip() + f"\n\n{marker}\n{body}\n{marker}\n" + rest)
+    write_section(args.out, "<!-- e2e.py -->", body)
 
 
 if __name__ == "__main__":
