@@ -49,10 +49,15 @@ def _free_port_pair() -> int:
     raise RuntimeError("no free port pair")
 
 
-@pytest.mark.skipif(shutil.which("mlx.launch") is None, reason="mlx.launch is not installed (it comes with mlx)")
+# The launcher of this interpreter's environment (a venv's bin/ need not be on PATH).
+_LAUNCH = Path(sys.executable).parent / "mlx.launch"
+LAUNCH = str(_LAUNCH) if _LAUNCH.exists() else shutil.which("mlx.launch")
+
+
+@pytest.mark.skipif(LAUNCH is None, reason="mlx.launch is not installed (it comes with mlx)")
 def test_two_ranks_on_localhost_then_report_merges(tmp_path, data_file):
     out = tmp_path / "run"
-    cmd = ["mlx.launch", "--backend", "ring", "-n", "2", "--hosts", "127.0.0.1",
+    cmd = [LAUNCH, "--backend", "ring", "-n", "2", "--hosts", "127.0.0.1",
            "--starting-port", str(_free_port_pair()), sys.executable, str(ENTRY),
            "--data", str(data_file), "--out", str(out), "--method", "parallel", "-M", "2",
            "--max-tokens", "8", "--max-rows", "8", "--save-trace"]
