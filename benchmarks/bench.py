@@ -27,9 +27,9 @@ from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import KVCache
 from mlx_lm.sample_utils import make_sampler
 
-import eager_mlx.engine as engine_mod
+import eager_mlx.engine.engine as engine_mod
 from eager_mlx import EagerConfig, Engine, SamplingConfig
-from eager_mlx.sampling import STAT_FIELDS
+from eager_mlx.engine.sampling import STAT_FIELDS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fakes import ByteTokenizer, tiny_model  # noqa: E402

@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="Run only these variant names.")
     args = ap.parse_args()
 
-    from eager_mlx.report import run_summary
+    from eager_mlx.evaluation.report import run_summary
 
     data = args.out / "arith.jsonl"
     write_data(data, args.limit)
@@ -121,7 +121,7 @@ def main() -> None:
 
 
 def _records(out: Path) -> list[dict]:
-    from eager_mlx.evaluate import load_run
+    from eager_mlx.evaluation.evaluate import load_run
 
     return load_run(out)[1]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from eager_mlx.report import format_table, run_summary
+from eager_mlx.evaluation.report import format_table, run_summary
 from sections import write_section  # benchmarks/ is the script's folder
 
 METHODS = ("parallel", "eager-init", "eager-adapt", "eager")

@@ -6,8 +6,8 @@ from typing import Any, Callable, Optional
 
 import click
 
-from eager_mlx.confidence import ConfidenceConfig
-from eager_mlx.consensus import RULES, ConsensusConfig
+from eager_mlx.adaptive.confidence import ConfidenceConfig
+from eager_mlx.adaptive.consensus import RULES, ConsensusConfig
 
 __all__ = ["BeyondOptions", "beyond_options", "beyond_from"]
 

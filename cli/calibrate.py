@@ -10,7 +10,7 @@ __all__ = ["calibrate", "THRESHOLD", "ThresholdType", "solve_auto_threshold"]
 
 
 class ThresholdType(click.ParamType):
-    """A theta in nats, or "auto" (see eager_mlx.calibrate.auto_threshold)."""
+    """A theta in nats, or "auto" (see eager_mlx.adaptive.calibrate.auto_threshold)."""
 
     name = "THETA|auto"
 
@@ -47,9 +47,9 @@ def calibrate(model: Optional[str], data: str, limit: int, target_rate: Optional
               max_tokens: int, temperature: Optional[float], max_rows: int, seed: int, question_field, template,
               no_chat: bool, write_preset: bool, plot: Optional[Path]) -> None:
     """Recommend theta from the model's token-entropy distribution on a few prompts."""
-    from eager_mlx import calibrate as cal_mod
-    from eager_mlx.data import DataError, load_dataset
-    from eager_mlx.generate import config_for
+    from eager_mlx.adaptive import calibrate as cal_mod
+    from eager_mlx.evaluation.data import DataError, load_dataset
+    from eager_mlx.api import config_for
     from eager_mlx.models import ModelError
 
     from .eval import build_runner
@@ -84,9 +84,9 @@ def calibrate(model: Optional[str], data: str, limit: int, target_rate: Optional
 def solve_auto_threshold(loaded: Any, question: str, config: Any, *, seed: int, chat: bool,
                          system: Optional[str]) -> tuple[float, str]:
     """`solve --threshold auto`: the preset's stored theta, else one unbranched sample of the question itself."""
-    from eager_mlx.calibrate import auto_threshold, stored_threshold
-    from eager_mlx.engine import Engine
-    from eager_mlx.generate import encode_prompt
+    from eager_mlx.adaptive.calibrate import auto_threshold, stored_threshold
+    from eager_mlx.engine.engine import Engine
+    from eager_mlx.api import encode_prompt
 
     preset = loaded.preset
     tokens = encode_prompt(loaded.tokenizer, question, chat=chat, system=system,

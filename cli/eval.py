@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import click
 
-from eager_mlx.report import METHODS, format_table, plot_runs, run_summary
+from eager_mlx.evaluation.report import METHODS, format_table, plot_runs, run_summary
 
 from .beyond import beyond_from, beyond_options
 from .calibrate import THRESHOLD
@@ -19,8 +19,8 @@ __all__ = ["eval_cmd", "report", "build_runner"]
 def build_runner(model: Optional[str], max_rows: int, seed: int, chat: bool = True,
                  max_kv_memory: Optional[int] = None, token_events: bool = False):
     """Load the model; return (engine, encode, preset, model name). Tests replace this."""
-    from eager_mlx.engine import Engine
-    from eager_mlx.generate import encode_prompt, load
+    from eager_mlx.engine.engine import Engine
+    from eager_mlx.api import encode_prompt, load
 
     from .progress import ProgressBars
 
@@ -104,13 +104,13 @@ def eval_cmd(model, data, limit, method, max_sequences, threshold, temperature, 
              save_trace, optimistic_rows, token_budget, seed, out, resume, question_field, answer_field, template, split,
              fallbacks, ks, no_save_text, no_chat, max_kv_memory, **beyond) -> None:
     """Evaluate a method on a dataset; one JSONL record per problem in the run directory."""
-    from eager_mlx.data import DataError, load_dataset
-    from eager_mlx.evaluate import EvalError, EvalSettings, evaluate
-    from eager_mlx.generate import config_for
-    from eager_mlx.grading import DEFAULT_FALLBACKS
-    from eager_mlx.scheduler import SchedulerConfig
-    from eager_mlx.shards import barrier, current_shard, rank_dirs, shard_run
-    from eager_mlx.treepages import TRACES, TraceRecorder
+    from eager_mlx.evaluation.data import DataError, load_dataset
+    from eager_mlx.evaluation.evaluate import EvalError, EvalSettings, evaluate
+    from eager_mlx.api import config_for
+    from eager_mlx.evaluation.grading import DEFAULT_FALLBACKS
+    from eager_mlx.evaluation.scheduler import SchedulerConfig
+    from eager_mlx.evaluation.shards import barrier, current_shard, rank_dirs, shard_run
+    from eager_mlx.trees.pages import TRACES, TraceRecorder
 
     from .progress import parse_size
 
@@ -132,7 +132,7 @@ def eval_cmd(model, data, limit, method, max_sequences, threshold, temperature, 
                                                     **({"token_events": True} if opts.online else {}))
         extra = {"chat": not no_chat}
         if threshold == "auto":
-            from eager_mlx.calibrate import auto_threshold
+            from eager_mlx.adaptive.calibrate import auto_threshold
 
             base = config_for(preset, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
             prompts = [encode(dataset.prompt(i)) for i in range(min(8, len(dataset)))]
@@ -177,7 +177,7 @@ def eval_cmd(model, data, limit, method, max_sequences, threshold, temperature, 
 @click.option("--html", "html", is_flag=True, help="Write a branch-tree page per prompt: RUN_DIR/trees/pN.html.")
 def report(run_dirs: tuple[Path, ...], plot: Path, no_plot: bool, html: bool) -> None:
     """Compare runs side by side: Pass@1, Pass@k, cons@k, PR, #T, #S, time; plot Pass@k against tokens."""
-    from eager_mlx.evaluate import EvalError
+    from eager_mlx.evaluation.evaluate import EvalError
 
     try:
         rows = [run_summary(d) for d in run_dirs]
@@ -193,7 +193,7 @@ def report(run_dirs: tuple[Path, ...], plot: Path, no_plot: bool, html: bool) ->
             raise click.ClickException(str(e)) from None
         click.echo(f"plot: {plot}")
     if html:
-        from eager_mlx.treepages import write_tree_pages
+        from eager_mlx.trees.pages import write_tree_pages
 
         for d in run_dirs:
             click.echo(f"trees: {write_tree_pages(d)}")

@@ -96,13 +96,13 @@ def solve(question: str, model: Optional[str], threshold, max_sequences, tempera
     if html_path:
         from pathlib import Path
 
-        from eager_mlx.treeview import render_tree_html
+        from eager_mlx.trees.html import render_tree_html
 
         Path(html_path).write_text(render_tree_html(result, loaded.tokenizer, question=question), encoding="utf-8")
     tps = result.generated_tokens / elapsed if elapsed > 0 else 0.0
     weighted = None
     if opts.confidence_vote:
-        from eager_mlx.confidence import confidence_vote
+        from eager_mlx.adaptive.confidence import confidence_vote
 
         weighted = confidence_vote(result, opts.confidence)
     if as_json:

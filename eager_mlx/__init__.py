@@ -12,11 +12,11 @@ from .cpu_blas import preload_openblas
 
 preload_openblas()  # must run before mlx.core is imported (Linux CPU build only)
 
-from .confidence import ConfidenceConfig, confidence_vote  # noqa: E402
+from .adaptive.confidence import ConfidenceConfig, confidence_vote  # noqa: E402
 from .config import EagerConfig, SamplingConfig  # noqa: E402
-from .consensus import ConsensusConfig  # noqa: E402
-from .engine import Engine  # noqa: E402
-from .generate import config_for, encode_prompt, load, solve, stream_solve  # noqa: E402
+from .adaptive.consensus import ConsensusConfig  # noqa: E402
+from .engine.engine import Engine  # noqa: E402
+from .api import config_for, encode_prompt, load, solve, stream_solve  # noqa: E402
 from .results import (  # noqa: E402
     BranchEvent,
     RunFinished,

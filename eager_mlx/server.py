@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator, Optional
 
-from .config import EagerConfig
-from .results import BranchEvent, Event, RunFinished, RunResult, SequenceFinished, TokenEvent
-from .threads import start_mlx_thread
+from eager_mlx.config import EagerConfig
+from eager_mlx.results import BranchEvent, Event, RunFinished, RunResult, SequenceFinished, TokenEvent
+from eager_mlx.threads import start_mlx_thread
 
 __all__ = ["ServerConfig", "APIError", "GenerationRequest", "EngineWorker", "EagerServer", "parse_request", "serve"]
 
@@ -152,7 +152,7 @@ def _encode_prompt(tokenizer, prompt: Any) -> list[int]:
 def parse_request(body: Any, kind: str, tokenizer, config: ServerConfig, preset=None,
                   context_length: Optional[int] = None) -> GenerationRequest:
     """Validate a completion body into a GenerationRequest; raises APIError (400 / 404)."""
-    from .generate import config_for
+    from eager_mlx.api import config_for
 
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
@@ -575,7 +575,7 @@ class EagerServer:
         self.created = int(time.time())
 
         def default_engine():
-            from .engine import Engine
+            from eager_mlx.engine.engine import Engine
 
             return Engine(model, tokenizer, max_rows=self.config.max_rows, seed=self.config.seed,
                           context_length=self.context_length)

@@ -8,7 +8,7 @@ from fakes import ByteTokenizer, tiny_model  # noqa: E402
 
 from eager_mlx.cli import eval as cli_eval  # noqa: E402
 from eager_mlx.cli.main import cli  # noqa: E402
-from eager_mlx.engine import Engine  # noqa: E402
+from eager_mlx.engine.engine import Engine  # noqa: E402
 
 
 def build(model, max_rows, seed, chat=True, **kwargs):

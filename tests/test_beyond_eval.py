@@ -7,8 +7,9 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from eager_mlx import EagerConfig, Engine, SamplingConfig, report
-from eager_mlx.calibrate import (
+from eager_mlx import EagerConfig, Engine, SamplingConfig
+from eager_mlx.evaluation import report
+from eager_mlx.adaptive.calibrate import (
     auto_threshold,
     branching_rate,
     calibrate,
@@ -18,8 +19,8 @@ from eager_mlx.calibrate import (
 )
 from eager_mlx.cli import eval as cli_eval
 from eager_mlx.cli.main import cli
-from eager_mlx.consensus import ConsensusConfig
-from eager_mlx.evaluate import EvalError, evaluate, read_records
+from eager_mlx.adaptive.consensus import ConsensusConfig
+from eager_mlx.evaluation.evaluate import EvalError, evaluate, read_records
 from eager_mlx.models.preset import get_preset, override_path
 from eager_mlx.results import RunFinished
 

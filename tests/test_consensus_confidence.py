@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from eager_mlx.confidence import (
+from eager_mlx.adaptive.confidence import (
     ConfidenceConfig,
     WindowConfidence,
     confidence_weight,
@@ -14,7 +14,7 @@ from eager_mlx.confidence import (
     token_confidences,
     weighted_vote,
 )
-from eager_mlx.consensus import ConsensusConfig, beta_mode_probability, beta_stop, consensus_reached, window_stop
+from eager_mlx.adaptive.consensus import ConsensusConfig, beta_mode_probability, beta_stop, consensus_reached, window_stop
 
 
 def test_beta_mode_probability_hand_values():
@@ -112,7 +112,7 @@ def test_confidence_config_validate():
 
 
 def test_confidence_vote_on_a_run_result():
-    from eager_mlx.confidence import confidence_vote, weighted_vote_record
+    from eager_mlx.adaptive.confidence import confidence_vote, weighted_vote_record
     from eager_mlx.results import RunResult, SequenceResult
 
     def seq(i, answer, h, reason="eos"):

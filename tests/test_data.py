@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import eager_mlx.packages as packages
-from eager_mlx.data import DEFAULT_TEMPLATE, DataError, gold_answer, load_dataset
+from eager_mlx.evaluation.data import DEFAULT_TEMPLATE, DataError, gold_answer, load_dataset
 
 
 def write_jsonl(path: Path, rows) -> Path:

@@ -5,7 +5,7 @@ import pytest
 
 from eager_mlx import EagerConfig, Engine, SamplingConfig
 from eager_mlx.results import RunFinished, SequenceFinished
-from eager_mlx.sampling import entropy
+from eager_mlx.engine.sampling import entropy
 
 from fakes import ByteTokenizer, tiny_model
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from eager_mlx.config import EagerConfig
-from eager_mlx.data import Dataset, Example
-from eager_mlx.evaluate import (
+from eager_mlx.evaluation.data import Dataset, Example
+from eager_mlx.evaluation.evaluate import (
     JOURNAL,
     MANIFEST,
     RESULTS,
@@ -20,7 +20,7 @@ from eager_mlx.evaluate import (
     read_records,
 )
 from eager_mlx.results import RunFinished, RunResult, SequenceFinished, SequenceResult
-from eager_mlx.scheduler import SchedulerConfig
+from eager_mlx.evaluation.scheduler import SchedulerConfig
 
 
 class Crash(Exception):

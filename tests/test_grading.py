@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from eager_mlx import grading
-from eager_mlx.grading import ALL_FALLBACKS, extract_answer, grade
+from eager_mlx.evaluation import grading as grading
+from eager_mlx.evaluation.grading import ALL_FALLBACKS, extract_answer, grade
 
 
 def test_extract_boxed_first_then_fallbacks():

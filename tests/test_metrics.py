@@ -5,7 +5,7 @@ from math import comb
 
 import pytest
 
-from eager_mlx.metrics import prompt_metrics, run_metrics, unbiased_pass_at_k
+from eager_mlx.evaluation.metrics import prompt_metrics, run_metrics, unbiased_pass_at_k
 
 
 def test_unbiased_pass_at_k_hand_values():

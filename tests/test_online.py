@@ -6,9 +6,9 @@ import math
 import pytest
 
 from eager_mlx import EagerConfig, Engine, SamplingConfig
-from eager_mlx.confidence import ConfidenceConfig
-from eager_mlx.consensus import ConsensusConfig
-from eager_mlx.online import OnlineMonitor
+from eager_mlx.adaptive.confidence import ConfidenceConfig
+from eager_mlx.adaptive.consensus import ConsensusConfig
+from eager_mlx.adaptive.online import OnlineMonitor
 from eager_mlx.results import BranchEvent, RunFinished, SequenceFinished, TokenEvent
 
 from fakes import ByteTokenizer, ScriptedModel

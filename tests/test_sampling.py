@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from eager_mlx.config import SamplingConfig
-from eager_mlx.sampling import STAT_FIELDS, RowSampling, entropy, token_stats
+from eager_mlx.engine.sampling import STAT_FIELDS, RowSampling, entropy, token_stats
 
 
 def np_entropy(logits, k=None):

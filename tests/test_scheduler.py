@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from eager_mlx.scheduler import RunOutcome, RunRequest, Scheduler, SchedulerConfig, split_evenly
+from eager_mlx.evaluation.scheduler import RunOutcome, RunRequest, Scheduler, SchedulerConfig, split_evenly
 
 
 def drive(sched: Scheduler, script, free_rows=None, one_at_a_time=False):

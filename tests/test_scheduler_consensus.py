@@ -1,8 +1,8 @@
 """Consensus early stop in the scheduler: scripted outcomes with answers."""
 from __future__ import annotations
 
-from eager_mlx.consensus import ConsensusConfig
-from eager_mlx.scheduler import RunOutcome, Scheduler, SchedulerConfig
+from eager_mlx.adaptive.consensus import ConsensusConfig
+from eager_mlx.evaluation.scheduler import RunOutcome, Scheduler, SchedulerConfig
 
 
 def drive(sched: Scheduler, script):

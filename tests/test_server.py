@@ -227,7 +227,7 @@ def test_engine_failure_is_a_500_and_the_server_goes_on():
                 raise RuntimeError("boom")
             return self.inner.step()
 
-    from eager_mlx.engine import Engine
+    from eager_mlx.engine.engine import Engine
 
     model, tok = tiny_model(), ByteTokenizer()
     srv = EagerServer(model, tok, ServerConfig(port=0, model_id="tiny"),

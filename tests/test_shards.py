@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from eager_mlx.cli.main import cli
-from eager_mlx.data import Dataset, Example
-from eager_mlx.evaluate import EvalError
-from eager_mlx.shards import Shard, load_merged, shard_run
+from eager_mlx.evaluation.data import Dataset, Example
+from eager_mlx.evaluation.evaluate import EvalError
+from eager_mlx.evaluation.shards import Shard, load_merged, shard_run
 
 ENTRY = Path(__file__).parent / "dist_eval_entry.py"
 

@@ -13,8 +13,8 @@ import eager_mlx
 from eager_mlx import EagerConfig
 from eager_mlx.cli import eval as cli_eval
 from eager_mlx.cli.main import cli
-from eager_mlx.engine import Engine
-from eager_mlx.treeview import render_tree_html, tree_from_dict, tree_from_result
+from eager_mlx.engine.engine import Engine
+from eager_mlx.trees.html import render_tree_html, tree_from_dict, tree_from_result
 
 from fakes import ByteTokenizer, ScriptedModel, tiny_model
 

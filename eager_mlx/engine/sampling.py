@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 import mlx.core as mx
 
-from .config import SamplingConfig
+from eager_mlx.config import SamplingConfig
 
 __all__ = ["STAT_FIELDS", "RowSampling", "token_stats", "entropy"]
 

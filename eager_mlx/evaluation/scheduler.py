@@ -42,7 +42,7 @@ Choices where the reference is ambiguous (each an option of SchedulerConfig):
   overshoot its share (by at most one run). Only for eager-adapt and eager:
   parallel and eager-init have no second phase.
 
-* ``consensus`` (None, or a ``ConsensusConfig``: eager_mlx/consensus.py): a
+* ``consensus`` (None, or a ``ConsensusConfig``: eager_mlx/adaptive/consensus.py): a
   prompt whose finished answers agree (Beta-posterior or window rule, over
   its runs' answers in run order then sequence order; sequences pruned or
   aborted do not vote) gets no more runs: after its first run it takes no
@@ -64,7 +64,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .consensus import ConsensusConfig, consensus_reached
+from eager_mlx.adaptive.consensus import ConsensusConfig, consensus_reached
 __all__ = [
     "METHODS",
     "SchedulerConfig",

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .data import Dataset
-from .evaluate import EvalError, load_run
+from eager_mlx.evaluation.data import Dataset
+from eager_mlx.evaluation.evaluate import EvalError, load_run
 
 __all__ = ["Shard", "SHARD_FILE", "current_shard", "shard_run", "rank_dirs", "load_merged", "barrier"]
 

@@ -26,8 +26,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .config import EagerConfig
-from .results import RunFinished
+from eager_mlx.config import EagerConfig
+from eager_mlx.results import RunFinished
 
 __all__ = [
     "DEFAULT_RATE",
@@ -148,7 +148,7 @@ def plot_histogram(cal: Calibration, path: Path, title: str = "") -> None:
 
 def write_preset_threshold(name: str, cal: Calibration, source: str = "") -> Path:
     """Store theta as the preset's user override (``~/.cache/eager-mlx/presets/NAME.toml``); returns the path."""
-    from .models.preset import get_preset, override_path
+    from eager_mlx.models.preset import get_preset, override_path
 
     get_preset(name)  # raises ModelError for an unknown preset
     path = override_path(name)
@@ -165,7 +165,7 @@ def write_preset_threshold(name: str, cal: Calibration, source: str = "") -> Pat
 
 def stored_threshold(preset: Any) -> Optional[float]:
     """The calibrated theta stored for this preset, or None (no preset or never calibrated)."""
-    from .models.preset import preset_override
+    from eager_mlx.models.preset import preset_override
 
     if preset is None:
         return None

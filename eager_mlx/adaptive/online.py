@@ -2,7 +2,7 @@
 
 ``OnlineMonitor`` reads the engine's events (the engine must emit TokenEvents)
 and keeps, per running row, its text and its sliding-window confidence
-(eager_mlx/confidence.py; a branch child starts from a copy of its parent's).
+(eager_mlx/adaptive/confidence.py; a branch child starts from a copy of its parent's).
 Per prompt (several runs may share one, via ``prompt_of``) it keeps the
 answers and confidences of the sequences that finished by themselves (eos,
 stop, length), in finish order. After each batch of events it may act:
@@ -30,10 +30,10 @@ from typing import Callable, Hashable, Optional
 
 import numpy as np
 
-from .answers import extract_boxed
-from .confidence import NATURAL_FINISHES, ConfidenceConfig, WindowConfidence
-from .consensus import ConsensusConfig, consensus_reached
-from .results import BranchEvent, Event, RunFinished, SequenceFinished, TokenEvent
+from eager_mlx.answers import extract_boxed
+from eager_mlx.adaptive.confidence import NATURAL_FINISHES, ConfidenceConfig, WindowConfidence
+from eager_mlx.adaptive.consensus import ConsensusConfig, consensus_reached
+from eager_mlx.results import BranchEvent, Event, RunFinished, SequenceFinished, TokenEvent
 
 __all__ = ["OnlineMonitor"]
 

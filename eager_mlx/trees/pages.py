@@ -1,7 +1,7 @@
 """Branch-tree pages for eval runs: record each run's Tree while evaluating, write one page per prompt.
 
 `TraceRecorder` wraps an engine (the engine contract) and appends the Tree
-(eager_mlx/treeview.py) of every finished run to RUN_DIR/trees.jsonl, keyed by
+(eager_mlx/trees/html.py) of every finished run to RUN_DIR/trees.jsonl, keyed by
 request id (`eager-mlx eval --save-trace`). `write_tree_pages(RUN_DIR)` writes
 RUN_DIR/trees/p<index>.html for every prompt of the run (sharded runs merged)
 and RUN_DIR/trees/index.html linking them (`eager-mlx report --html`).
@@ -14,11 +14,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .answers import majority_vote
-from .evaluate import read_records
-from .results import RunFinished
-from .shards import load_merged, rank_dirs
-from .treeview import render_html, tree_from_record, tree_from_result
+from eager_mlx.answers import majority_vote
+from eager_mlx.evaluation.evaluate import read_records
+from eager_mlx.results import RunFinished
+from eager_mlx.evaluation.shards import load_merged, rank_dirs
+from eager_mlx.trees.html import render_html, tree_from_record, tree_from_result
 
 __all__ = ["TRACES", "TraceRecorder", "read_traces", "write_tree_pages"]
 

@@ -32,7 +32,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from .answers import normalize_answer
+from eager_mlx.answers import normalize_answer
 
 __all__ = [
     "SIGNALS",

@@ -19,7 +19,7 @@ its wall time and ``t_done`` (seconds since the run began, summed over
 sessions; the run's wall time is the largest).
 
 Beyond the paper (docs/beyond.md): every sequence records its ``confidence``
-(eager_mlx/confidence.py; None for pruned / aborted ones), and with
+(eager_mlx/adaptive/confidence.py; None for pruned / aborted ones), and with
 ``confidence_vote`` the record holds ``weighted_vote`` (answer, correct).
 ``SchedulerConfig.consensus`` stops prompts whose answers agree;
 ``consensus_abort`` and ``confidence.prune_percentile`` act on running rows
@@ -38,14 +38,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from eager_mlx.confidence import NATURAL_FINISHES, ConfidenceConfig, sequence_confidence, weighted_vote_record
+from eager_mlx.adaptive.confidence import NATURAL_FINISHES, ConfidenceConfig, sequence_confidence, weighted_vote_record
 from eager_mlx.config import EagerConfig
-from eager_mlx.data import Dataset
-from eager_mlx.grading import DEFAULT_FALLBACKS, extract_answer, grade
-from eager_mlx.metrics import PromptMetrics, RunMetrics, prompt_metrics, run_metrics
-from eager_mlx.online import OnlineMonitor
+from eager_mlx.evaluation.data import Dataset
+from eager_mlx.evaluation.grading import DEFAULT_FALLBACKS, extract_answer, grade
+from eager_mlx.evaluation.metrics import PromptMetrics, RunMetrics, prompt_metrics, run_metrics
+from eager_mlx.adaptive.online import OnlineMonitor
 from eager_mlx.results import RunFinished, RunResult
-from eager_mlx.scheduler import RunOutcome, RunRequest, Scheduler, SchedulerConfig
+from eager_mlx.evaluation.scheduler import RunOutcome, RunRequest, Scheduler, SchedulerConfig
 
 __all__ = [
     "EvalError",

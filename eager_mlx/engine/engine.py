@@ -24,11 +24,11 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
-from .answers import extract_boxed, majority_vote
-from .branching import BranchCandidate, BranchPolicy
-from .config import EagerConfig
-from .kv import PassLayout, PromptGroup, SharedPrefixKV, install_attention
-from .results import (
+from eager_mlx.answers import extract_boxed, majority_vote
+from eager_mlx.engine.branching import BranchCandidate, BranchPolicy
+from eager_mlx.config import EagerConfig
+from eager_mlx.engine.kv import PassLayout, PromptGroup, SharedPrefixKV, install_attention
+from eager_mlx.results import (
     BranchEvent,
     Event,
     RunFinished,
@@ -37,7 +37,7 @@ from .results import (
     SequenceResult,
     TokenEvent,
 )
-from .sampling import RowSampling, entropy, token_stats
+from eager_mlx.engine.sampling import RowSampling, entropy, token_stats
 
 __all__ = ["Engine"]
 

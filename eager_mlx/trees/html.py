@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from .results import RunResult
+from eager_mlx.results import RunResult
 
 __all__ = ["Tree", "TreeSequence", "tree_from_result", "tree_from_dict", "tree_from_record", "render_html",
            "render_tree_html"]
@@ -117,7 +117,7 @@ def tree_from_record(record: dict, traces: Optional[dict[str, dict]] = None) -> 
 
 
 def _vote(answers: list[Optional[str]]) -> Optional[str]:
-    from .answers import majority_vote
+    from eager_mlx.answers import majority_vote
 
     return majority_vote(answers)
 

@@ -13,9 +13,9 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     """One row of the report: the run's settings and its metrics recomputed from the records."""
     from dataclasses import asdict
 
-    from eager_mlx.evaluate import record_metrics
-    from eager_mlx.metrics import run_metrics
-    from eager_mlx.shards import load_merged
+    from eager_mlx.evaluation.evaluate import record_metrics
+    from eager_mlx.evaluation.metrics import run_metrics
+    from eager_mlx.evaluation.shards import load_merged
 
     manifest, records = load_merged(run_dir)  # a sharded run's rank-N folders are merged
     wall = max((r["t_done"] for r in records), default=0.0)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from math import comb
 from typing import Optional, Sequence
 
-from .answers import normalize_answer
+from eager_mlx.answers import normalize_answer
 
 __all__ = ["RULES", "ConsensusConfig", "beta_mode_probability", "beta_stop", "window_stop", "consensus_reached"]
 

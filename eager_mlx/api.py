@@ -5,12 +5,12 @@ import dataclasses
 import threading
 from typing import Any, Iterator, Optional
 
-from .confidence import ConfidenceConfig
-from .config import EagerConfig, SamplingConfig
-from .consensus import ConsensusConfig
-from .engine import Engine
-from .online import OnlineMonitor
-from .results import Event, RunFinished, RunResult
+from eager_mlx.adaptive.confidence import ConfidenceConfig
+from eager_mlx.config import EagerConfig, SamplingConfig
+from eager_mlx.adaptive.consensus import ConsensusConfig
+from eager_mlx.engine.engine import Engine
+from eager_mlx.adaptive.online import OnlineMonitor
+from eager_mlx.results import Event, RunFinished, RunResult
 
 __all__ = ["load", "config_for", "encode_prompt", "stream_solve", "solve"]
 
@@ -20,7 +20,7 @@ def load(model: Optional[str] = None, progress=None):
 
     Returns `eager_mlx.models.LoadedModel` (model, tokenizer, preset, path).
     """
-    from .models import load_model
+    from eager_mlx.models import load_model
 
     return load_model(model, progress=progress)
 
@@ -94,7 +94,7 @@ def stream_solve(
     stops the run within one step: rows are freed, RunFinished marks them "aborted".
     `max_kv_memory` (bytes) caps the KV cache: forks that would pass it are skipped and
     generation goes on. `confidence` with a `prune_percentile` prunes low-confidence rows;
-    `consensus` aborts the run once its finished answers agree (eager_mlx/online.py).
+    `consensus` aborts the run once its finished answers agree (eager_mlx/adaptive/online.py).
     """
     model, tokenizer, preset = _unpack(model, tokenizer)
     config = config or config_for(preset)

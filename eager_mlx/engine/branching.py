@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import EagerConfig
+from eager_mlx.config import EagerConfig
 
 __all__ = ["BranchCandidate", "BranchPolicy"]
 

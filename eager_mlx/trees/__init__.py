@@ -1,0 +1,2 @@
+"""The branch tree of a run: recording it and rendering it as HTML pages."""
+__all__: list[str] = []
