@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models.base import scaled_dot_product_attention
 
 __all__ = ["ByteTokenizer", "ScriptedModel", "tiny_model"]
 
@@ -123,7 +124,10 @@ class ScriptedModel(nn.Module):
         batch, length = inputs.shape
         layer = cache[0]
         offset = layer.offset
-        layer.update_and_fetch(mx.zeros((batch, 1, length, 2)), mx.zeros((batch, 1, length, 2)))
+        kv = mx.zeros((batch, 1, length, 2))
+        keys, values = layer.update_and_fetch(kv, kv)
+        # Attention like a real layer's (the engine routes it; its output is not used).
+        scaled_dot_product_attention(kv, keys, values, cache=layer, scale=1.0, mask=None)
         if isinstance(offset, int):  # prefill: only the last position matters
             steps = [offset + length - self.prompt_len] * batch
         else:

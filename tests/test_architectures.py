@@ -1,0 +1,107 @@
+"""Every architecture module of the installed mlx-lm, as a tiny random model (tiny_archs.py):
+either every branched sequence's log-probs equal a plain forward pass over the same tokens
+(forks early and late, two requests, one joining late, chunked prefill), or the engine refuses
+the model at construction with its one-line reason. No architecture may run and be wrong.
+"""
+import re
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import eager_mlx.engine.engine as engine_module
+from eager_mlx import EagerConfig, Engine, SamplingConfig
+from eager_mlx.engine.branching import BranchPolicy
+from eager_mlx.results import RunFinished
+
+from fakes import ByteTokenizer
+from tiny_archs import REFUSED, SKIPPED, architectures, build, needs_metal
+
+ARCHS = architectures()
+TOK = ByteTokenizer()
+TOK.eos_token_ids = set()  # no row ends early: every planned fork happens
+
+PROMPTS = {"a": list(range(40, 51)), "b": list(range(60, 67))}  # longer than the sliding windows (4)
+# (sequence, step) pairs that branch: early forks, and late ones once the suffix is past the window.
+PLANS = {"a": {(0, 0), (0, 1), (1, 3), (0, 9)}, "b": {(0, 0), (1, 6)}}
+MAX_TOKENS = {"a": 12, "b": 14}
+JOIN_AT = 5  # request b is added after this many steps
+
+
+class _Scheduled(BranchPolicy):
+    """Branches the planned (sequence, step) pairs, whatever the entropy."""
+
+    def __init__(self, config, plan):
+        super().__init__(config)
+        self.plan, self.step = plan, 0
+
+    def decide(self, rows):
+        chosen = [r.sequence for r in rows if (r.sequence, self.step) in self.plan]
+        self.num_sequences += len(chosen)
+        self.step += 1
+        return chosen
+
+
+def _run(engine):
+    results, steps = {}, 0
+
+    def add(rid):
+        config = EagerConfig(max_sequences=8, max_tokens=MAX_TOKENS[rid], sampling=SamplingConfig(temperature=1.0))
+        engine.add(rid, PROMPTS[rid], config)
+        engine._requests[rid].policy = _Scheduled(config, PLANS[rid])
+
+    add("a")
+    while engine.has_work:
+        if steps == JOIN_AT:
+            add("b")
+        for ev in engine.step():
+            if isinstance(ev, RunFinished):
+                results[ev.request_id] = ev.result
+        steps += 1
+    return results
+
+
+def _reference(model, prompt, sequences):
+    """Log-probs of each sequence's tokens from one plain forward pass (right-padded batch, causal)."""
+    rows = [prompt + s for s in sequences]
+    width = max(map(len, rows))
+    logits = model(mx.array([r + [0] * (width - len(r)) for r in rows])).astype(mx.float32)
+    logprobs = np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+    p = len(prompt)
+    return [logprobs[i, p - 1 + np.arange(len(s)), s] for i, s in enumerate(sequences)]
+
+
+def _context_matters(model) -> float:
+    """How much the last token's logits change with the tokens before it (0: the check is void)."""
+    a = model(mx.array([PROMPTS["a"]]))[0, -1]
+    b = model(mx.array([PROMPTS["b"][:-1] + PROMPTS["a"][-1:]]))[0, -1]
+    return float(mx.abs(a - b).max())
+
+
+@pytest.mark.parametrize("name,import_error", ARCHS, ids=[name for name, _ in ARCHS])
+def test_architecture_is_fork_correct_or_refused(name, import_error, monkeypatch):
+    if import_error or name in SKIPPED or needs_metal(name):
+        pytest.skip(import_error or SKIPPED.get(name) or needs_metal(name))
+    model = build(name)
+    monkeypatch.setattr(engine_module, "_PREFILL_CHUNK", 4)  # the prompts prefill in several chunks
+    if name in REFUSED:
+        with pytest.raises(ValueError, match="^unsupported model: .*" + re.escape(REFUSED[name])):
+            Engine(model, TOK, max_rows=8)
+        return
+    assert _context_matters(model) > 1e-3, "the tiny model ignores its context: the comparison would prove nothing"
+    results = _run(Engine(model, TOK, max_rows=8, seed=1))
+    assert [len(results[r].sequences) for r in "ab"] == [5, 3], "every planned fork happens"
+    for rid, result in results.items():
+        tokens = [s.token_ids for s in result.sequences]
+        assert all(len(t) == MAX_TOKENS[rid] for t in tokens)
+        for seq, ref in zip(result.sequences, _reference(model, PROMPTS[rid], tokens)):
+            np.testing.assert_allclose(seq.logprobs, ref, atol=1e-4, err_msg=f"{name} request {rid} seq {seq.index}")
+
+
+def test_the_table_covers_every_architecture_module():
+    """REFUSED and SKIPPED name only architectures that exist, and every module is listed."""
+    names = {name for name, _ in ARCHS}
+    assert set(REFUSED) <= names and set(SKIPPED) <= names
+    assert {"gpt_oss", "gemma3", "olmo3", "qwen3_next", "qwen3_5", "lfm2", "deepseek_v3", "glm4_moe_lite"} <= names - set(
+        REFUSED
+    )
