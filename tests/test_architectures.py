@@ -4,6 +4,7 @@ either every branched sequence's log-probs equal a plain forward pass over the s
 the model at construction with its one-line reason. No architecture may run and be wrong.
 """
 import re
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -15,7 +16,7 @@ from eager_mlx.engine.branching import BranchPolicy
 from eager_mlx.results import RunFinished
 
 from fakes import ByteTokenizer
-from tiny_archs import REFUSED, SKIPPED, architectures, build, needs_metal
+from tiny_archs import REFUSED, SKIPPED, architectures, build, skip_reason, status
 
 ARCHS = architectures()
 TOK = ByteTokenizer()
@@ -80,8 +81,8 @@ def _context_matters(model) -> float:
 
 @pytest.mark.parametrize("name,import_error", ARCHS, ids=[name for name, _ in ARCHS])
 def test_architecture_is_fork_correct_or_refused(name, import_error, monkeypatch):
-    if import_error or name in SKIPPED or needs_metal(name):
-        pytest.skip(import_error or SKIPPED.get(name) or needs_metal(name))
+    if skip_reason(name, import_error):
+        pytest.skip(skip_reason(name, import_error))
     model = build(name)
     monkeypatch.setattr(engine_module, "_PREFILL_CHUNK", 4)  # the prompts prefill in several chunks
     if name in REFUSED:
@@ -105,3 +106,12 @@ def test_the_table_covers_every_architecture_module():
     assert {"gpt_oss", "gemma3", "olmo3", "qwen3_next", "qwen3_5", "lfm2", "deepseek_v3", "glm4_moe_lite"} <= names - set(
         REFUSED
     )
+
+
+def test_readme_support_table_lists_every_architecture():
+    """The README's table (tests/support_table.py prints it) has one row per architecture, with its status."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("<!-- support-table -->")[1].split("<!-- /support-table -->")[0]
+    rows = [line.split("|")[1:3] for line in table.strip().splitlines()[2:]]
+    listed = {cells[0].strip(): cells[1].strip() for cells in rows}
+    assert listed == {name: status(name, error) for name, error in ARCHS}, "rerun tests/support_table.py"

@@ -8,13 +8,15 @@ test fails and names it, until it gets overrides here or an entry in REFUSED or 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import pkgutil
 
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-__all__ = ["architectures", "build", "REFUSED", "SKIPPED", "needs_metal", "VOCAB"]
+__all__ = ["architectures", "build", "REFUSED", "SKIPPED", "needs_metal", "skip_reason", "status", "VOCAB"]
 
 VOCAB = 300
 _H = 64
@@ -166,6 +168,7 @@ REFUSED = {
 
 # Not checked on this machine, with the reason.
 SKIPPED = {
+    "olmo": "needs the ai2-olmo package (mlx-lm's module exits when it is missing)",
     "prism_hadamard_qwen35": "a 2-bit Hadamard weight-pack format: needs a real pack's manifest (its layers are qwen3_5's)",
 }
 _METAL = {"bitnet": "its BitLinear layers", "muse_spark": "its kernels"}
@@ -178,9 +181,22 @@ def needs_metal(name: str) -> str:
     return ""
 
 
+def skip_reason(name: str, import_error: str) -> str:
+    """Why `name` is not checked on this machine ('' when it is)."""
+    return SKIPPED.get(name) or import_error or needs_metal(name)
+
+
+def status(name: str, import_error: str) -> str:
+    """What the engine must do with `name`: 'supported', 'refused' or 'not checked here'."""
+    if skip_reason(name, import_error):
+        return "not checked here"
+    return "refused" if name in REFUSED else "supported"
+
+
 def _has_model(name: str) -> bool | str:
     try:
-        mod = importlib.import_module(f"mlx_lm.models.{name}")
+        with contextlib.redirect_stdout(io.StringIO()):  # olmo prints an install hint
+            mod = importlib.import_module(f"mlx_lm.models.{name}")
     except BaseException as e:  # noqa: BLE001 - olmo exits the interpreter when ai2-olmo is missing
         return f"cannot import mlx_lm.models.{name} ({type(e).__name__}: {e})"
     return hasattr(mod, "Model") and hasattr(mod, "ModelArgs")

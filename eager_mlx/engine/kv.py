@@ -269,6 +269,8 @@ class LayerCache:
         self.attends = 0
         self.asked_window: Optional[int] = None
         self.changed = False  # attention got other keys or values than the cache returned
+        self.sinks = False  # the layer passes attention sinks
+        self.shared = 0  # calls from layers that reuse this layer's KV
         self.seen: list[tuple] = []
 
     # ---- storage --------------------------------------------------------
@@ -359,6 +361,8 @@ class LayerCache:
         `shared`: the call comes from another layer that reuses this layer's KV (gemma4).
         """
         self.attends += not shared
+        self.shared += shared
+        self.sinks = sinks is not None
         if self.store.checking:
             rk, rv = self._returned or (None, None)
             self.changed = not _same(keys, rk) or (not self.mla and not _same(values, rv))
