@@ -115,3 +115,29 @@ def test_readme_support_table_lists_every_architecture():
     rows = [line.split("|")[1:3] for line in table.strip().splitlines()[2:]]
     listed = {cells[0].strip(): cells[1].strip() for cells in rows}
     assert listed == {name: status(name, error) for name, error in ARCHS}, "rerun tests/support_table.py"
+
+
+def test_sliding_layers_keep_only_their_window():
+    """Layer 0 of llama:sliding has a window of 4: it keeps 3 prompt positions and a ring of 4
+    columns per row however long the rows get; the global layer keeps everything. Rows stay
+    exact across many turns of the ring and a fork made long after the window moved on."""
+    model = build("llama:sliding")
+    engine = Engine(model, TOK, max_rows=4, seed=2)
+    config = EagerConfig(max_sequences=2, max_tokens=40, sampling=SamplingConfig(temperature=1.0))
+    engine.add("a", PROMPTS["a"], config)
+    engine._requests["a"].policy = _Scheduled(config, {(0, 30)})
+    sliding, full = engine._kv.attention
+    results, widths, full_width = {}, set(), 0
+    while engine.has_work:
+        for ev in engine.step():
+            if isinstance(ev, RunFinished):
+                results[ev.request_id] = ev.result
+        if "a" in engine._kv.prompts:
+            assert engine._kv.prompts["a"][0][0].shape[2] == 3 and engine._kv.prompts["a"][1][0].shape[2] == 11
+            widths.add(sliding.keys.shape[2])
+            full_width = full.keys.shape[2]
+    assert widths == {4} and full_width >= 40
+    tokens = [s.token_ids for s in results["a"].sequences]
+    assert len(tokens) == 2
+    for seq, ref in zip(results["a"].sequences, _reference(model, PROMPTS["a"], tokens)):
+        np.testing.assert_allclose(seq.logprobs, ref, atol=1e-4)
