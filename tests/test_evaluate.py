@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eager_mlx.config import EagerConfig
+from eager_mlx.config import EagerConfig, EngineConfig
 from eager_mlx.evaluation.data import Dataset, Example
 from eager_mlx.evaluation.evaluate import (
     JOURNAL,
@@ -236,8 +236,9 @@ def test_save_text_off_and_fallbacks(tmp_path):
 # ---------------------------------------------------------------- CLI (CliRunner, fake engine)
 from click.testing import CliRunner  # noqa: E402
 
-import eager_mlx.cli.eval as cli_eval  # noqa: E402
 from eager_mlx.cli.main import cli  # noqa: E402
+
+from fakes import FakeLoaded, patch_load  # noqa: E402
 
 
 @pytest.fixture
@@ -249,15 +250,10 @@ def data_file(tmp_path):
 
 @pytest.fixture
 def fake_runner(monkeypatch):
-    made = []
-
-    def build(model, max_rows, seed, chat=True, max_kv_memory=None):
-        eng = FakeEngine(adapt_script, max_rows=max_rows)
-        made.append((model, max_rows, seed, eng))
-        return eng, encode, None, model or "fake-model"
-
-    monkeypatch.setattr(cli_eval, "build_runner", build)
-    return made
+    """Every model the CLI loads is this FakeLoaded (`.asked`: the model refs, `.made`: the engines)."""
+    loaded = FakeLoaded(lambda config, events: FakeEngine(adapt_script, max_rows=config.max_rows), encode)
+    loaded.asked = patch_load(monkeypatch, loaded)
+    return loaded
 
 
 def test_cli_eval_and_report(tmp_path, data_file, fake_runner):
@@ -266,7 +262,7 @@ def test_cli_eval_and_report(tmp_path, data_file, fake_runner):
     r = runner.invoke(cli, ["eval", "--model", "fake", "--data", str(data_file), "--method", "eager-adapt",
                             "--max-sequences", "4", "--max-rows", "16", "--out", str(out), "--k", "2"])
     assert r.exit_code == 0, r.output
-    assert fake_runner[0][:3] == ("fake", 16, 55)
+    assert fake_runner.asked == ["fake"] and fake_runner.made[0][0] == EngineConfig(max_rows=16, seed=55)
     assert "Pass@k" in r.output and "eager-adapt" in r.output and "1.000" in r.output
     man = json.loads((out / MANIFEST).read_text())
     assert man["settings"]["scheduler"]["method"] == "eager-adapt" and man["settings"]["ks"] == [2]
@@ -292,7 +288,7 @@ def test_cli_resume(tmp_path, data_file, fake_runner):
     assert r.exit_code == 1 and "--resume" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(cli, args + ["--resume"])
     assert r.exit_code == 0, r.output
-    assert fake_runner[-1][3].added == []  # nothing redone
+    assert fake_runner.made[-1][2].added == []  # nothing redone
     assert len((out / RESULTS).read_text().splitlines()) == 4
 
 
@@ -316,9 +312,10 @@ def test_cli_eval_errors_are_one_line(tmp_path, data_file, fake_runner, args, me
     args = [paths.get(a, a) for a in args]
     r = CliRunner().invoke(cli, ["eval", *args, "--out", str(tmp_path / "o")] if "--resume" not in args
                            else ["eval", *args])
-    assert r.exit_code == 2 if "Invalid value" in message else r.exit_code == 1
+    usage = ("Invalid value", "--resume needs --out", "token budget")
+    assert r.exit_code == (2 if any(u in message for u in usage) else 1)
     assert message in r.output and "Traceback" not in r.output
-    assert not fake_runner  # errors come before the model is loaded
+    assert not fake_runner.asked  # errors come before the model is loaded
 
 
 def test_cli_report_bad_dir(tmp_path):

@@ -43,7 +43,7 @@ QUESTION_FIELDS = ("question", "problem", "Question", "prompt", "input")
 ANSWER_FIELDS = ("answer", "Answer", "target", "final_answer", "solution")
 
 
-class DataError(Exception):
+class DataError(ValueError):
     """A dataset could not be found or read; the message is one line."""
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["METHODS", "run_summary", "format_table", "plot_runs"]
+from eager_mlx.evaluation.scheduler import METHODS
 
-METHODS = ("parallel", "eager-init", "eager-adapt", "eager")
+__all__ = ["run_summary", "format_table", "plot_runs"]
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:

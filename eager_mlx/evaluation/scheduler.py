@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from eager_mlx.adaptive.consensus import ConsensusConfig, consensus_reached
+from eager_mlx.settings import SettingError
 __all__ = [
     "METHODS",
     "SchedulerConfig",
@@ -73,6 +74,8 @@ __all__ = [
     "RunOutcome",
     "Scheduler",
     "split_evenly",
+    "run_id",
+    "prompt_of_run",
 ]
 
 METHODS = ("parallel", "eager-init", "eager-adapt", "eager")
@@ -99,24 +102,24 @@ class SchedulerConfig:
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+            raise SettingError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.max_sequences < 1:
-            raise ValueError(f"max_sequences (M) must be >= 1, got {self.max_sequences}")
+            raise SettingError(f"max_sequences (M) must be >= 1, got {self.max_sequences}")
         if self.max_rows < 1:
-            raise ValueError(f"max_rows must be >= 1, got {self.max_rows}")
+            raise SettingError(f"max_rows must be >= 1, got {self.max_rows}")
         if self.threshold < 0:
-            raise ValueError(f"threshold must be >= 0, got {self.threshold}")
+            raise SettingError(f"threshold must be >= 0, got {self.threshold}")
         if self.token_budget is not None:
             if self.method not in ("eager-adapt", "eager"):
-                raise ValueError("a token budget applies to eager-adapt and eager only")
+                raise SettingError("a token budget applies to eager-adapt and eager only")
             if self.token_budget < 0:
-                raise ValueError(f"token_budget must be >= 0, got {self.token_budget}")
+                raise SettingError(f"token_budget must be >= 0, got {self.token_budget}")
         if self.method == "parallel" and self.max_sequences > self.max_rows:
-            raise ValueError(
+            raise SettingError(
                 f"parallel needs M rows at once: max_sequences {self.max_sequences} > max_rows {self.max_rows}"
             )
         if not (0 < self.retry_decay <= 1 and 0 < self.later_decay <= 1):
-            raise ValueError("retry_decay and later_decay must be in (0, 1]")
+            raise SettingError("retry_decay and later_decay must be in (0, 1]")
         if self.consensus is not None:
             self.consensus.validate()
 
@@ -151,6 +154,16 @@ class RunOutcome:
     any_correct: Optional[bool] = None  # needed by method "eager"
     answers: tuple[Optional[str], ...] = ()  # answers of its sequences that finished by themselves (consensus)
     consensus: bool = False  # an online monitor found agreement during the run
+
+
+def run_id(prompt_index: int, attempt: int) -> str:
+    """The request id of a prompt's run: ``p{prompt_index}-r{attempt}`` (attempt 0: its first run)."""
+    return f"p{prompt_index}-r{attempt}"
+
+
+def prompt_of_run(request_id: str) -> int:
+    """The prompt index of a run id made by `run_id`."""
+    return int(request_id[1:].rsplit("-r", 1)[0])
 
 
 def split_evenly(budget: int, caps: list[int]) -> list[int]:
@@ -398,7 +411,7 @@ class Scheduler:
             return None
         i = self._next_first
         parallel = self.config.method == "parallel"
-        return RunRequest(f"p{i}-r0", i, self.config.threshold, self.config.max_sequences, parallel, 0)
+        return RunRequest(run_id(i, 0), i, self.config.threshold, self.config.max_sequences, parallel, 0)
 
     def _commit(self, req: RunRequest, rows: int) -> None:
         p = self._p[req.prompt_index]
@@ -423,4 +436,4 @@ class Scheduler:
         max_seq = min(self.config.max_sequences, cap_left)
         if not self._tokens:
             max_seq = min(max_seq, p.share)
-        return RunRequest(f"p{i}-r{attempt}", i, theta, max_seq, False, attempt)
+        return RunRequest(run_id(i, attempt), i, theta, max_seq, False, attempt)
