@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import click
 
-from .options import ENGINE, GENERATION, fail, output_file, pop_settings, setting_options
+from .options import ENGINE, GENERATION, FiniteFloatRange, fail, output_file, pop_settings, setting_options
 from .progress import load_model
 
 __all__ = ["calibrate"]
@@ -17,9 +17,9 @@ __all__ = ["calibrate"]
 @click.option("--data", "-d", required=True, help="gsm8k, math500, svamp, hf:NAME[:CONFIG], or a .jsonl/.json/.csv file.")
 @click.option("--limit", type=click.IntRange(min=1), default=8, show_default=True,
               help="Prompts to sample (one unbranched sample each).")
-@click.option("--target-rate", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+@click.option("--target-rate", type=FiniteFloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Fraction of tokens that should be above theta (default 0.02).")
-@click.option("--percentile", type=click.FloatRange(0, 100, min_open=True), default=None,
+@click.option("--percentile", type=FiniteFloatRange(0, 100, min_open=True), default=None,
               help="Theta = this percentile of the entropies instead.")
 @setting_options(*GENERATION, only=("temperature", "top_p", "max_tokens"))
 @setting_options(*ENGINE, only=("max_rows", "seed"))
@@ -57,9 +57,12 @@ def calibrate(model: Optional[str], data: str, limit: int, target_rate: Optional
     click.echo("entropy (nats): " + "  ".join(f"{k} {s[k]:.3f}" for k in ("mean", "p50", "p90", "p95", "p99", "max")))
     click.echo("tokens above:   " + "  ".join(f"{k[5:]} {s[k]:.1%}" for k in s if k.startswith("rate>")))
     click.echo(f"theta = {result.threshold:.4f} for {result.target} ({result.rate:.2%} of tokens above)")
-    if write_preset:
-        path = cal_mod.write_preset_threshold(loaded.preset.name, result, source=f"data {data}")
-        click.echo(f"preset: {path} (solve / eval use it; --threshold auto too)")
-    if plot is not None:
-        cal_mod.plot_histogram(result, plot, title=f"{loaded.name}: {result.tokens} tokens, {result.target}")
-        click.echo(f"plot: {plot}")
+    try:
+        if write_preset:
+            path = cal_mod.write_preset_threshold(loaded.preset.name, result, source=f"data {data}")
+            click.echo(f"preset: {path} (solve / eval use it; --threshold auto too)")
+        if plot is not None:
+            cal_mod.plot_histogram(result, plot, title=f"{loaded.name}: {result.tokens} tokens, {result.target}")
+            click.echo(f"plot: {plot}")
+    except (OSError, RuntimeError, ImportError) as e:  # a full disk; no matplotlib
+        raise fail(e) from None

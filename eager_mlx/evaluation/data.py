@@ -16,9 +16,10 @@ final_answer, solution`` present in the first record. The gold answer is
 normalised: the part after the last ``####`` (GSM8K), else the last ``\\boxed{}``
 (MATH solutions), else the value; integral floats lose their ``.0``.
 
-Every record is checked before anything is generated: a malformed line or a
-missing field raises ``DataError`` naming the file and line; an empty dataset
-or an unknown name raises it too (one line each).
+Every record is checked before anything is generated: a malformed line, a byte
+that is not UTF-8 or a missing field raises ``DataError`` naming the file and
+line; an unreadable file, an empty dataset or an unknown name raises it too
+(one line each).
 
 The prompt is ``template`` with ``{question}`` replaced (plain replacement, so
 ``\\boxed{}`` needs no escaping); the chat template is applied later, by the
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,22 +127,34 @@ def _pick(fields: Iterable[str], candidates: tuple[str, ...], what: str, where: 
     raise DataError(f"{where}: no {what} field (tried {', '.join(candidates)}; found {', '.join(fields)})")
 
 
+def _read_text(path: Path) -> str:
+    """A data file's text; DataError naming the file (and the line of a byte that is not UTF-8)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8") from None
+
+
 def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append((f"{path}:{n}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    for n, line in enumerate(_read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((f"{path}:{n}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
     return out
 
 
 def _read_json(path: Path) -> list[tuple[str, Any]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     if isinstance(data, dict):
@@ -155,7 +169,7 @@ def _read_json(path: Path) -> list[tuple[str, Any]]:
 
 def _read_csv(path: Path) -> list[tuple[str, Any]]:
     out = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with io.StringIO(_read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         try:
             for row in reader:
@@ -254,7 +268,7 @@ def load_dataset(
                 raise DataError(
                     f"unknown dataset {spec!r}: not a file, not one of {', '.join(BUILTINS)}, not hf:NAME"
                 )
-            raise DataError(f"{spec}: no such file")
+            raise DataError(f"{spec}: {'a directory, not a data file' if path.is_dir() else 'no such file'}")
         if reader is None:
             raise DataError(f"{spec}: unsupported file type (use .jsonl, .json or .csv)")
         records, source, default_template = reader(path), str(path), DEFAULT_TEMPLATE

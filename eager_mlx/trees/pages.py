@@ -1,44 +1,37 @@
 """Branch-tree pages for eval runs: record each run's Tree while evaluating, write one page per prompt.
 
-`TraceRecorder` wraps an engine (the engine contract) and appends the Tree
-(eager_mlx/trees/html.py) of every finished run to RUN_DIR/trees.jsonl, keyed by
-request id (`eager-mlx eval --save-trace`). `write_tree_pages(RUN_DIR)` writes
+`TraceRecorder`, an evaluation's `on_run` hook, appends the Tree
+(eager_mlx/trees/html.py) of every finished run to the journal RUN_DIR/trees.jsonl,
+keyed by request id (`eager-mlx eval --save-trace`); a resume repairs it with the
+run's other journals (eager_mlx/evaluation/rundir.py). `write_tree_pages(RUN_DIR)` writes
 RUN_DIR/trees/p<index>.html for every prompt of the run (sharded runs merged)
 and RUN_DIR/trees/index.html linking them (`eager-mlx report --html`).
 """
 from __future__ import annotations
 
 import html
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 from eager_mlx.answers import majority_vote
-from eager_mlx.evaluation.evaluate import read_records
+from eager_mlx.evaluation.rundir import TRACES, Journal, read_records
 from eager_mlx.results import RunResult
 from eager_mlx.evaluation.shards import load_merged, rank_dirs
 from eager_mlx.trees.html import render_html, tree_from_record, tree_from_result
 
 __all__ = ["TRACES", "TraceRecorder", "read_traces", "write_tree_pages"]
 
-TRACES = "trees.jsonl"
-
 
 class TraceRecorder:
     """Appends the Tree of each finished run to `path` (JSONL, fsynced): pass it as an evaluation's `on_run`."""
 
     def __init__(self, path: Path, tokenizer: Any = None):
-        self.path = Path(path)
+        self.journal = Journal(Path(path))
         self.tokenizer = tokenizer
 
     def __call__(self, result: RunResult) -> None:
         tree = tree_from_result(result, self.tokenizer, keep_text=False)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"request_id": result.request_id, "tree": tree.to_dict()}, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self.journal.append({"request_id": result.request_id, "tree": tree.to_dict()})
 
 
 def read_traces(run_dir: Path) -> dict[str, dict]:
@@ -61,6 +54,10 @@ def write_tree_pages(run_dir: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for rec in records:
+        if "skipped" in rec:
+            rows.append(f'<tr><td>p{rec["index"]}</td><td>{_cell(rec.get("question"))}</td>'
+                        f'<td>{_cell(rec.get("gold"), 20)}</td><td colspan="4">skipped: {_cell(rec["skipped"])}</td></tr>')
+            continue
         trees = tree_from_record(rec, traces.get(rec.get("rank")))
         name = f"p{rec['index']}.html"
         title = f"prompt {rec['index']} ({rec.get('id', '')})"
