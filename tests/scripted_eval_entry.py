@@ -17,7 +17,7 @@ from fakes import ByteTokenizer, ScriptedModel  # noqa: E402
 from eager_mlx.cli.main import cli  # noqa: E402
 from eager_mlx.models import LoadedModel  # noqa: E402
 
-SCHEDULE = {**{p: "high" for p in (24, 30, 36, 42)}, 50: "eos"}
+SCHEDULE = {30: "high", 45: "high", 55: "eos"}
 
 
 def scripted_model() -> LoadedModel:
