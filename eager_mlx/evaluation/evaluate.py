@@ -9,8 +9,11 @@ barrier before they are complete). A run killed at any moment loses at most the
 runs in flight; ``resume=True`` reads both back (a torn last line, from a kill
 mid-write, is truncated), replays the recorded runs into the scheduler so the
 budget decisions come out as before, and runs only what is missing.
-Random draws of the remaining prompts differ from an uninterrupted run (the
-engine's random stream restarts), the decisions' inputs do not.
+A run's random draws are keyed on the engine's seed and its request id
+``p{index}-r{attempt}``, where index is the prompt's place in the whole dataset
+(also in a shard), and never on the batch: a resumed, sharded or
+differently batched (``max_rows``) evaluation writes the same records as an
+uninterrupted one (docs/architecture.md, "What is reproducible").
 
 A record: index, id, question, gold, the runs (request id, theta, M, sequences,
 tokens, ...), every sequence (answer, how it was extracted, correct, tokens,
@@ -283,8 +286,11 @@ def evaluate(
     run_dir = Path(run_dir)
     if len(dataset) == 0:
         raise EvalError("the dataset is empty")
+    ids = [e.index for e in dataset.examples]
+    if len(set(ids)) != len(ids):
+        raise EvalError("the dataset's examples have duplicate indices: request ids (and random keys) would collide")
     try:
-        sched = Scheduler(len(dataset), settings.scheduler)
+        sched = Scheduler(len(dataset), settings.scheduler, prompt_ids=ids)
         settings.eager.validate()
         settings.confidence.validate()
         monitor = _monitor(engine, settings)

@@ -54,8 +54,9 @@ Choices where the reference is ambiguous (each an option of SchedulerConfig):
   as agreement too. parallel and eager-init have one run per prompt, so
   consensus changes nothing here: there it works only through that online abort.
 
-Rows: by default each run reserves ``max_sequences`` rows (min with max_rows),
-so the engine never has to skip a branch (the paper's decisions exactly). With
+Rows: by default each run reserves ``max_sequences`` rows (M > max_rows is
+refused), so the engine never has to skip a branch (the paper's decisions
+exactly). With
 ``reserve_rows=False`` a branching run is admitted when one row is free (more
 prompts in flight; branches may then be skipped by a full engine).
 """
@@ -115,6 +116,9 @@ class SchedulerConfig:
             raise ValueError(
                 f"parallel needs M rows at once: max_sequences {self.max_sequences} > max_rows {self.max_rows}"
             )
+        if self.max_sequences > self.max_rows:  # a full engine would skip branches: not the paper's decisions
+            raise ValueError(f"{self.method} needs up to M rows per prompt: max_sequences {self.max_sequences} > "
+                             f"max_rows {self.max_rows} (raise max_rows or lower M)")
         if not (0 < self.retry_decay <= 1 and 0 < self.later_decay <= 1):
             raise ValueError("retry_decay and later_decay must be in (0, 1]")
         if self.consensus is not None:
@@ -187,10 +191,15 @@ class _Prompt:
 class Scheduler:
     """Decides the runs for ``num_prompts`` prompts under one SchedulerConfig."""
 
-    def __init__(self, num_prompts: int, config: SchedulerConfig) -> None:
+    def __init__(self, num_prompts: int, config: SchedulerConfig, prompt_ids: Optional[list[int]] = None) -> None:
+        """`prompt_ids`: the number each prompt's request ids carry (``p{id}-r{attempt}``), e.g. its index in
+        the whole dataset when this is one shard of it (default 0 .. num_prompts - 1)."""
         config.validate()
         if num_prompts < 0:
             raise ValueError("num_prompts must be >= 0")
+        self._ids = list(range(num_prompts)) if prompt_ids is None else list(prompt_ids)
+        if len(self._ids) != num_prompts:
+            raise ValueError(f"{len(self._ids)} prompt ids for {num_prompts} prompts")
         self.config = config
         self._p = [_Prompt() for _ in range(num_prompts)]
         self._next_first = 0  # next prompt whose first run has not started
@@ -398,7 +407,7 @@ class Scheduler:
             return None
         i = self._next_first
         parallel = self.config.method == "parallel"
-        return RunRequest(f"p{i}-r0", i, self.config.threshold, self.config.max_sequences, parallel, 0)
+        return RunRequest(f"p{self._ids[i]}-r0", i, self.config.threshold, self.config.max_sequences, parallel, 0)
 
     def _commit(self, req: RunRequest, rows: int) -> None:
         p = self._p[req.prompt_index]
@@ -423,4 +432,4 @@ class Scheduler:
         max_seq = min(self.config.max_sequences, cap_left)
         if not self._tokens:
             max_seq = min(max_seq, p.share)
-        return RunRequest(f"p{i}-r{attempt}", i, theta, max_seq, False, attempt)
+        return RunRequest(f"p{self._ids[i]}-r{attempt}", i, theta, max_seq, False, attempt)

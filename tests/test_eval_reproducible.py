@@ -1,0 +1,104 @@
+"""An evaluation's records depend only on its seed and settings: straight, killed (-9) and resumed,
+sharded, or run with another --max-rows give the same results.jsonl records."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import dist_eval_entry
+from eager_mlx.cli import eval as cli_eval
+from eager_mlx.cli.main import cli
+from eager_mlx.evaluation import shards
+from eager_mlx.evaluation.evaluate import JOURNAL, RESULTS, load_run
+from eager_mlx.evaluation.shards import Shard, load_merged
+
+ENTRY = Path(dist_eval_entry.__file__)
+QUESTIONS = ["What is q", "Tell me a story about x", "Stop!", "hm", "Why is the sky blue, k", "z", "Count to b"]
+TIMING = {"elapsed_s", "wall_s", "t_done", "tokens_per_s", "rank", "local_index"}  # and shard bookkeeping
+
+
+def settings(method):
+    return ["--template", "{question}", "--no-chat", "--method", method, "-M", "2", "--threshold", "1.2",
+            "--temperature", "0.6", "--max-tokens", "10", "--seed", "7"]
+
+
+@pytest.fixture
+def data(tmp_path):
+    p = tmp_path / "toy.jsonl"
+    p.write_text("".join(json.dumps({"question": q, "answer": str(i)}) + "\n" for i, q in enumerate(QUESTIONS)))
+    return p
+
+
+@pytest.fixture
+def markov(monkeypatch):
+    monkeypatch.setenv("EAGER_TEST_MODEL", "markov")
+    monkeypatch.setattr(cli_eval, "build_runner", dist_eval_entry.build)
+
+
+def evaluate(data, out, method, *extra):
+    r = CliRunner().invoke(cli, ["eval", "--data", str(data), "--out", str(out), *settings(method), *extra])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def comparable(records):
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in TIMING}
+        return [strip(v) for v in x] if isinstance(x, list) else x
+    return [strip(r) for r in sorted(records, key=lambda r: r["index"])]
+
+
+def records(run_dir):
+    return comparable(load_run(run_dir)[1])
+
+
+def lines(path):
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_straight_killed_and_resumed_and_fewer_rows_agree(tmp_path, data, markov):
+    steps = []
+    real = dist_eval_entry.build
+
+    def counting(*args, **kwargs):
+        engine, *rest = real(*args, **kwargs)
+        step = engine.step
+        engine.step = lambda: (steps.append(1), step())[1]
+        return (engine, *rest)
+
+    cli_eval.build_runner = counting
+    straight = records(evaluate(data, tmp_path / "straight", "eager-adapt", "--max-rows", "8"))
+    cli_eval.build_runner = real
+    assert len(straight) == len(QUESTIONS)
+    assert any(len(r["runs"]) > 1 for r in straight)  # the budget phase ran (it needs the journal on resume)
+    assert any(s["parent"] is not None for r in straight for s in r["sequences"])  # and branches were made
+    for kill_at in (len(steps) // 3, 2 * len(steps) // 3):
+        out = tmp_path / f"killed-{kill_at}"
+        env = dict(os.environ, EAGER_TEST_MODEL="markov", EAGER_TEST_KILL_AT_STEP=str(kill_at))
+        cmd = [sys.executable, str(ENTRY), "--data", str(data), "--out", str(out), *settings("eager-adapt"),
+               "--max-rows", "8"]
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+        assert lines(out / RESULTS) < len(QUESTIONS)  # killed mid-run
+        if kill_at == 2 * len(steps) // 3:
+            assert lines(out / JOURNAL) > 0  # with runs to replay
+        assert records(evaluate(data, out, "eager-adapt", "--max-rows", "8", "--resume")) == straight
+    assert records(evaluate(data, tmp_path / "rows2", "eager-adapt", "--max-rows", "2")) == straight
+
+
+def test_straight_and_two_shards_agree(tmp_path, data, markov, monkeypatch):
+    # eager-init: each prompt's budget is its own (eager-adapt / eager share theirs within a shard).
+    straight = records(evaluate(data, tmp_path / "straight", "eager-init", "--max-rows", "8"))
+    monkeypatch.setattr(shards, "barrier", lambda: None)
+    for rank in (0, 1):
+        monkeypatch.setattr(shards, "current_shard", lambda rank=rank: Shard(rank, 2))
+        evaluate(data, tmp_path / "sharded", "eager-init", "--max-rows", "4")
+    merged = comparable(load_merged(tmp_path / "sharded")[1])
+    assert merged == straight
+    assert {s["run"] for r in merged for s in r["sequences"]} == {f"p{i}-r0" for i in range(len(QUESTIONS))}
