@@ -38,7 +38,7 @@ class EagerConfig:
     max_sequences: int = 32  # M: cap on sequences per prompt (running + finished)
     entropy_top_k: int = 20  # K: entropy over the renormalised top-K probabilities
     full_entropy: bool = False  # entropy over the whole vocabulary instead of top-K
-    dynamic_threshold: bool = False  # reference-code rule: max(theta, p99 of the prompt's entropies)
+    dynamic_threshold: bool = False  # reference-code rule: max(theta, p99 of the prompt's earlier entropies)
     dynamic_percentile: float = 99.0
     no_branch_window: int = 1000  # stop branching after this many steps without a branch
     parallel: bool = False  # baseline: M independent rows, no branching
