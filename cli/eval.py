@@ -1,45 +1,20 @@
 """`eager-mlx eval` (a method over a dataset, results in a run directory) and `eager-mlx report`."""
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import click
 
-from eager_mlx.evaluation.report import METHODS, format_table, plot_runs, run_summary
+from eager_mlx.evaluation.scheduler import METHODS
 
-from .beyond import beyond_from, beyond_options
-from .calibrate import THRESHOLD
+from .options import ADAPTIVE, ENGINE, GENERATION, fail, output_file, pop_settings, setting_options
+from .progress import EvalBar, load_model
 
-__all__ = ["eval_cmd", "report", "build_runner"]
+__all__ = ["eval_cmd", "report"]
 
-
-def build_runner(model: Optional[str], max_rows: int, seed: int, chat: bool = True,
-                 max_kv_memory: Optional[int] = None, token_events: bool = False):
-    """Load the model; return (engine, encode, preset, model name). Tests replace this."""
-    from eager_mlx.engine.engine import Engine
-    from eager_mlx.api import encode_prompt, load
-
-    from .progress import ProgressBars
-
-    bars = ProgressBars()
-    try:
-        loaded = load(model, progress=bars)
-    finally:
-        bars.close()
-    preset = loaded.preset
-    kwargs = preset.chat_template_kwargs if preset is not None else None
-    context = preset.context_length if preset is not None else None
-    engine = Engine(loaded.model, loaded.tokenizer, max_rows=max_rows, seed=seed, context_length=context,
-                    token_events=token_events, max_kv_memory=max_kv_memory)
-
-    def encode(text: str) -> list[int]:
-        return encode_prompt(loaded.tokenizer, text, chat=chat, chat_template_kwargs=kwargs)
-
-    name = model or (preset.name if preset is not None else str(loaded.path))
-    return engine, encode, preset, name
+DATA_HELP = "gsm8k, math500, svamp, hf:NAME[:CONFIG], or a .jsonl/.json/.csv file."
 
 
 def _default_out(data: str, method: str, m: int) -> Path:
@@ -47,45 +22,26 @@ def _default_out(data: str, method: str, m: int) -> Path:
     return Path("runs") / f"{stem}-{method}-M{m}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-class _Bar:
-    """tqdm bar fed by evaluate's progress reports."""
-
-    def __init__(self) -> None:
-        self.bar = None
-
-    def __call__(self, p) -> None:
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=p.total, initial=p.done, unit="prompt", desc="eval", file=sys.stderr,
-                            dynamic_ncols=True)
-        self.bar.set_postfix_str(f"Pass@k {p.pass_at_k:.3f}, {p.tokens} tok, {p.sequences} seq", refresh=False)
-        self.bar.update(p.done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def _run_dir(ctx: click.Context, param: click.Parameter, value: Optional[Path]) -> Optional[Path]:
+    """--out must be a folder we can create or write, checked before any work."""
+    if value is not None and value.exists() and not value.is_dir():
+        raise click.BadParameter(f"{value} exists and is not a directory")
+    return value
 
 
 @click.command("eval")
 @click.option("--model", "-m", default=None, help="Preset name, mlx-lm folder, .gguf file or hub id.")
-@click.option("--data", "-d", required=True, help="gsm8k, math500, svamp, hf:NAME[:CONFIG], or a .jsonl/.json/.csv file.")
-@click.option("--limit", type=int, default=None, help="First N problems only.")
+@click.option("--data", "-d", required=True, help=DATA_HELP)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="First N problems only.")
 @click.option("--method", type=click.Choice(METHODS), default="eager-adapt", show_default=True)
-@click.option("--max-sequences", "-M", type=int, default=8, show_default=True, help="M: sequences per prompt.")
-@click.option("--threshold", "-t", type=THRESHOLD, default=None,
-              help="Entropy threshold theta, or auto (the preset's calibrated value, else calibrated on the first "
-                   "8 prompts; default: the preset's).")
-@click.option("--temperature", type=float, default=None, help="Sampling temperature (default: the preset's).")
-@click.option("--top-p", type=float, default=None, help="Nucleus sampling (default: the preset's).")
-@click.option("--max-tokens", type=int, default=1024, show_default=True, help="Tokens per sequence.")
-@click.option("--max-rows", type=int, default=64, show_default=True, help="Rows decoded per forward pass.")
+@setting_options(*GENERATION, exclude=("parallel",), auto_threshold=True)
+@setting_options(*ENGINE)
 @click.option("--optimistic-rows", is_flag=True,
               help="Admit a branching run when one row is free instead of reserving M rows (branches may be skipped).")
-@click.option("--token-budget", type=int, default=None,
+@click.option("--token-budget", type=click.IntRange(min=0), default=None,
               help="eager-adapt / eager: pool this many generated tokens instead of M x |D| sequences.")
-@click.option("--seed", type=int, default=55, show_default=True)
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="Run directory (default: runs/...).")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None, callback=_run_dir,
+              help="Run directory (default: runs/...).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
 @click.option("--question-field", default=None, help="Question field of a data file.")
 @click.option("--answer-field", default=None, help="Answer field of a data file.")
@@ -93,91 +49,98 @@ class _Bar:
 @click.option("--split", default="test", show_default=True, help="Split of an hf: dataset.")
 @click.option("--fallback", "fallbacks", multiple=True, type=click.Choice(["answer_is", "last_number"]),
               help="Answer extraction fallbacks when there is no \\boxed{} (default: answer_is).")
-@click.option("--k", "ks", multiple=True, type=int, help="Also report unbiased pass@k for this k (repeatable).")
+@click.option("--k", "ks", multiple=True, type=click.IntRange(min=1),
+              help="Also report unbiased pass@k for this k (repeatable).")
 @click.option("--no-save-text", is_flag=True, help="Do not store completions in the records.")
 @click.option("--save-trace", is_flag=True,
               help="Keep each run's branch tree and entropies (trees.jsonl) for `eager-mlx report --html`.")
 @click.option("--no-chat", is_flag=True, help="Do not apply the chat template.")
-@click.option("--max-kv-memory", default=None, help="Cap on KV cache memory, e.g. 2GB: forks past it are skipped.")
-@beyond_options
-def eval_cmd(model, data, limit, method, max_sequences, threshold, temperature, top_p, max_tokens, max_rows,
-             save_trace, optimistic_rows, token_budget, seed, out, resume, question_field, answer_field, template, split,
-             fallbacks, ks, no_save_text, no_chat, max_kv_memory, **beyond) -> None:
+@setting_options(*ADAPTIVE)
+def eval_cmd(model, data, limit, method, optimistic_rows, token_budget, out, resume, question_field, answer_field,
+             template, split, fallbacks, ks, no_save_text, save_trace, no_chat, **settings: Any) -> None:
     """Evaluate a method on a dataset; one JSONL record per problem in the run directory."""
-    from eager_mlx.evaluation.data import DataError, load_dataset
-    from eager_mlx.evaluation.evaluate import EvalError, EvalSettings, evaluate
-    from eager_mlx.api import config_for
-    from eager_mlx.evaluation.grading import DEFAULT_FALLBACKS
+    from eager_mlx.adaptive.options import AdaptiveOptions
+    from eager_mlx.evaluation.data import load_dataset
+    from eager_mlx.evaluation.evaluate import EvalError, evaluate_model
     from eager_mlx.evaluation.scheduler import SchedulerConfig
-    from eager_mlx.evaluation.shards import barrier, current_shard, rank_dirs, shard_run
-    from eager_mlx.trees.pages import TRACES, TraceRecorder
-
-    from .progress import parse_size
+    from eager_mlx.evaluation.shards import barrier, current_shard, shard_run
 
     if resume and out is None:
-        raise click.ClickException("--resume needs --out RUN_DIR")
-    kv_limit = parse_size(max_kv_memory)
-    opts = beyond_from(beyond)
+        raise click.UsageError("--resume needs --out RUN_DIR")
+    generation, engine = pop_settings(settings, *GENERATION), pop_settings(settings, *ENGINE)
     try:
+        options = AdaptiveOptions.from_settings(pop_settings(settings, *ADAPTIVE))
+        SchedulerConfig(method=method, max_sequences=generation["max_sequences"], max_rows=engine["max_rows"],
+                        token_budget=token_budget).validate()  # before any work
         dataset = load_dataset(data, question_field=question_field, answer_field=answer_field,
                                template=template, limit=limit, split=split)
-        SchedulerConfig(method=method, max_sequences=max_sequences, max_rows=max_rows,
-                        token_budget=token_budget).validate()  # fail before loading the model
-    except (DataError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
-    from eager_mlx.models import ModelError
-
-    try:
-        engine, encode, preset, name = build_runner(model, max_rows, seed, chat=not no_chat, max_kv_memory=kv_limit,
-                                                    **({"token_events": True} if opts.online else {}))
-        extra = {"chat": not no_chat}
-        if threshold == "auto":
-            from eager_mlx.adaptive.calibrate import auto_threshold
-
-            base = config_for(preset, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
-            prompts = [encode(dataset.prompt(i)) for i in range(min(8, len(dataset)))]
-            threshold, extra["threshold_auto"] = auto_threshold(engine, prompts, base, preset)
-            click.echo(f"theta auto: {threshold:.4f} ({extra['threshold_auto']})", err=True)
-        eager = config_for(preset, threshold=threshold, temperature=temperature, top_p=top_p,
-                           max_tokens=max_tokens, max_sequences=max_sequences)
-        sched = SchedulerConfig(method=method, max_sequences=max_sequences, threshold=eager.threshold,
-                                max_rows=max_rows, reserve_rows=not optimistic_rows, token_budget=token_budget,
-                                consensus=opts.consensus)
-        settings = EvalSettings(scheduler=sched, eager=eager, seed=seed, ks=tuple(sorted(set(ks))) or (1,),
-                                answer_fallbacks=tuple(fallbacks) or DEFAULT_FALLBACKS,
-                                save_text=not no_save_text, confidence=opts.confidence,
-                                confidence_vote=opts.confidence_vote, consensus_abort=opts.consensus_abort)
+        loaded = load_model(model)
+        eval_settings, extra = _settings(loaded, dataset, generation, engine, options, method=method,
+                                         reserve_rows=not optimistic_rows, token_budget=token_budget, ks=ks,
+                                         fallbacks=fallbacks, save_text=not no_save_text, chat=not no_chat)
         shard = current_shard()  # rank r of n under mlx.launch: prompts i % n == r, results in RUN_DIR/rank-r
-        run_dir, dataset = shard_run(out or (_default_out(data, method, max_sequences) if shard.size == 1 else None),
-                                     dataset, shard)
-        if save_trace:
-            engine = TraceRecorder(engine, run_dir / TRACES)
-        bar = _Bar()
+        default = _default_out(data, method, eval_settings.eager.max_sequences) if shard.size == 1 else None
+        run_dir, dataset = shard_run(out or default, dataset, shard)
+        bar = EvalBar()
         try:
-            result = evaluate(engine, encode, dataset, settings, run_dir, model=name, resume=resume,
-                              progress=bar, extra_manifest=extra)
+            evaluate_model(loaded, dataset, eval_settings, run_dir, max_kv_memory=engine["max_kv_memory"],
+                           chat=not no_chat, save_trace=save_trace, extra_manifest=extra, resume=resume,
+                           progress=bar)
         finally:
             bar.close()
-    except (ModelError, EvalError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
-    summary = run_summary(run_dir)
-    click.echo(format_table([summary]))
-    click.echo(f"results: {run_dir}")
+    except (EvalError, ValueError) as e:  # ModelError, DataError and SettingError are ValueErrors
+        raise fail(e) from None
+    _print_results(run_dir, shard)
     if shard.size > 1:
         barrier()
-        if shard.rank == 0 and len(rank_dirs(run_dir.parent)) == shard.size:
-            click.echo(f"all {shard.size} ranks:\n" + format_table([run_summary(run_dir.parent)]))
+
+
+def _settings(loaded: Any, dataset: Any, generation: dict, engine: dict, options: Any, *, chat: bool,
+              fallbacks: tuple, ks: tuple, save_text: bool, **scheduler: Any):
+    """EvalSettings from the options; `--threshold auto` is resolved on the first 8 prompts."""
+    import dataclasses
+
+    from eager_mlx import config_for
+    from eager_mlx.adaptive.calibrate import auto_threshold_for
+    from eager_mlx.evaluation.evaluate import EvalSettings
+    from eager_mlx.evaluation.grading import DEFAULT_FALLBACKS
+
+    seed, max_rows = engine["seed"], engine["max_rows"]
+    auto = generation.get("threshold") == "auto"
+    eager = config_for(loaded.preset, **dict(generation, threshold=None if auto else generation.get("threshold")))
+    extra = {}
+    if auto:
+        prompts = [loaded.encode(dataset.prompt(i), chat=chat) for i in range(min(8, len(dataset)))]
+        theta, extra["threshold_auto"] = auto_threshold_for(loaded, prompts, eager, seed=seed)
+        eager = dataclasses.replace(eager, threshold=theta)
+        click.echo(f"theta auto: {theta:.4f} ({extra['threshold_auto']})", err=True)
+    settings = EvalSettings.build(eager, options, max_rows=max_rows, seed=seed, ks=tuple(sorted(set(ks))) or (1,),
+                                  answer_fallbacks=tuple(fallbacks) or DEFAULT_FALLBACKS, save_text=save_text,
+                                  **scheduler)
+    settings.scheduler.validate()
+    return settings, extra
+
+
+def _print_results(run_dir: Path, shard: Any) -> None:
+    from eager_mlx.evaluation.report import format_table, run_summary
+    from eager_mlx.evaluation.shards import rank_dirs
+
+    click.echo(format_table([run_summary(run_dir)]))
+    click.echo(f"results: {run_dir}")
+    if shard.size > 1 and shard.rank == 0 and len(rank_dirs(run_dir.parent)) == shard.size:
+        click.echo(f"all {shard.size} ranks:\n" + format_table([run_summary(run_dir.parent)]))
 
 
 @click.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--plot", "plot", type=click.Path(path_type=Path), default=Path("pass_at_k_vs_tokens.png"),
-              show_default=True, help="Where to write the PNG.")
+@click.option("--plot", "plot", default="pass_at_k_vs_tokens.png", show_default=True, callback=output_file,
+              help="Where to write the PNG.")
 @click.option("--no-plot", is_flag=True, help="Only print the table.")
 @click.option("--html", "html", is_flag=True, help="Write a branch-tree page per prompt: RUN_DIR/trees/pN.html.")
 def report(run_dirs: tuple[Path, ...], plot: Path, no_plot: bool, html: bool) -> None:
     """Compare runs side by side: Pass@1, Pass@k, cons@k, PR, #T, #S, time; plot Pass@k against tokens."""
     from eager_mlx.evaluation.evaluate import EvalError
+    from eager_mlx.evaluation.report import format_table, plot_runs, run_summary
 
     try:
         rows = [run_summary(d) for d in run_dirs]
@@ -190,7 +153,7 @@ def report(run_dirs: tuple[Path, ...], plot: Path, no_plot: bool, html: bool) ->
         try:
             plot_runs(rows, plot)
         except RuntimeError as e:
-            raise click.ClickException(str(e)) from None
+            raise fail(e) from None
         click.echo(f"plot: {plot}")
     if html:
         from eager_mlx.trees.pages import write_tree_pages

@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator, Optional
 
-from eager_mlx.config import EagerConfig
+from eager_mlx.config import EagerConfig, EngineConfig, SamplingConfig
+from eager_mlx.prompts import PromptError, encode_prompt
+from eager_mlx.settings import SettingError, check, settings_of
 from eager_mlx.results import BranchEvent, Event, RunFinished, RunResult, SequenceFinished, TokenEvent
 from eager_mlx.threads import start_mlx_thread
 
@@ -49,20 +51,15 @@ _FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Server settings; sampling/eager fields are defaults a request may override (None: the preset's)."""
+    """Server settings. `defaults`: setting values (docs/settings.md) that requests which give none get
+    (the `serve` command's options); settings absent from both come from the preset, then the schema."""
 
     host: str = "127.0.0.1"
     port: int = 8080
     model_id: str = "default_model"
-    max_rows: int = 64
-    seed: int = 0
-    max_tokens: int = 512
-    temperature: Optional[float] = None
-    top_p: Optional[float] = None
-    top_k: Optional[int] = None
-    min_p: Optional[float] = None
-    threshold: Optional[float] = None
-    max_sequences: int = 8  # M for eager requests that give none
+    max_rows: int = EngineConfig.max_rows
+    seed: int = EngineConfig.seed
+    defaults: dict = field(default_factory=dict)
     chat_template_args: dict = field(default_factory=dict)
     allowed_origins: tuple[str, ...] = ("*",)
 
@@ -94,60 +91,57 @@ class GenerationRequest:
 
 
 # ---- request parsing ------------------------------------------------------------------------
-def _get(body: dict, name: str, types: tuple, default: Any = None, *, lo: Any = None, hi: Any = None,
-         lo_open: bool = False) -> Any:
+# Request keys are the setting keys (docs/settings.md), at the top level or in an "eager" object.
+_SETTINGS = {s.key: s for cls in (EagerConfig, SamplingConfig) for s in settings_of(cls) if s.key != "parallel"}
+_BRANCHING = {k for k in _SETTINGS if k in {s.key for s in settings_of(EagerConfig)}} - {"max_tokens", "stop"}
+
+
+def _get(body: dict, name: str, types: tuple, default: Any = None, *, lo: Any = None, hi: Any = None) -> Any:
     value = body.get(name, default)
     if value is None:
         return default
     if isinstance(value, bool) and bool not in types or not isinstance(value, types):
         names = " or ".join(t.__name__ for t in types)
         raise APIError(400, f"{name} must be {names}, got {json.dumps(value)}", param=name, code="invalid_type")
-    if lo is not None and (value <= lo if lo_open else value < lo):
-        raise APIError(400, f"{name} must be {'>' if lo_open else '>='} {lo}, got {value}", param=name,
-                       code="invalid_value")
+    if lo is not None and value < lo:
+        raise APIError(400, f"{name} must be >= {lo}, got {value}", param=name, code="invalid_value")
     if hi is not None and value > hi:
         raise APIError(400, f"{name} must be <= {hi}, got {value}", param=name, code="invalid_value")
     return value
 
 
-def _message_text(content: Any, i: int) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        return "".join(str(p.get("text", "")) for p in content)
-    raise APIError(400, f"messages[{i}].content must be a string or a list of text parts",
-                   param=f"messages[{i}].content", code="invalid_type")
-
-
-def encode_messages(tokenizer, messages: Any, template_args: Optional[dict] = None) -> list[int]:
-    """Token ids of a chat, through the tokenizer's chat template (plain 'role: text' lines without one)."""
-    if not isinstance(messages, list) or not messages:
-        raise APIError(400, "messages must be a non-empty list", param="messages", code="invalid_value")
-    clean = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise APIError(400, f"messages[{i}] must be an object with a role", param=f"messages[{i}]",
-                           code="invalid_value")
-        clean.append({"role": m["role"], "content": _message_text(m.get("content", ""), i)})
-    if getattr(tokenizer, "chat_template", None):
+def _settings(body: dict, eager: dict) -> dict[str, Any]:
+    """The setting values a request gives, checked against the schema (400 naming the first bad one)."""
+    values = {}
+    for key, s in _SETTINGS.items():
+        raw = eager.get(key, body.get(key))
+        if key == "max_tokens":
+            raw = body.get("max_completion_tokens", raw)
+        if raw is None:
+            continue
         try:
-            return list(tokenizer.apply_chat_template(clean, add_generation_prompt=True, tokenize=True,
-                                                      **(template_args or {})))
-        except Exception as e:  # jinja errors from templates that reject a conversation shape
-            raise APIError(400, f"the chat template rejected the messages: {e}", param="messages",
-                           code="invalid_value") from None
-    text = "".join(f"{m['role']}: {m['content']}\n" for m in clean) + "assistant: "
-    return list(tokenizer.encode(text))
+            values[key] = check(s, raw)
+        except SettingError as e:
+            raise APIError(400, str(e), param=key, code="invalid_value") from None
+    return values
 
 
-def _encode_prompt(tokenizer, prompt: Any) -> list[int]:
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+def _encode(tokenizer, kind: str, body: dict, template_args: dict) -> list[int]:
+    field_name = "messages" if kind == "chat" else "prompt"
+    if field_name not in body:
+        raise APIError(400, f"{field_name} is required", param=field_name, code="missing_required_parameter")
+    prompt = body[field_name]
+    if kind == "text" and isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
-    if isinstance(prompt, str):
-        return list(tokenizer.encode(prompt))
-    if isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        return list(prompt)
-    raise APIError(400, "prompt must be a string or a list of token ids", param="prompt", code="invalid_type")
+    if kind == "chat" and not (isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt)):
+        raise APIError(400, "messages must be a non-empty list of objects", param="messages", code="invalid_value")
+    if kind == "text" and not (isinstance(prompt, str) or (isinstance(prompt, list) and prompt
+                                                           and not any(isinstance(t, dict) for t in prompt))):
+        raise APIError(400, "prompt must be a string or a list of token ids", param="prompt", code="invalid_type")
+    try:
+        return encode_prompt(tokenizer, prompt, chat=kind == "chat", chat_template_kwargs=template_args)
+    except PromptError as e:
+        raise APIError(400, str(e), param=e.param if kind == "chat" else "prompt", code="invalid_value") from None
 
 
 def parse_request(body: Any, kind: str, tokenizer, config: ServerConfig, preset=None,
@@ -161,62 +155,38 @@ def parse_request(body: Any, kind: str, tokenizer, config: ServerConfig, preset=
     if model not in (config.model_id, "default_model"):
         raise APIError(404, f"The model '{model}' does not exist; this server serves '{config.model_id}'",
                        param="model", code="model_not_found")
-    eager = body.get("eager", {})
-    if not isinstance(eager, dict):
-        raise APIError(400, "eager must be an object", param="eager", code="invalid_type")
-    unknown = sorted(set(eager) - {"method", "threshold", "max_sequences"})
+    eager = _get(body, "eager", (dict,), {})
+    unknown = sorted(set(eager) - set(_SETTINGS) - {"method"})
     if unknown:
         raise APIError(400, f"unknown eager option(s): {', '.join(unknown)}", param="eager", code="invalid_value")
-    opts = {k: eager.get(k, body.get(k)) for k in ("method", "threshold", "max_sequences")}
+    given = _settings(body, eager)
     n = _get(body, "n", (int,), 1, lo=1, hi=config.max_rows)
-    # any eager option turns branching on, unless the method says parallel
-    branching = "eager" in body or any(v is not None for v in opts.values())
-    method = _get(opts, "method", (str,), "eager" if branching else "parallel")
+    # any branching option turns branching on, unless the method says parallel
+    branching = "eager" in body or any(k in given for k in _BRANCHING) or "method" in body
+    method = _get(eager, "method", (str,), None) or _get(body, "method", (str,), "eager" if branching else "parallel")
     if method not in ("eager", "parallel"):
         raise APIError(400, f"method must be 'eager' or 'parallel', got {method!r}", param="method",
                        code="invalid_value")
-    threshold = _get(opts, "threshold", (int, float), config.threshold, lo=0)
-    max_sequences = _get(opts, "max_sequences", (int,), None, lo=1, hi=config.max_rows)
-    if method == "parallel" and max_sequences is not None and n > 1 and max_sequences != n:
-        raise APIError(400, f"parallel sampling: n={n} and max_sequences={max_sequences} disagree", param="n",
+    m = given.get("max_sequences")
+    if method == "parallel" and m is not None and n > 1 and m != n:
+        raise APIError(400, f"parallel sampling: n={n} and max_sequences={m} disagree", param="n",
                        code="invalid_value")
-    if max_sequences is None:
-        max_sequences = n if method == "parallel" or n > 1 else config.max_sequences
-    max_tokens = _get(body, "max_completion_tokens", (int,), None, lo=1)
-    max_tokens = max_tokens or _get(body, "max_tokens", (int,), config.max_tokens, lo=1)
-    stop = body.get("stop") or ()
-    stop = (stop,) if isinstance(stop, str) else stop
-    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
-        raise APIError(400, "stop must be a string or a list of non-empty strings", param="stop", code="invalid_type")
+    if m is None and (method == "parallel" or n > 1):
+        given["max_sequences"] = n
+    if given.get("max_sequences", config.defaults.get("max_sequences", 1)) > config.max_rows:
+        raise APIError(400, f"max_sequences must be <= {config.max_rows} (the server's max_rows)",
+                       param="max_sequences", code="invalid_value")
     if body.get("logprobs"):
         raise APIError(400, "logprobs is not supported by this server", param="logprobs", code="unsupported")
     stream = _get(body, "stream", (bool,), False)
     _get(body, "stream_options", (dict,), None)
     seed = _get(body, "seed", (int,), None)
-    sampling = {
-        "temperature": _get(body, "temperature", (int, float), config.temperature, lo=0),
-        "top_p": _get(body, "top_p", (int, float), config.top_p, lo=0, hi=1, lo_open=True),
-        "top_k": _get(body, "top_k", (int,), config.top_k, lo=0),
-        "min_p": _get(body, "min_p", (int, float), config.min_p, lo=0, hi=1),
-    }
     try:
-        cfg = config_for(preset, threshold=threshold, max_sequences=max_sequences, parallel=method == "parallel",
-                         max_tokens=max_tokens, stop=tuple(stop), **sampling)
-        cfg.validate()
-    except ValueError as e:
+        cfg = config_for(preset, **{**config.defaults, **given, "parallel": method == "parallel"})
+    except SettingError as e:
         raise APIError(400, str(e), code="invalid_value") from None
-    if kind == "chat":
-        if "messages" not in body:
-            raise APIError(400, "messages is required", param="messages", code="missing_required_parameter")
-        args = dict((preset.chat_template_kwargs if preset is not None else None) or {}, **config.chat_template_args)
-        tokens = encode_messages(tokenizer, body["messages"], args)
-    else:
-        if "prompt" not in body:
-            raise APIError(400, "prompt is required", param="prompt", code="missing_required_parameter")
-        tokens = _encode_prompt(tokenizer, body["prompt"])
-    if not tokens:
-        raise APIError(400, "the prompt is empty", param="prompt" if kind == "text" else "messages",
-                       code="invalid_value")
+    args = dict((preset.chat_template_kwargs if preset is not None else None) or {}, **config.chat_template_args)
+    tokens = _encode(tokenizer, kind, body, args)
     if context_length and len(tokens) >= context_length:
         raise APIError(400, f"This model's maximum context length is {context_length} tokens; the prompt has "
                        f"{len(tokens)}", param="messages" if kind == "chat" else "prompt",

@@ -164,3 +164,39 @@ class MarkovModel(nn.Module):
         batch, length = inputs.shape
         cache[0].update_and_fetch(mx.zeros((batch, 1, length, 2)), mx.zeros((batch, 1, length, 2)))
         return self.table[inputs]
+
+
+class FakeLoaded:
+    """Stands in for `eager_mlx.models.LoadedModel` in CLI tests: `make_engine(config, token_events)` builds
+    each engine (recorded in `made`), prompts go through `encode(text)`."""
+
+    def __init__(self, make_engine, encode, *, preset=None, name: str = "fake", tokenizer=None):
+        self.make_engine, self._encode = make_engine, encode
+        self.preset, self.name, self.tokenizer = preset, name, tokenizer
+        self.made: list = []  # (EngineConfig, token_events, engine)
+
+    def engine(self, config=None, *, token_events: bool = True):
+        from eager_mlx.config import EngineConfig
+
+        config = config or EngineConfig()
+        engine = self.make_engine(config, token_events)
+        self.made.append((config, token_events, engine))
+        return engine
+
+    def encode(self, prompt, *, chat: bool = True, system=None, template_args=None) -> list[int]:
+        return self._encode(prompt)
+
+
+def patch_load(monkeypatch, loaded) -> list:
+    """Make `eager_mlx.load` return `loaded`; returns the list of model refs it was asked for."""
+    import eager_mlx
+
+    asked: list = []
+
+    def load(ref=None, progress=None):
+        asked.append(ref)
+        loaded.name = ref or loaded.name
+        return loaded
+
+    monkeypatch.setattr(eager_mlx, "load", load)
+    return asked

@@ -53,7 +53,7 @@ def test_consensus_config():
     assert consensus_reached(["5"] * 4, ConsensusConfig("beta"))
     assert consensus_reached(["5"] * 3, ConsensusConfig("window", window=3))
     assert not consensus_reached(["5"] * 3, ConsensusConfig("window", window=4))
-    with pytest.raises(ValueError, match="unknown consensus rule"):
+    with pytest.raises(ValueError, match="consensus must be one of beta, window"):
         ConsensusConfig("vote").validate()
     with pytest.raises(ValueError, match="window"):
         ConsensusConfig("window", window=1).validate()
@@ -107,7 +107,7 @@ def test_confidence_config_validate():
     ConfidenceConfig(prune_percentile=10).validate()
     with pytest.raises(ValueError, match="entropy signal"):
         ConfidenceConfig(signal="logprob", prune_percentile=10).validate()
-    with pytest.raises(ValueError, match="percentile"):
+    with pytest.raises(ValueError, match="prune_confidence must be > 0, < 100, got 100"):
         ConfidenceConfig(prune_percentile=100).validate()
 
 

@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 import dist_eval_entry
-from eager_mlx.cli import eval as cli_eval
 from eager_mlx.cli.main import cli
 from eager_mlx.evaluation import shards
 from eager_mlx.evaluation.evaluate import JOURNAL, RESULTS, load_run
 from eager_mlx.evaluation.shards import Shard, load_merged
+from fakes import patch_load
 
 ENTRY = Path(dist_eval_entry.__file__)
 QUESTIONS = ["What is q", "Tell me a story about x", "Stop!", "hm", "Why is the sky blue, k", "z", "Count to b"]
@@ -36,8 +36,9 @@ def data(tmp_path):
 
 @pytest.fixture
 def markov(monkeypatch):
-    monkeypatch.setenv("EAGER_TEST_MODEL", "markov")
-    monkeypatch.setattr(cli_eval, "build_runner", dist_eval_entry.build)
+    loaded = dist_eval_entry.loaded_model("markov")
+    patch_load(monkeypatch, loaded)
+    return loaded
 
 
 def evaluate(data, out, method, *extra):
@@ -80,22 +81,12 @@ def lines(path):
 
 
 def test_straight_killed_and_resumed_and_fewer_rows_agree(tmp_path, data, markov):
-    steps = []
-    real = dist_eval_entry.build
-
-    def counting(*args, **kwargs):
-        engine, *rest = real(*args, **kwargs)
-        step = engine.step
-        engine.step = lambda: (steps.append(1), step())[1]
-        return (engine, *rest)
-
-    cli_eval.build_runner = counting
     straight = records(evaluate(data, tmp_path / "straight", "eager-adapt", "--max-rows", "8"))
-    cli_eval.build_runner = real
+    steps = markov.steps
     assert len(straight) == len(QUESTIONS)
     assert any(len(r["runs"]) > 1 for r in straight)  # the budget phase ran (it needs the journal on resume)
     assert any(s["parent"] is not None for r in straight for s in r["sequences"])  # and branches were made
-    for kill_at in (len(steps) // 3, 2 * len(steps) // 3):
+    for kill_at in (steps // 3, 2 * steps // 3):
         out = tmp_path / f"killed-{kill_at}"
         env = dict(os.environ, EAGER_TEST_MODEL="markov", EAGER_TEST_KILL_AT_STEP=str(kill_at))
         cmd = [sys.executable, str(ENTRY), "--data", str(data), "--out", str(out), *settings("eager-adapt"),
@@ -103,7 +94,7 @@ def test_straight_killed_and_resumed_and_fewer_rows_agree(tmp_path, data, markov
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
         assert lines(out / RESULTS) < len(QUESTIONS)  # killed mid-run
-        if kill_at == 2 * len(steps) // 3:
+        if kill_at == 2 * steps // 3:
             assert lines(out / JOURNAL) > 0  # with runs to replay
         assert records(evaluate(data, out, "eager-adapt", "--max-rows", "8", "--resume")) == straight
     assert records(evaluate(data, tmp_path / "rows2", "eager-adapt", "--max-rows", "2")) == straight
@@ -124,8 +115,7 @@ def test_straight_and_two_shards_agree(tmp_path, data, markov, monkeypatch):
 def test_tiny_llama_straight_fewer_rows_and_shards_agree(tmp_path, data, monkeypatch):
     # Sampled (T=0.6) runs of a random llama: same tokens, texts and trees; the confidences (floats
     # from entropies) may differ in the last bits where BLAS rounds batched matmuls differently.
-    monkeypatch.setenv("EAGER_TEST_MODEL", "tiny")
-    monkeypatch.setattr(cli_eval, "build_runner", dist_eval_entry.build)
+    patch_load(monkeypatch, dist_eval_entry.loaded_model("tiny"))
     straight = records(evaluate(data, tmp_path / "straight", "eager-init", "--max-rows", "8"))
     assert any(s["parent"] is not None for r in straight for s in r["sequences"])
     assert_close(records(evaluate(data, tmp_path / "rows2", "eager-init", "--max-rows", "2")), straight, 1e-4)

@@ -18,7 +18,7 @@ HI = [{"role": "user", "content": "What is 2+2?"}]
 @pytest.fixture(scope="module")
 def server():
     srv = EagerServer(tiny_model(), ByteTokenizer(), ServerConfig(port=0, model_id="tiny", max_rows=32,
-                                                                  temperature=1.0)).start()
+                                                                  defaults={"temperature": 1.0})).start()
     yield srv
     srv.shutdown()
 
@@ -252,23 +252,30 @@ def test_engine_failure_is_a_500_and_the_server_goes_on():
 
 
 def test_cli_serve_passes_flags(monkeypatch):
-    from types import SimpleNamespace
+    from pathlib import Path
 
     from click.testing import CliRunner
 
-    import eager_mlx
     from eager_mlx import server as srv
     from eager_mlx.cli.main import cli
+    from eager_mlx.models import LoadedModel
 
-    loaded = SimpleNamespace(model=None, tokenizer=ByteTokenizer(), preset=None, path="/models/tiny")
-    monkeypatch.setattr(eager_mlx, "load", lambda ref=None, progress=None: loaded)
+    from fakes import patch_load
+
+    patch_load(monkeypatch, LoadedModel(None, ByteTokenizer(), None, Path("/models/tiny"), "/models/tiny"))
     seen = {}
     monkeypatch.setattr(srv, "serve", lambda lm, config: seen.update(loaded=lm, config=config))
     res = CliRunner().invoke(cli, ["serve", "--port", "0", "--temp", "0.7", "-M", "4", "--threshold", "1.5",
                                    "--chat-template-args", '{"enable_thinking": false}'])
     assert res.exit_code == 0, res.output
     cfg = seen["config"]
-    assert (cfg.host, cfg.port, cfg.temperature, cfg.max_sequences, cfg.threshold) == ("127.0.0.1", 0, 0.7, 4, 1.5)
+    assert (cfg.host, cfg.port, cfg.max_rows, cfg.seed) == ("127.0.0.1", 0, 16, 55)
+    assert {k: cfg.defaults[k] for k in ("temperature", "max_sequences", "threshold")} == \
+        {"temperature": 0.7, "max_sequences": 4, "threshold": 1.5}
     assert cfg.chat_template_args == {"enable_thinking": False} and cfg.model_id == "/models/tiny"
     res = CliRunner().invoke(cli, ["serve", "--chat-template-args", "{bad"])
-    assert res.exit_code == 1 and res.output.startswith("Error: --chat-template-args is not JSON")
+    assert res.exit_code == 2 and "Invalid value for --chat-template-args: not JSON" in res.output
+    res = CliRunner().invoke(cli, ["serve", "--temp", "-1"])
+    assert res.exit_code == 2 and "temperature must be >= 0, got -1.0" in res.output
+    res = CliRunner().invoke(cli, ["serve", "--port", "70000"])
+    assert res.exit_code == 2 and "70000 is not in the range 0<=x<=65535" in res.output

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from eager_mlx.answers import normalize_answer
+from eager_mlx.settings import SettingError, setting, validate
 
 __all__ = [
     "SIGNALS",
@@ -56,24 +57,21 @@ NATURAL_FINISHES = ("eos", "stop", "length")  # ended by itself: not pruned, not
 class ConfidenceConfig:
     """How confidence is measured, and whether low-confidence rows are pruned while they run."""
 
-    window: int = 64  # tokens per group
+    window: int = setting(64, "Tokens per confidence group.", key="confidence_window", lo=1)
     signal: str = "entropy"  # "entropy" (c_t = -H_t) | "logprob" (c_t = log p of the sampled token)
-    prune_percentile: Optional[float] = None  # prune a row whose group confidence < this percentile (None: off)
-    warmup: int = 4  # finished sequences of the prompt needed before any pruning
+    prune_percentile: Optional[float] = setting(
+        None, "Prune a running row whose window confidence falls below this percentile of its prompt's finished "
+              "sequences (off by default).", key="prune_confidence", lo=0, lo_open=True, hi=100, hi_open=True,
+        optional=True)
+    warmup: int = setting(4, "Finished sequences of a prompt needed before pruning starts.", key="prune_warmup", lo=1)
 
     def validate(self) -> None:
-        """Raise ValueError naming the first bad value."""
-        if self.window < 1:
-            raise ValueError(f"confidence window must be >= 1, got {self.window}")
+        """Raise SettingError (a ValueError) naming the first bad value."""
+        validate(self)
         if self.signal not in SIGNALS:
-            raise ValueError(f"unknown confidence signal {self.signal!r}; choose one of {', '.join(SIGNALS)}")
-        if self.prune_percentile is not None:
-            if not 0 < self.prune_percentile < 100:
-                raise ValueError(f"prune percentile must be in (0, 100), got {self.prune_percentile}")
-            if self.signal != "entropy":
-                raise ValueError("pruning needs the entropy signal (TokenEvents carry entropies only)")
-        if self.warmup < 1:
-            raise ValueError(f"warmup must be >= 1, got {self.warmup}")
+            raise SettingError(f"unknown confidence signal {self.signal!r}; choose one of {', '.join(SIGNALS)}")
+        if self.prune_percentile is not None and self.signal != "entropy":
+            raise SettingError("pruning needs the entropy signal (TokenEvents carry entropies only)")
 
 
 def token_confidences(entropies: Sequence[float], logprobs: Sequence[float], signal: str = "entropy") -> list[float]:

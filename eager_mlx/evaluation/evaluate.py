@@ -42,23 +42,28 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from eager_mlx.adaptive.confidence import NATURAL_FINISHES, ConfidenceConfig, sequence_confidence, weighted_vote_record
-from eager_mlx.config import EagerConfig
+from eager_mlx.config import EagerConfig, EngineConfig
+from eager_mlx.engine.protocol import EngineLike
 from eager_mlx.evaluation.data import Dataset
 from eager_mlx.evaluation.grading import DEFAULT_FALLBACKS, extract_answer, grade
 from eager_mlx.evaluation.metrics import PromptMetrics, RunMetrics, prompt_metrics, run_metrics
 from eager_mlx.adaptive.online import OnlineMonitor
+from eager_mlx.adaptive.options import AdaptiveOptions
 from eager_mlx.results import RunFinished, RunResult
-from eager_mlx.evaluation.scheduler import RunOutcome, RunRequest, Scheduler, SchedulerConfig
+from eager_mlx.evaluation.scheduler import RunOutcome, RunRequest, Scheduler, SchedulerConfig, prompt_of_run
 
 __all__ = [
     "EvalError",
     "EvalSettings",
     "EvalProgress",
+    "Occupancy",
     "EvalResult",
+    "Evaluation",
     "MANIFEST",
     "RESULTS",
     "JOURNAL",
     "evaluate",
+    "evaluate_model",
     "read_records",
     "load_run",
     "record_metrics",
@@ -83,7 +88,7 @@ class EvalSettings:
 
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     eager: EagerConfig = field(default_factory=EagerConfig)  # threshold, M, parallel set per run
-    seed: int = 55
+    seed: int = EngineConfig.seed
     ks: tuple[int, ...] = (1,)  # unbiased pass@k to report
     answer_fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS
     grade_timeout: float = 5.0
@@ -94,6 +99,35 @@ class EvalSettings:
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def build(cls, eager: EagerConfig, options: AdaptiveOptions, *, method: str, max_rows: int, seed: int,
+              reserve_rows: bool = True, token_budget: Optional[int] = None, **fields: Any) -> "EvalSettings":
+        """Settings from a request config (its threshold and M start every prompt) and the adaptive options;
+        `fields`: ks, answer_fallbacks, grade_timeout, save_text."""
+        scheduler = SchedulerConfig(method=method, max_sequences=eager.max_sequences, threshold=eager.threshold,
+                                    max_rows=max_rows, reserve_rows=reserve_rows, token_budget=token_budget,
+                                    consensus=options.consensus)
+        return cls(scheduler=scheduler, eager=eager, seed=seed, confidence=options.confidence,
+                   confidence_vote=options.confidence_vote, consensus_abort=options.consensus_abort, **fields)
+
+
+@dataclass
+class Occupancy:
+    """Rows in flight per engine step while work remains: how full the batch was kept."""
+
+    steps: int = 0
+    rows: int = 0  # summed over steps
+    preempted_tokens: int = 0  # tokens of runs the engine preempted and ran again (work done twice)
+
+    def add(self, rows: int) -> None:
+        self.steps += 1
+        self.rows += rows
+
+    def summary(self, max_rows: int) -> dict:
+        mean = self.rows / self.steps if self.steps else 0.0
+        return {"steps": self.steps, "rows": self.rows, "max_rows": max_rows, "mean_rows": mean,
+                "mean_occupancy": mean / max_rows, "preempted_tokens": self.preempted_tokens}
 
 
 @dataclass
@@ -265,185 +299,230 @@ def _monitor(engine: Any, settings: EvalSettings) -> Optional[OnlineMonitor]:
     return OnlineMonitor(
         engine, confidence=settings.confidence,
         consensus=settings.scheduler.consensus if settings.consensus_abort else None,
-        prompt_of=lambda rid: rid.rsplit("-r", 1)[0],
+        prompt_of=prompt_of_run,
         extract=lambda text: extract_answer(text, settings.answer_fallbacks)[0],
     )
 
 
-def evaluate(
-    engine: Any,
-    encode: Callable[[str], list[int]],
-    dataset: Dataset,
-    settings: EvalSettings,
-    run_dir: Path,
-    *,
-    model: str = "",
-    resume: bool = False,
-    progress: Optional[Callable[[EvalProgress], None]] = None,
-    extra_manifest: Optional[dict] = None,
-) -> EvalResult:
-    """Evaluate ``dataset`` with ``engine`` (the engine contract) under ``settings``; see the module docstring."""
-    run_dir = Path(run_dir)
-    if len(dataset) == 0:
-        raise EvalError("the dataset is empty")
-    ids = [e.index for e in dataset.examples]
-    if len(set(ids)) != len(ids):
-        raise EvalError("the dataset's examples have duplicate indices: request ids (and random keys) would collide")
-    try:
-        sched = Scheduler(len(dataset), settings.scheduler, prompt_ids=ids)
-        settings.eager.validate()
-        settings.confidence.validate()
-        monitor = _monitor(engine, settings)
-    except ValueError as e:
-        raise EvalError(str(e)) from None
-    manifest = {
+def _manifest(dataset: Dataset, settings: EvalSettings, model: str, extra: Optional[dict]) -> dict:
+    return {
         "format": FORMAT,
         "model": model,
         "method": settings.scheduler.method,
-        "dataset": {
-            "name": dataset.name,
-            "source": dataset.source,
-            "hash": dataset.hash,
-            "size": len(dataset),
-            "template": dataset.template,
-        },
+        "dataset": {"name": dataset.name, "source": dataset.source, "hash": dataset.hash, "size": len(dataset),
+                    "template": dataset.template},
         "settings": settings.to_dict(),
         "seed": settings.seed,
         "versions": package_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "finished": False,
-        **(extra_manifest or {}),
+        **(extra or {}),
     }
-    records, journal = _prepare_dir(run_dir, manifest, resume)
-    by_index = {r["index"]: r for r in records}
-    for r in records:
-        sched.replay(r["index"], _outcomes(r))
-    states: dict[int, _PromptState] = {}  # prompts with runs, not yet complete
-    for e in journal:
-        if e["index"] not in by_index:
-            st = states.setdefault(e["index"], _PromptState(e["t_start"]))
-            st.runs.append(e["run"])
-            st.sequences += e["sequences"]
-    for i, st in states.items():
-        sched.replay(i, _outcomes({"index": i, "runs": st.runs, "sequences": st.sequences}))
-    offset = max([r["t_done"] for r in records] + [e["t"] for e in journal], default=0.0)
-    t0 = time.perf_counter()
 
-    def clock() -> float:
-        return offset + time.perf_counter() - t0
-    totals = {"tokens": sum(r["metrics"]["generated_tokens"] for r in records),
-              "sequences": sum(r["metrics"]["num_sequences"] for r in records),
-              "passed": sum(r["metrics"]["pass_at_k"] for r in records)}
 
-    def report(index: Optional[int]) -> None:
-        if progress is not None:
-            n = len(by_index)
-            progress(EvalProgress(n, len(dataset), totals["passed"] / n if n else 0.0,
-                                  totals["tokens"], totals["sequences"], index))
+class Evaluation:
+    """One evaluation of a dataset: scheduler -> engine -> grading -> one record per prompt (see the module
+    docstring). `run()` reads like `Engine.step()`: start runs, step, take finished runs, write records."""
 
-    prompts: dict[int, list[int]] = {}
-    requests: dict[str, RunRequest] = {}
-    grades: dict[tuple[int, str], bool] = {}
+    def __init__(self, engine: EngineLike, encode: Callable[[str], list[int]], dataset: Dataset,
+                 settings: EvalSettings, run_dir: Path, *, model: str = "", resume: bool = False,
+                 progress: Optional[Callable[[EvalProgress], None]] = None, extra_manifest: Optional[dict] = None,
+                 on_run: Optional[Callable[[RunResult], None]] = None):
+        if len(dataset) == 0:
+            raise EvalError("the dataset is empty")
+        ids = [e.index for e in dataset.examples]  # in the whole dataset: run ids (random keys) survive sharding
+        if len(set(ids)) != len(ids):
+            raise EvalError("the dataset's examples have duplicate indices: run ids (and random keys) would collide")
+        try:
+            self.sched = Scheduler(len(dataset), settings.scheduler, prompt_ids=ids)
+            settings.eager.validate()
+            settings.confidence.validate()
+            self.monitor = _monitor(engine, settings)
+        except ValueError as e:
+            raise EvalError(str(e)) from None
+        self.engine, self.encode, self.dataset, self.settings = engine, encode, dataset, settings
+        self.run_dir, self.resume, self.progress, self.on_run = Path(run_dir), resume, progress, on_run
+        self.manifest = _manifest(dataset, settings, model, extra_manifest)
+        records, journal = _prepare_dir(self.run_dir, self.manifest, resume)
+        self.resumed = len(records)
+        self.by_index = {r["index"]: r for r in records}  # complete prompts
+        self.states: dict[int, _PromptState] = {}  # prompts with runs, not yet complete
+        self.prompts: dict[int, list[int]] = {}  # encoded prompts
+        self.requests: dict[str, RunRequest] = {}  # runs in flight
+        self.grades: dict[tuple[int, str], bool] = {}
+        self._replay(records, journal)
+        self.totals = {"tokens": sum(r["metrics"]["generated_tokens"] for r in records),
+                       "sequences": sum(r["metrics"]["num_sequences"] for r in records),
+                       "passed": sum(r["metrics"]["pass_at_k"] for r in records)}
+        self._offset = max([r["t_done"] for r in records] + [e["t"] for e in journal], default=0.0)
+        self.occupancy = Occupancy()
+        self._t0 = time.perf_counter()
 
-    def on_finished(result: RunResult) -> RunOutcome:
-        req = requests.pop(result.request_id)
-        i = req.prompt_index
-        gold = dataset.examples[i].answer
-        seqs = []
-        for s in result.sequences:
-            answer, how = extract_answer(s.text, settings.answer_fallbacks)
-            key = (i, answer or "")
-            if key not in grades:
-                grades[key] = grade(answer, gold, timeout=settings.grade_timeout)
-            seq = {"run": req.request_id, "index": s.index, "answer": answer, "extracted_by": how,
-                   "correct": grades[key], "tokens": len(s.token_ids), "finish_reason": s.finish_reason,
-                   "parent": s.parent, "branch_step": s.branch_step,
-                   "confidence": sequence_confidence(s.entropies, s.logprobs, settings.confidence)
-                   if s.finish_reason in NATURAL_FINISHES else None}
-            if settings.save_text:
-                seq["text"] = s.text
-            seqs.append(seq)
+    def run(self) -> EvalResult:
+        """Run what is missing and return the whole evaluation's result."""
+        self._report(None)
+        self._records, self._journal = _Writer(self.run_dir / RESULTS), _Writer(self.run_dir / JOURNAL)
+        try:
+            while not self.sched.done:
+                self._start_runs()
+                self._write_complete()  # replays can complete prompts without running anything
+                if self.sched.done:
+                    break
+                if not self.engine.has_work:
+                    raise EvalError("internal error: the scheduler is waiting but the engine has nothing to run")
+                events = self.engine.step()
+                self.occupancy.add(self.engine.num_rows)
+                if self.monitor is not None:
+                    events += self.monitor.feed(events)
+                outcomes = [self._take_finished(ev.result) for ev in events if isinstance(ev, RunFinished)]
+                if outcomes:
+                    self.sched.update_from_output(outcomes)
+                    self._write_complete()
+        except ValueError as e:  # scheduler / engine rejected settings or a resume mismatch
+            raise EvalError(str(e).splitlines()[0]) from None
+        finally:
+            self._records.close()
+            self._journal.close()
+        return self._finish()
+
+    # ---- steps of the loop -------------------------------------------------------------------
+    def _clock(self) -> float:
+        """Seconds since the evaluation began, summed over sessions."""
+        return self._offset + time.perf_counter() - self._t0
+
+    def _replay(self, records: list[dict], journal: list[dict]) -> None:
+        """Feed the runs recorded by earlier sessions back into the scheduler."""
+        for r in records:
+            self.sched.replay(r["index"], _outcomes(r))
+        for e in journal:
+            if e["index"] not in self.by_index:
+                st = self.states.setdefault(e["index"], _PromptState(e["t_start"]))
+                st.runs.append(e["run"])
+                st.sequences += e["sequences"]
+        for i, st in self.states.items():
+            self.sched.replay(i, _outcomes({"index": i, "runs": st.runs, "sequences": st.sequences}))
+
+    def _start_runs(self) -> None:
+        for req in self.sched.schedule(self.engine.free_rows).runs:
+            i = req.prompt_index
+            if i in self.by_index:
+                raise EvalError(f"resume: prompt {i} is recorded but the settings now give it more runs")
+            if i not in self.prompts:
+                self.prompts[i] = self.encode(self.dataset.prompt(i))
+            cfg = dataclasses.replace(self.settings.eager, threshold=req.threshold,
+                                      max_sequences=req.max_sequences, parallel=req.parallel)
+            self.states.setdefault(i, _PromptState(self._clock()))
+            self.requests[req.request_id] = req
+            self.engine.add(req.request_id, self.prompts[i], cfg)
+
+    def _grade(self, i: int, answer: Optional[str]) -> bool:
+        key = (i, answer or "")
+        if key not in self.grades:
+            self.grades[key] = grade(answer, self.dataset.examples[i].answer, timeout=self.settings.grade_timeout)
+        return self.grades[key]
+
+    def _sequence(self, req: RunRequest, s: Any) -> dict:
+        answer, how = extract_answer(s.text, self.settings.answer_fallbacks)
+        natural = s.finish_reason in NATURAL_FINISHES
+        seq = {"run": req.request_id, "index": s.index, "answer": answer, "extracted_by": how,
+               "correct": self._grade(req.prompt_index, answer), "tokens": len(s.token_ids),
+               "finish_reason": s.finish_reason, "parent": s.parent, "branch_step": s.branch_step,
+               "confidence": sequence_confidence(s.entropies, s.logprobs, self.settings.confidence) if natural
+               else None}
+        if self.settings.save_text:
+            seq["text"] = s.text
+        return seq
+
+    def _take_finished(self, result: RunResult) -> RunOutcome:
+        """Grade a finished run, journal it and return its outcome for the scheduler."""
+        if self.on_run is not None:
+            self.on_run(result)
+        req = self.requests.pop(result.request_id)
+        i, st = req.prompt_index, self.states[req.prompt_index]
+        seqs = [self._sequence(req, s) for s in result.sequences]
         any_correct = any(s["correct"] for s in seqs)
-        st = states[i]
         run = {
             "request_id": req.request_id, "attempt": req.attempt, "threshold": req.threshold,
             "max_sequences": req.max_sequences, "parallel": req.parallel,
             "num_sequences": len(seqs), "generated_tokens": result.generated_tokens,
             "prompt_tokens": result.prompt_tokens, "elapsed_s": result.elapsed_s,
             "branch_points": result.branch_points, "any_correct": any_correct, "info": result.info,
-            "consensus_abort": monitor is not None and monitor.agreed(req.request_id),
+            "consensus_abort": self.monitor is not None and self.monitor.agreed(req.request_id),
         }
         st.sequences += seqs
         st.runs.append(run)
-        journal_writer.write({"index": i, "t_start": st.started, "t": clock(), "run": run, "sequences": seqs})
+        self._journal.write({"index": i, "t_start": st.started, "t": self._clock(), "run": run, "sequences": seqs})
         return RunOutcome(req.request_id, i, len(seqs), result.generated_tokens, any_correct,
                           _voters(seqs, req.request_id), run["consensus_abort"])
 
-    def flush(writer: _Writer) -> None:
-        for i in sched.pop_finished():
-            if i in by_index:
+    def _write_complete(self) -> None:
+        """Write the record of every prompt the scheduler says is complete."""
+        for i in self.sched.pop_finished():
+            if i in self.by_index:
                 continue  # replayed from an earlier session
-            st, ex = states.pop(i), dataset.examples[i]
-            now = clock()
-            pm = prompt_metrics(
-                [s["answer"] for s in st.sequences], [s["correct"] for s in st.sequences],
-                generated_tokens=sum(r["generated_tokens"] for r in st.runs),
-                prompt_tokens=sum(r["prompt_tokens"] for r in st.runs),
-                wall_s=now - st.started, ks=settings.ks,
-            )
-            rec = {"index": i, "id": ex.id, "question": ex.question, "gold": ex.answer,
-                   "runs": st.runs, "sequences": st.sequences, "metrics": asdict(pm),
-                   "wall_s": now - st.started, "t_done": now}
-            if settings.confidence_vote:
-                rec["weighted_vote"] = weighted_vote_record([s["answer"] for s in st.sequences],
-                                                            [s["correct"] for s in st.sequences],
-                                                            [s["confidence"] for s in st.sequences])
-            writer.write(rec)
-            by_index[i] = rec
-            totals["tokens"] += pm.generated_tokens
-            totals["sequences"] += pm.num_sequences
-            totals["passed"] += pm.pass_at_k
-            report(i)
+            rec = self._record(i, self.states.pop(i))
+            self._records.write(rec)
+            self.by_index[i] = rec
+            self.totals["tokens"] += rec["metrics"]["generated_tokens"]
+            self.totals["sequences"] += rec["metrics"]["num_sequences"]
+            self.totals["passed"] += rec["metrics"]["pass_at_k"]
+            self._report(i)
 
-    report(None)
-    writer = _Writer(run_dir / RESULTS)
-    journal_writer = _Writer(run_dir / JOURNAL)
-    try:
-        while not sched.done:
-            for req in sched.schedule(engine.free_rows).runs:
-                i = req.prompt_index
-                if i in by_index:
-                    raise EvalError(f"resume: prompt {i} is recorded but the settings now give it more runs")
-                if i not in prompts:
-                    prompts[i] = encode(dataset.prompt(i))
-                cfg = dataclasses.replace(settings.eager, threshold=req.threshold,
-                                          max_sequences=req.max_sequences, parallel=req.parallel)
-                states.setdefault(i, _PromptState(clock()))
-                requests[req.request_id] = req
-                engine.add(req.request_id, prompts[i], cfg)
-            flush(writer)  # replays can complete prompts without running anything
-            if sched.done:
-                break
-            if not engine.has_work:
-                raise EvalError("internal error: the scheduler is waiting but the engine has nothing to run")
-            events = engine.step()
-            if monitor is not None:
-                events += monitor.feed(events)
-            outcomes = [on_finished(ev.result) for ev in events if isinstance(ev, RunFinished)]
-            if outcomes:
-                sched.update_from_output(outcomes)
-                flush(writer)
-    except ValueError as e:  # scheduler / engine rejected settings or a resume mismatch
-        raise EvalError(str(e).splitlines()[0]) from None
-    finally:
-        writer.close()
-        journal_writer.close()
-    ordered = [by_index[i] for i in sorted(by_index)]
-    wall = max((r["t_done"] for r in ordered), default=0.0)
-    metrics = run_metrics([record_metrics(r) for r in ordered], wall_s=wall)
-    manifest.update({"finished": True, "summary": asdict(metrics), "wall_s": wall,
-                     "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-    if resume and (run_dir / MANIFEST).exists():
-        manifest["created"] = json.loads((run_dir / MANIFEST).read_text()).get("created", manifest["created"])
-    _write_json_atomic(run_dir / MANIFEST, manifest)
-    return EvalResult(run_dir, metrics, ordered, resumed=len(records))
+    def _record(self, i: int, st: _PromptState) -> dict:
+        ex, now = self.dataset.examples[i], self._clock()
+        answers, correct = [s["answer"] for s in st.sequences], [s["correct"] for s in st.sequences]
+        pm = prompt_metrics(answers, correct, generated_tokens=sum(r["generated_tokens"] for r in st.runs),
+                            prompt_tokens=sum(r["prompt_tokens"] for r in st.runs), wall_s=now - st.started,
+                            ks=self.settings.ks)
+        rec = {"index": i, "id": ex.id, "question": ex.question, "gold": ex.answer, "runs": st.runs,
+               "sequences": st.sequences, "metrics": asdict(pm), "wall_s": now - st.started, "t_done": now}
+        if self.settings.confidence_vote:
+            rec["weighted_vote"] = weighted_vote_record(answers, correct, [s["confidence"] for s in st.sequences])
+        return rec
+
+    def _report(self, index: Optional[int]) -> None:
+        if self.progress is not None:
+            n, t = len(self.by_index), self.totals
+            self.progress(EvalProgress(n, len(self.dataset), t["passed"] / n if n else 0.0, t["tokens"],
+                                       t["sequences"], index))
+
+    def _finish(self) -> EvalResult:
+        """Write the manifest's summary; return the result over every prompt."""
+        ordered = [self.by_index[i] for i in sorted(self.by_index)]
+        wall = max((r["t_done"] for r in ordered), default=0.0)
+        metrics = run_metrics([record_metrics(r) for r in ordered], wall_s=wall)
+        manifest = dict(self.manifest, finished=True, summary=asdict(metrics), wall_s=wall,
+                        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        mpath = self.run_dir / MANIFEST
+        if self.resume and mpath.exists():
+            old = json.loads(mpath.read_text())
+            manifest["created"] = old.get("created", manifest["created"])
+            if old.get("occupancy"):  # earlier sessions that reached the end of a run
+                for key in ("steps", "rows", "preempted_tokens"):
+                    setattr(self.occupancy, key, getattr(self.occupancy, key) + old["occupancy"].get(key, 0))
+        manifest["occupancy"] = self.occupancy.summary(self.settings.scheduler.max_rows)
+        _write_json_atomic(mpath, manifest)
+        return EvalResult(self.run_dir, metrics, ordered, resumed=self.resumed)
+
+
+def evaluate(engine: EngineLike, encode: Callable[[str], list[int]], dataset: Dataset, settings: EvalSettings,
+             run_dir: Path, **kwargs: Any) -> EvalResult:
+    """Evaluate ``dataset`` with ``engine`` under ``settings`` (keyword arguments: see `Evaluation`)."""
+    return Evaluation(engine, encode, dataset, settings, run_dir, **kwargs).run()
+
+
+def evaluate_model(loaded: Any, dataset: Dataset, settings: EvalSettings, run_dir: Path, *,
+                   max_kv_memory: Optional[int] = None, chat: bool = True, save_trace: bool = False,
+                   extra_manifest: Optional[dict] = None, **kwargs: Any) -> EvalResult:
+    """Evaluate with a LoadedModel: an engine of `settings.scheduler.max_rows` rows and `settings.seed`, the
+    model's prompt encoding, and with `save_trace` each run's branch tree in RUN_DIR/trees.jsonl (for
+    `eager-mlx report --html`). Other keyword arguments go to `Evaluation`."""
+    from eager_mlx.trees.pages import TRACES, TraceRecorder
+
+    online = settings.consensus_abort or settings.confidence.prune_percentile is not None
+    engine = EngineConfig(max_rows=settings.scheduler.max_rows, seed=settings.seed, max_kv_memory=max_kv_memory)
+    runner = loaded.engine(engine, token_events=online)
+    recorder = TraceRecorder(Path(run_dir) / TRACES, loaded.tokenizer) if save_trace else None
+    return evaluate(runner, lambda text: loaded.encode(text, chat=chat), dataset, settings, run_dir,
+                    model=loaded.name, extra_manifest={"chat": chat, **(extra_manifest or {})}, on_run=recorder,
+                    **kwargs)

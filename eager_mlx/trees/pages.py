@@ -16,7 +16,7 @@ from typing import Any
 
 from eager_mlx.answers import majority_vote
 from eager_mlx.evaluation.evaluate import read_records
-from eager_mlx.results import RunFinished
+from eager_mlx.results import RunResult
 from eager_mlx.evaluation.shards import load_merged, rank_dirs
 from eager_mlx.trees.html import render_html, tree_from_record, tree_from_result
 
@@ -26,34 +26,19 @@ TRACES = "trees.jsonl"
 
 
 class TraceRecorder:
-    """An engine that also appends the Tree of each finished run to `path` (JSONL, fsynced)."""
+    """Appends the Tree of each finished run to `path` (JSONL, fsynced): pass it as an evaluation's `on_run`."""
 
-    def __init__(self, engine: Any, path: Path):
-        self._engine = engine
+    def __init__(self, path: Path, tokenizer: Any = None):
         self.path = Path(path)
+        self.tokenizer = tokenizer
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    def _record(self, events: list) -> list:
-        finished = [ev for ev in events if isinstance(ev, RunFinished)]
-        if finished:
-            tokenizer = getattr(self._engine, "tokenizer", None)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
-                for ev in finished:
-                    tree = tree_from_result(ev.result, tokenizer, keep_text=False)
-                    f.write(json.dumps({"request_id": ev.request_id, "tree": tree.to_dict()}, ensure_ascii=False)
-                            + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        return events
-
-    def step(self) -> list:
-        return self._record(self._engine.step())
-
-    def abort(self, request_id: str) -> list:
-        return self._record(self._engine.abort(request_id))
+    def __call__(self, result: RunResult) -> None:
+        tree = tree_from_result(result, self.tokenizer, keep_text=False)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"request_id": result.request_id, "tree": tree.to_dict()}, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def read_traces(run_dir: Path) -> dict[str, dict]:
