@@ -45,6 +45,7 @@ def loaded_model(kind: str = "tiny", kill_at: int = 0) -> CountingLoaded:
 
 
 if __name__ == "__main__":
-    loaded = loaded_model(os.environ.get("EAGER_TEST_MODEL", "tiny"), int(os.environ.get("EAGER_TEST_KILL_AT_STEP", "0")))
+    kind, kill_at = os.environ.get("EAGER_TEST_MODEL", "tiny"), int(os.environ.get("EAGER_TEST_KILL_AT_STEP", "0"))
+    loaded = loaded_model(kind, kill_at)
     eager_mlx.load = lambda ref=None, progress=None: loaded
     cli(["eval", *sys.argv[1:]])

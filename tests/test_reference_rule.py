@@ -1,5 +1,4 @@
 """The engine's trees against a pure-Python rendering of the branch rule (greedy, random Markov models)."""
-import mlx.core as mx
 import numpy as np
 import pytest
 

@@ -154,7 +154,8 @@ def test_a_rows_draw_does_not_depend_on_the_batch():
         seeds = row_seeds(keys, mx.full((8,), step, dtype=mx.int32))
         together = np.array(token_stats(logits, RowSampling.from_configs(configs), seeds, 20))
         for i in range(8):
-            alone = np.array(token_stats(logits[i : i + 1], RowSampling.from_configs([configs[i]]), seeds[i : i + 1], 20))
+            one = RowSampling.from_configs([configs[i]])
+            alone = np.array(token_stats(logits[i : i + 1], one, seeds[i : i + 1], 20))
             np.testing.assert_array_equal(together[i], alone[0])
 
 
