@@ -517,7 +517,7 @@ def evaluate_model(loaded: Any, dataset: Dataset, settings: EvalSettings, run_di
     """Evaluate with a LoadedModel: an engine of `settings.scheduler.max_rows` rows and `settings.seed`, the
     model's prompt encoding, and with `save_trace` each run's branch tree in RUN_DIR/trees.jsonl (for
     `eager-mlx report --html`). Other keyword arguments go to `Evaluation`."""
-    from eager_mlx.trees.pages import TRACES, TraceRecorder
+    from eager_mlx.trees.tree import TRACES, TraceRecorder
 
     online = settings.consensus_abort or settings.confidence.prune_percentile is not None
     engine = EngineConfig(max_rows=settings.scheduler.max_rows, seed=settings.seed, max_kv_memory=max_kv_memory)
