@@ -87,6 +87,7 @@ class GenerationRequest:
     method: str  # "eager" | "parallel"
     stream: bool
     model: str
+    seed: Optional[int] = None  # the request's own random key (None: the server's seed and the request id)
 
 
 # ---- request parsing ------------------------------------------------------------------------
@@ -179,7 +180,7 @@ def parse_request(body: Any, kind: str, tokenizer, config: ServerConfig, preset=
         raise APIError(400, "logprobs is not supported by this server", param="logprobs", code="unsupported")
     stream = _get(body, "stream", (bool,), False)
     _get(body, "stream_options", (dict,), None)
-    _get(body, "seed", (int,), None)
+    seed = _get(body, "seed", (int,), None)
     try:
         cfg = config_for(preset, **{**config.defaults, **given, "parallel": method == "parallel"})
     except SettingError as e:
@@ -190,7 +191,7 @@ def parse_request(body: Any, kind: str, tokenizer, config: ServerConfig, preset=
         raise APIError(400, f"This model's maximum context length is {context_length} tokens; the prompt has "
                        f"{len(tokens)}", param="messages" if kind == "chat" else "prompt",
                        code="context_length_exceeded")
-    return GenerationRequest(kind, tokens, cfg, n, method, stream, model)
+    return GenerationRequest(kind, tokens, cfg, n, method, stream, model, seed)
 
 
 # ---- the engine worker -------------------------------------------------------------------------
@@ -223,10 +224,11 @@ class EngineWorker:
         if self._error is not None:
             raise self._error
 
-    def submit(self, request_id: str, tokens: list[int], config: EagerConfig) -> queue.Queue:
+    def submit(self, request_id: str, tokens: list[int], config: EagerConfig,
+               seed: Optional[int] = None) -> queue.Queue:
         """Queue a request; its events (then RunFinished, or a failure) arrive on the returned queue."""
         out: queue.Queue = queue.Queue()
-        self._inbox.put(("add", request_id, tokens, config, out))
+        self._inbox.put(("add", request_id, tokens, config, seed, out))
         return out
 
     def abort(self, request_id: str) -> None:
@@ -272,9 +274,9 @@ class EngineWorker:
                         out.put(_Failure(503, "the server is shutting down"))
                     return
                 if msg[0] == "add":
-                    _, rid, tokens, config, out = msg
+                    _, rid, tokens, config, seed, out = msg
                     try:
-                        engine.add(rid, tokens, config)
+                        engine.add(rid, tokens, config, seed=seed)
                         outboxes[rid] = out
                     except ValueError as e:
                         out.put(_Failure(400, str(e).splitlines()[0]))
@@ -407,7 +409,7 @@ class _Handler(BaseHTTPRequestHandler):
             app = self.server.app
             req = parse_request(body, kinds[path], app.tokenizer, app.config, app.preset, app.context_length)
             rid = ("chatcmpl-" if req.kind == "chat" else "cmpl-") + uuid.uuid4().hex
-            out = app.worker.submit(rid, req.tokens, req.config)
+            out = app.worker.submit(rid, req.tokens, req.config, req.seed)
             try:
                 if req.stream:
                     self._stream(rid, req, out)

@@ -20,10 +20,10 @@ from eager_mlx.evaluation.evaluate import JOURNAL, MANIFEST, RESULTS, EvalError,
 from eager_mlx.evaluation.report import COLUMNS, run_summary
 from eager_mlx.evaluation.rundir import TRACES
 from fakes import FakeLoaded, patch_load
-from scripted_eval_entry import scripted_model
+import dist_eval_entry
 from test_evaluate import Crash, FakeEngine, adapt_script, settings
 
-ENTRY = Path(__file__).parent / "scripted_eval_entry.py"
+ENTRY = Path(dist_eval_entry.__file__)
 TIMING = {"wall_s", "t_done", "elapsed_s", "tokens_per_s"}
 
 
@@ -36,25 +36,11 @@ def untimed(x):
     return x
 
 
-def renumbered(record: dict) -> dict:
-    """The record with each run's sequences numbered in the order of their texts (parents follow).
-
-    Where several rows of a run fork at the same step the engine numbers the children in its slot order, which
-    depends on the other prompts in the batch (engine.py `_decide`); which rows fork, and every token, do not."""
-    seqs = sorted(record["sequences"], key=lambda s: (s["run"], s["text"]))
-    new = {}
-    for s in seqs:
-        new[s["run"], s["index"]] = len([k for k in new if k[0] == s["run"]])
-    out = [dict(s, index=new[s["run"], s["index"]],
-                parent=None if s["parent"] is None else new[s["run"], s["parent"]]) for s in seqs]
-    return dict(record, sequences=out)
-
-
 def by_index(run: Path) -> dict[int, dict]:
     records = read_records(run / RESULTS)
     indices = [r["index"] for r in records]
     assert len(indices) == len(set(indices)), f"a prompt recorded twice: {sorted(indices)}"
-    return {r["index"]: untimed(renumbered(r)) for r in records}
+    return {r["index"]: untimed(r) for r in records}
 
 
 # ------------------------------------------------------------------------------ over-long prompts
@@ -163,28 +149,29 @@ def test_resume_needs_the_manifest(tmp_path):
 
 
 # ------------------------------------------------------------------- journal repair, signals, kill -9
-ARGS = ["--no-chat", "--template", "{question}", "--top-p", "0.01", "-t", "2.0", "-M", "4", "--max-tokens", "40",
-        "--max-rows", "8", "--method", "eager-adapt", "--save-trace"]
+ARGS = ["--no-chat", "--template", "{question}", "-t", "2.8", "--temperature", "0.6", "-M", "4", "--max-tokens",
+        "12", "--max-rows", "8", "--method", "eager-adapt", "--save-trace"]
+ENV = dict(os.environ, EAGER_TEST_MODEL="markov")  # for dist_eval_entry.py
 
 
 @pytest.fixture
-def scripted(tmp_path, monkeypatch):
-    """A data file whose prompts branch differently on the scripted model; the model behind the CLI in-process."""
+def markov(tmp_path, monkeypatch):
+    """Eval arguments over 16 prompts; the Markov fake model behind the CLI (in-process; ENV for subprocesses)."""
     data = tmp_path / "d.jsonl"
-    rows = [{"question": f"Q{i} " + "?" * (7 * i % 48), "answer": str(i)} for i in range(16)]
+    rows = [{"question": "qwertyuiopasdfghjklzxcvbnm"[i:i + 1 + i % 5], "answer": str(i)} for i in range(16)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    patch_load(monkeypatch, scripted_model())
+    patch_load(monkeypatch, dist_eval_entry.loaded_model("markov"))
     return ["--data", str(data), *ARGS]
 
 
-def test_every_journal_is_repaired_on_resume(tmp_path, scripted):
+def test_every_journal_is_repaired_on_resume(tmp_path, markov):
     full, run = tmp_path / "full", tmp_path / "run"
-    assert CliRunner().invoke(cli, ["eval", *scripted, "--out", str(full)]).exit_code == 0
+    assert CliRunner().invoke(cli, ["eval", *markov, "--out", str(full)]).exit_code == 0
     shutil.copytree(full, run)
     for name, keep in ((RESULTS, 3), (JOURNAL, 6), (TRACES, 6)):  # a kill: lines lost, the last one torn
         lines = (run / name).read_bytes().splitlines(keepends=True)
         (run / name).write_bytes(b"".join(lines[:keep]) + lines[keep][: len(lines[keep]) // 2])
-    res = CliRunner().invoke(cli, ["eval", *scripted, "--out", str(run), "--resume"])
+    res = CliRunner().invoke(cli, ["eval", *markov, "--out", str(run), "--resume"])
     assert res.exit_code == 0, res.output
     for name in (RESULTS, JOURNAL, TRACES):  # every line parses: the torn ones were cut, not appended to
         for line in (run / name).read_text().splitlines():
@@ -232,8 +219,8 @@ def test_signal_stops_with_a_resume_hint(tmp_path, monkeypatch, signum, code):
 
 
 def _start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
-    """`eager-mlx eval ARGS` on the scripted model in a subprocess; returns once its evaluation has begun."""
-    proc = subprocess.Popen([sys.executable, str(ENTRY), *args], cwd=cwd, stdin=subprocess.DEVNULL,
+    """`eager-mlx eval ARGS` on the Markov model in a subprocess; returns once its evaluation has begun."""
+    proc = subprocess.Popen([sys.executable, str(ENTRY), *args], cwd=cwd, env=ENV, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
     deadline = time.monotonic() + 60
     while b"eval:" not in log.read_bytes() and proc.poll() is None:  # the progress bar: the run has begun
@@ -242,9 +229,9 @@ def _start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
     return proc
 
 
-def test_sigterm_in_a_subprocess(tmp_path, scripted):
+def test_sigterm_in_a_subprocess(tmp_path, markov):
     out, log = tmp_path / "run", tmp_path / "stderr"
-    proc = _start([*scripted, "--out", str(out)], tmp_path, log)
+    proc = _start([*markov, "--out", str(out)], tmp_path, log)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143, log.read_text()
     text = log.read_text()
@@ -252,25 +239,28 @@ def test_sigterm_in_a_subprocess(tmp_path, scripted):
     assert text.rstrip().splitlines()[-1].endswith(f"to continue, run the same command with --resume --out {out}")
 
 
-def test_kill_9_at_random_points_then_resume(tmp_path, scripted):
+def test_kill_9_at_random_points_then_resume(tmp_path, markov):
     """SIGKILL 5 sessions at seeded random moments, resume each time: every prompt is recorded once, and the
-    records equal an uninterrupted run's (the scripted model's tokens do not depend on the random stream)."""
+    records equal an uninterrupted run's (random draws are keyed on the seed and the request id)."""
     full, run = tmp_path / "full", tmp_path / "run"
     began = time.perf_counter()
-    assert CliRunner().invoke(cli, ["eval", *scripted, "--out", str(full)]).exit_code == 0
+    assert CliRunner().invoke(cli, ["eval", *markov, "--out", str(full)]).exit_code == 0
     span = time.perf_counter() - began  # how long an evaluation takes on this machine
+    reference = by_index(full)
+    assert any(len(r["runs"]) > 1 for r in reference.values())  # the budget phase ran: the journal matters
+    assert any(s["parent"] is not None for r in reference.values() for s in r["sequences"])  # forks were made
     rng = random.Random(14)
     killed_mid_run = 0
     for session in range(5):
         resume = ["--resume"] if (run / MANIFEST).exists() else []
-        proc = _start([*scripted, "--out", str(run), *resume], tmp_path, tmp_path / f"stderr{session}")
-        time.sleep(rng.uniform(0, 0.8) * span)
+        proc = _start([*markov, "--out", str(run), *resume], tmp_path, tmp_path / f"stderr{session}")
+        time.sleep(rng.uniform(0, 0.3) * span)  # each session gets a part of the run
         proc.kill()
         proc.wait(timeout=60)
         by_index(run)  # no prompt recorded twice, every line but a torn last one parses
         killed_mid_run += not json.loads((run / MANIFEST).read_text())["finished"]
     assert killed_mid_run >= 1
-    res = CliRunner().invoke(cli, ["eval", *scripted, "--out", str(run), "--resume"])
+    res = CliRunner().invoke(cli, ["eval", *markov, "--out", str(run), "--resume"])
     assert res.exit_code == 0, res.output
-    assert by_index(run) == by_index(full)
+    assert by_index(run) == reference
     assert CliRunner().invoke(cli, ["report", str(run), "--no-plot", "--html"]).exit_code == 0

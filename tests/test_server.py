@@ -120,6 +120,13 @@ def test_stream_matches_the_non_streamed_result(client):
     assert final.model_extra["eager"]["num_sequences"] == len(full.choices)
 
 
+def test_request_seed_decides_the_samples(client):
+    body = dict(model="tiny", prompt="seeded", max_tokens=20, n=2, temperature=1.0)
+    texts = [[c.text for c in client.completions.create(seed=seed, **body).choices] for seed in (42, 42, 43)]
+    assert texts[0] == texts[1] != texts[2]
+    assert texts[0][0] != texts[0][1]  # the n samples of one request still differ
+
+
 def test_text_stream_n2(client):
     texts = {}
     for chunk in client.completions.create(model="tiny", prompt="abc", max_tokens=10, n=2, stream=True):

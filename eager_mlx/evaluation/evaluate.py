@@ -10,8 +10,11 @@ run killed at any moment loses at most the runs in flight; ``resume=True``
 needs the manifest and the same settings, reads the journals back (a torn last
 line, from a kill mid-write, is cut off), replays the recorded runs into the
 scheduler so the budget decisions come out as before, and runs only what is
-missing. Random draws of the remaining prompts differ from an uninterrupted
-run (the engine's random stream restarts), the decisions' inputs do not.
+missing. A run's random draws are keyed on the engine's seed and its request id
+``p{index}-r{attempt}``, where index is the prompt's place in the whole dataset
+(also in a shard), and never on the batch: a resumed, sharded or
+differently batched (``max_rows``) evaluation writes the same records as an
+uninterrupted one (docs/architecture.md, "What is reproducible").
 
 Every prompt is encoded before anything runs. A prompt the engine cannot take
 (as long as the model's context or longer, or no tokens) is not run: its record
@@ -55,8 +58,7 @@ from eager_mlx.adaptive.options import AdaptiveOptions
 from eager_mlx.results import RunFinished, RunResult
 from eager_mlx.evaluation.rundir import (JOURNAL, MANIFEST, RESULTS, EvalError, Journal, load_run, prepare_run_dir,
                                          read_manifest, read_records, write_json_atomic)
-from eager_mlx.evaluation.scheduler import (RunOutcome, RunRequest, Scheduler, SchedulerConfig, prompt_of_run,
-                                            run_id)
+from eager_mlx.evaluation.scheduler import RunOutcome, RunRequest, Scheduler, SchedulerConfig, prompt_of_run
 
 __all__ = [
     "EvalError",
@@ -189,9 +191,9 @@ def _voters(sequences: list[dict], run: str) -> tuple[Optional[str], ...]:
 
 
 def _outcomes(record: dict, slot: int) -> list[RunOutcome]:
-    """The recorded runs of a prompt as the scheduler knows them (it numbers the prompts that run: `slot`)."""
+    """The recorded runs of a prompt for the scheduler, which numbers the prompts that run (`slot`)."""
     return [
-        RunOutcome(run_id(slot, r["attempt"]), slot, r["num_sequences"], r["generated_tokens"], r["any_correct"],
+        RunOutcome(r["request_id"], slot, r["num_sequences"], r["generated_tokens"], r["any_correct"],
                    _voters(record["sequences"], r["request_id"]), r.get("consensus_abort", False))
         for r in record["runs"]
     ]
@@ -238,8 +240,8 @@ class Evaluation:
     """One evaluation of a dataset: scheduler -> engine -> grading -> one record per prompt (see the module
     docstring). `run()` reads like `Engine.step()`: start runs, step, take finished runs, write records.
 
-    The scheduler numbers only the prompts that run: its prompt `slot` is dataset prompt `runnable[slot]`, and
-    the engine, the journals and the records use the dataset's prompt indices in request ids."""
+    The scheduler numbers only the prompts that run: its prompt `slot` is prompt `runnable[slot]` of `dataset`;
+    request ids carry the prompt's index in the whole dataset either way (`prompt_ids`)."""
 
     def __init__(self, engine: EngineLike, encode: Callable[[str], list[int]], dataset: Dataset,
                  settings: EvalSettings, run_dir: Path, *, model: str = "", resume: bool = False,
@@ -247,6 +249,9 @@ class Evaluation:
                  on_run: Optional[Callable[[RunResult], None]] = None):
         if len(dataset) == 0:
             raise EvalError("the dataset is empty")
+        ids = [e.index for e in dataset.examples]  # in the whole dataset: run ids (random keys) survive sharding
+        if len(set(ids)) != len(ids):
+            raise EvalError("the dataset's examples have duplicate indices: run ids (and random keys) would collide")
         try:
             settings.scheduler.validate()
             settings.eager.validate()
@@ -261,11 +266,11 @@ class Evaluation:
         self.prompts, self.skipped = self._encode_prompts()
         self.runnable = [i for i in range(len(dataset)) if i not in self.skipped]
         self.slot = {i: j for j, i in enumerate(self.runnable)}
-        self.sched = Scheduler(len(self.runnable), settings.scheduler)
+        self.sched = Scheduler(len(self.runnable), settings.scheduler, prompt_ids=[ids[i] for i in self.runnable])
         self.resumed = len(records)
         self.by_index = {r["index"]: r for r in records}  # complete (or skipped) prompts
         self.states: dict[int, _PromptState] = {}  # prompts with runs, not yet complete
-        self.requests: dict[str, RunRequest] = {}  # runs in flight, by engine request id
+        self.requests: dict[str, RunRequest] = {}  # runs in flight
         self.grades: dict[tuple[int, str], bool] = {}
         self._replay(records, journal)
         ran = evaluated(records)
@@ -348,12 +353,11 @@ class Evaluation:
             i = self.runnable[req.prompt_index]
             if i in self.by_index:
                 raise EvalError(f"resume: prompt {i} is recorded but the settings now give it more runs")
-            rid = run_id(i, req.attempt)
             cfg = dataclasses.replace(self.settings.eager, threshold=req.threshold,
                                       max_sequences=req.max_sequences, parallel=req.parallel)
             self.states.setdefault(i, _PromptState(self._clock()))
-            self.requests[rid] = req
-            self.engine.add(rid, self.prompts[i], cfg)
+            self.requests[req.request_id] = req
+            self.engine.add(req.request_id, self.prompts[i], cfg)
 
     def _grade(self, i: int, answer: Optional[str]) -> bool:
         key = (i, answer or "")
@@ -379,7 +383,7 @@ class Evaluation:
             self.on_run(result)
         rid = result.request_id
         req = self.requests.pop(rid)
-        i = self.runnable[req.prompt_index]
+        i = self.runnable[req.prompt_index]  # in `dataset`
         st = self.states[i]
         seqs = [self._sequence(rid, i, s) for s in result.sequences]
         any_correct = any(s["correct"] for s in seqs)
@@ -394,7 +398,7 @@ class Evaluation:
         st.sequences += seqs
         st.runs.append(run)
         self._journal.append({"index": i, "t_start": st.started, "t": self._clock(), "run": run, "sequences": seqs})
-        return RunOutcome(req.request_id, req.prompt_index, len(seqs), result.generated_tokens, any_correct,
+        return RunOutcome(rid, req.prompt_index, len(seqs), result.generated_tokens, any_correct,
                           _voters(seqs, rid), run["consensus_abort"])
 
     def _write_complete(self) -> None:
@@ -472,7 +476,7 @@ def evaluate_model(loaded: Any, dataset: Dataset, settings: EvalSettings, run_di
     """Evaluate with a LoadedModel: an engine of `settings.scheduler.max_rows` rows and `settings.seed`, the
     model's prompt encoding, and with `save_trace` each run's branch tree in RUN_DIR/trees.jsonl (for
     `eager-mlx report --html`). Other keyword arguments go to `Evaluation`."""
-    from eager_mlx.trees.pages import TRACES, TraceRecorder
+    from eager_mlx.trees.tree import TRACES, TraceRecorder
 
     online = settings.consensus_abort or settings.confidence.prune_percentile is not None
     engine = EngineConfig(max_rows=settings.scheduler.max_rows, seed=settings.seed, max_kv_memory=max_kv_memory)
