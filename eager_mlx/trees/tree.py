@@ -8,8 +8,6 @@ or entropies, only its shape and answers).
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
