@@ -152,7 +152,11 @@ def _print_results(run_dir: Path, shard: Any, barrier: Any) -> None:
     from eager_mlx.evaluation.report import format_table, run_summary
     from eager_mlx.evaluation.shards import rank_dirs
 
-    click.echo(format_table([run_summary(run_dir)]))
+    row = run_summary(run_dir)
+    click.echo(format_table([row]))
+    if row["skipped"]:
+        click.echo(f"note: {row['skipped']} prompts were skipped, too long for the model's context "
+                   f"(their records in results.jsonl say why); the metrics are over the others")
     click.echo(f"results: {run_dir}")
     if shard.size > 1:
         barrier()

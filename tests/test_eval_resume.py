@@ -133,6 +133,7 @@ def test_cli_eval_skips_and_reports(tmp_path, monkeypatch):
     cells = next(line for line in res.output.splitlines() if line.startswith("run ")).split()
     row = dict(zip([title for _, title, _ in COLUMNS], cells))
     assert row["skipped"] == "1" and row["prompts"] == "2/3"
+    assert "note: 1 prompts were skipped, too long for the model's context" in res.output
 
 
 # ---------------------------------------------------------------------------------------- resume rules
