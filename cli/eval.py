@@ -36,8 +36,9 @@ def _run_dir(ctx: click.Context, param: click.Parameter, value: Optional[Path]) 
 @click.option("--method", type=click.Choice(METHODS), default="eager-adapt", show_default=True)
 @setting_options(*GENERATION, exclude=("parallel",), auto_threshold=True)
 @setting_options(*ENGINE)
-@click.option("--optimistic-rows", is_flag=True,
-              help="Admit a branching run when one row is free instead of reserving M rows (branches may be skipped).")
+@click.option("--reserve-rows", is_flag=True,
+              help="Reserve M rows per branching run instead of preempting younger runs when a branch finds the "
+                   "batch full (both exact; reserving leaves most rows idle).")
 @click.option("--token-budget", type=click.IntRange(min=0), default=None,
               help="eager-adapt / eager: pool this many generated tokens instead of M x |D| sequences.")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None, callback=_run_dir,
@@ -56,7 +57,7 @@ def _run_dir(ctx: click.Context, param: click.Parameter, value: Optional[Path]) 
               help="Keep each run's branch tree and entropies (trees.jsonl) for `eager-mlx report --html`.")
 @click.option("--no-chat", is_flag=True, help="Do not apply the chat template.")
 @setting_options(*ADAPTIVE)
-def eval_cmd(model, data, limit, method, optimistic_rows, token_budget, out, resume, question_field, answer_field,
+def eval_cmd(model, data, limit, method, reserve_rows, token_budget, out, resume, question_field, answer_field,
              template, split, fallbacks, ks, no_save_text, save_trace, no_chat, **settings: Any) -> None:
     """Evaluate a method on a dataset; one JSONL record per problem in the run directory."""
     from eager_mlx.adaptive.options import AdaptiveOptions
@@ -76,7 +77,7 @@ def eval_cmd(model, data, limit, method, optimistic_rows, token_budget, out, res
                                template=template, limit=limit, split=split)
         loaded = load_model(model)
         eval_settings, extra = _settings(loaded, dataset, generation, engine, options, method=method,
-                                         reserve_rows=not optimistic_rows, token_budget=token_budget, ks=ks,
+                                         reserve_rows=reserve_rows, token_budget=token_budget, ks=ks,
                                          fallbacks=fallbacks, save_text=not no_save_text, chat=not no_chat)
         shard = current_shard()  # rank r of n under mlx.launch: prompts i % n == r, results in RUN_DIR/rank-r
         default = _default_out(data, method, eval_settings.eager.max_sequences) if shard.size == 1 else None
