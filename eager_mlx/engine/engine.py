@@ -41,6 +41,7 @@ from eager_mlx.results import (
 )
 from eager_mlx.engine.sampling import (
     RowSampling,
+    Stat,
     child_key,
     entropy,
     key_array,
@@ -53,7 +54,7 @@ from eager_mlx.engine.sampling import (
 __all__ = ["Engine"]
 
 _PREFILL_CHUNK = 512
-_TOKEN, _TOP1, _TOP2, _ENT, _LP, _LP1, _LP2 = range(7)
+_TOKEN, _TOP1, _TOP2, _ENT, _LP, _LP1, _LP2 = Stat  # the columns of token_stats
 
 
 @dataclass(eq=False)
