@@ -33,6 +33,7 @@ import numpy as np
 from eager_mlx.answers import extract_boxed
 from eager_mlx.adaptive.confidence import NATURAL_FINISHES, ConfidenceConfig, WindowConfidence
 from eager_mlx.adaptive.consensus import ConsensusConfig, consensus_reached
+from eager_mlx.engine.protocol import EngineLike
 from eager_mlx.results import BranchEvent, Event, RunFinished, RunPreempted, SequenceFinished, TokenEvent
 
 __all__ = ["OnlineMonitor"]
@@ -61,7 +62,7 @@ class OnlineMonitor:
 
     def __init__(
         self,
-        engine,
+        engine: EngineLike,
         *,
         confidence: Optional[ConfidenceConfig] = None,
         consensus: Optional[ConsensusConfig] = None,
