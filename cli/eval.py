@@ -90,9 +90,7 @@ def eval_cmd(model, data, limit, method, optimistic_rows, token_budget, out, res
             bar.close()
     except (EvalError, ValueError) as e:  # ModelError, DataError and SettingError are ValueErrors
         raise fail(e) from None
-    _print_results(run_dir, shard)
-    if shard.size > 1:
-        barrier()
+    _print_results(run_dir, shard, barrier)
 
 
 def _settings(loaded: Any, dataset: Any, generation: dict, engine: dict, options: Any, *, chat: bool,
@@ -121,12 +119,15 @@ def _settings(loaded: Any, dataset: Any, generation: dict, engine: dict, options
     return settings, extra
 
 
-def _print_results(run_dir: Path, shard: Any) -> None:
+def _print_results(run_dir: Path, shard: Any, barrier: Any) -> None:
+    """This rank's table; in a sharded run, rank 0 then waits for every rank and prints the whole run."""
     from eager_mlx.evaluation.report import format_table, run_summary
     from eager_mlx.evaluation.shards import rank_dirs
 
     click.echo(format_table([run_summary(run_dir)]))
     click.echo(f"results: {run_dir}")
+    if shard.size > 1:
+        barrier()
     if shard.size > 1 and shard.rank == 0 and len(rank_dirs(run_dir.parent)) == shard.size:
         click.echo(f"all {shard.size} ranks:\n" + format_table([run_summary(run_dir.parent)]))
 

@@ -44,8 +44,12 @@ class FakeEngine:
         return bool(self.active)
 
     @property
+    def num_rows(self):
+        return sum(len(a[3]) for a in self.active)
+
+    @property
     def free_rows(self):
-        return self.max_rows - sum(len(a[3]) for a in self.active)
+        return self.max_rows - self.num_rows
 
     def add(self, request_id, prompt_tokens, config):
         config.validate()
@@ -131,6 +135,10 @@ def test_eager_adapt_end_to_end(tmp_path):
     assert man["dataset"]["hash"] == make_dataset().hash and man["seed"] == 55
     assert man["settings"]["scheduler"]["max_sequences"] == 4
     assert man["versions"]["mlx"] and man["summary"]["pass_at_k"] == 1.0
+    # occupancy: rows in flight after each step (the fake engine finishes one run a step)
+    occ = man["occupancy"]
+    assert occ["steps"] == 6 and occ["max_rows"] == 16 and occ["mean_rows"] == occ["rows"] / 6
+    assert 0 < occ["mean_occupancy"] == occ["mean_rows"] / 16 < 1
     # progress: an initial report, then one per prompt, counting up
     assert [p.done for p in progress] == [0, 1, 2, 3, 4] and progress[-1].pass_at_k == 1.0
     assert progress[-1].sequences == 16

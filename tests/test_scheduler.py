@@ -194,9 +194,10 @@ def test_rows_reserved_limit_prompts_in_flight():
     assert len(s.schedule(free_rows=6).runs) == 6
 
 
-def test_reservation_clipped_to_max_rows():
-    s = Scheduler(2, SchedulerConfig(method="eager-init", max_sequences=32, max_rows=8))
-    assert [r.prompt_index for r in s.schedule().runs] == [0]
+def test_m_above_max_rows_is_refused():
+    # a run that could need more rows than the batch has cannot be decided exactly: refused up front
+    with pytest.raises(ValueError, match="max_sequences 32 > max_rows 8"):
+        Scheduler(2, SchedulerConfig(method="eager-init", max_sequences=32, max_rows=8))
 
 
 def test_token_budget_pools_tokens():

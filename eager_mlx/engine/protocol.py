@@ -20,6 +20,10 @@ class EngineLike(Protocol):
     def free_rows(self) -> int:
         """Rows not used or reserved by requests."""
 
+    @property
+    def num_rows(self) -> int:
+        """Rows decoded by the next step."""
+
     def add(self, request_id: str, prompt_tokens: list[int], config: EagerConfig) -> None:
         """Queue a request."""
 

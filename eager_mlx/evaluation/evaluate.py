@@ -53,6 +53,7 @@ __all__ = [
     "EvalError",
     "EvalSettings",
     "EvalProgress",
+    "Occupancy",
     "EvalResult",
     "Evaluation",
     "MANIFEST",
@@ -106,6 +107,24 @@ class EvalSettings:
                                     consensus=options.consensus)
         return cls(scheduler=scheduler, eager=eager, seed=seed, confidence=options.confidence,
                    confidence_vote=options.confidence_vote, consensus_abort=options.consensus_abort, **fields)
+
+
+@dataclass
+class Occupancy:
+    """Rows in flight per engine step while work remains: how full the batch was kept."""
+
+    steps: int = 0
+    rows: int = 0  # summed over steps
+    preempted_tokens: int = 0  # tokens of runs the engine preempted and ran again (work done twice)
+
+    def add(self, rows: int) -> None:
+        self.steps += 1
+        self.rows += rows
+
+    def summary(self, max_rows: int) -> dict:
+        mean = self.rows / self.steps if self.steps else 0.0
+        return {"steps": self.steps, "rows": self.rows, "max_rows": max_rows, "mean_rows": mean,
+                "mean_occupancy": mean / max_rows, "preempted_tokens": self.preempted_tokens}
 
 
 @dataclass
@@ -330,6 +349,7 @@ class Evaluation:
                        "sequences": sum(r["metrics"]["num_sequences"] for r in records),
                        "passed": sum(r["metrics"]["pass_at_k"] for r in records)}
         self._offset = max([r["t_done"] for r in records] + [e["t"] for e in journal], default=0.0)
+        self.occupancy = Occupancy()
         self._t0 = time.perf_counter()
 
     def run(self) -> EvalResult:
@@ -345,6 +365,7 @@ class Evaluation:
                 if not self.engine.has_work:
                     raise EvalError("internal error: the scheduler is waiting but the engine has nothing to run")
                 events = self.engine.step()
+                self.occupancy.add(self.engine.num_rows)
                 if self.monitor is not None:
                     events += self.monitor.feed(events)
                 outcomes = [self._take_finished(ev.result) for ev in events if isinstance(ev, RunFinished)]
@@ -468,7 +489,12 @@ class Evaluation:
                         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         mpath = self.run_dir / MANIFEST
         if self.resume and mpath.exists():
-            manifest["created"] = json.loads(mpath.read_text()).get("created", manifest["created"])
+            old = json.loads(mpath.read_text())
+            manifest["created"] = old.get("created", manifest["created"])
+            if old.get("occupancy"):  # earlier sessions that reached the end of a run
+                for key in ("steps", "rows", "preempted_tokens"):
+                    setattr(self.occupancy, key, getattr(self.occupancy, key) + old["occupancy"].get(key, 0))
+        manifest["occupancy"] = self.occupancy.summary(self.settings.scheduler.max_rows)
         _write_json_atomic(mpath, manifest)
         return EvalResult(self.run_dir, metrics, ordered, resumed=self.resumed)
 

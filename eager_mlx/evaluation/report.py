@@ -33,6 +33,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "model": manifest.get("model", ""),
         **asdict(m),
         "wcons_at_k": sum(weighted) / len(weighted) if weighted else None,
+        "occupancy": (manifest.get("occupancy") or {}).get("mean_occupancy"),
     }
 
 
@@ -52,6 +53,7 @@ COLUMNS: Sequence[tuple[str, str, Callable[[Any], str]]] = (
     ("sequences_per_prompt", "#S", lambda v: f"{v:.2f}"),
     ("wall_s", "time s", lambda v: f"{v:.1f}"),
     ("tokens_per_s", "tok/s", lambda v: f"{v:.1f}"),
+    ("occupancy", "occ", lambda v: "-" if v is None else f"{v:.0%}"),
 )
 
 
