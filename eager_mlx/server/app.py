@@ -32,6 +32,7 @@ class _HTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], app: "EagerServer"):
         self.app = app
         self._slots = threading.BoundedSemaphore(app.config.max_connections)
+        self._warned_at = -3600.0  # when the log last said connections are being refused
         super().__init__(address, Handler)
 
     def process_request(self, request: socket.socket, client_address: Any) -> None:
@@ -53,6 +54,9 @@ class _HTTPServer(ThreadingHTTPServer):
     def _refuse(self, sock: socket.socket) -> None:
         """Answer 503 without a thread and close: the server keeps answering however many clients hang on."""
         limit = self.app.config.max_connections
+        if time.monotonic() - self._warned_at > 60:  # a flood must not flood the log
+            self._warned_at = time.monotonic()
+            log.warning("%d connections are open, the limit (--max-connections): new ones get a 503", limit)
         body = json.dumps(APIError(503, f"the server has {limit} connections open, its limit; retry shortly",
                                    code="too_many_connections").body()).encode()
         head = (f"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
