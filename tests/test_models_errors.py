@@ -8,7 +8,7 @@ import pytest
 from eager_mlx.models import ModelError, get_preset, list_presets, load_model, prepare_model
 from eager_mlx.models.preset import Preset
 from eager_mlx.models.sources import gguf_from_packages
-from eager_mlx.models.tiny import write_tiny_gguf
+from tiny_gguf import write_tiny_gguf
 
 
 @pytest.fixture(autouse=True)

@@ -200,6 +200,17 @@ def test_m_above_max_rows_is_refused():
         Scheduler(2, SchedulerConfig(method="eager-init", max_sequences=32, max_rows=8))
 
 
+def test_run_ids_carry_the_prompt_ids():
+    # A shard's prompts keep their place in the whole dataset in their run ids (the engine keys randomness on them).
+    s = Scheduler(3, SchedulerConfig(method="eager-adapt", max_sequences=2, max_rows=4), prompt_ids=[1, 4, 7])
+    reqs = drive(s, lambda r: (2 if r.prompt_index == 0 else 1, 10, None))  # p0 hits M: it gets B = 2 more
+    ids = {r.prompt_index: 3 * r.prompt_index + 1 for r in reqs}
+    assert all(r.request_id == f"p{ids[r.prompt_index]}-r{r.attempt}" for r in reqs)
+    assert any(r.attempt > 0 for r in reqs)
+    with pytest.raises(ValueError, match="2 prompt ids for 3 prompts"):
+        Scheduler(3, SchedulerConfig(), prompt_ids=[0, 1])
+
+
 def test_token_budget_pools_tokens():
     # M=2, |D|=3. First pass tokens 100 each; p0, p1 hit cap. token_budget 700 -> B = 400 -> 200 each.
     cfg = SchedulerConfig(method="eager-adapt", max_sequences=2, token_budget=700)

@@ -120,6 +120,33 @@ def test_stream_matches_the_non_streamed_result(client):
     assert final.model_extra["eager"]["num_sequences"] == len(full.choices)
 
 
+def test_request_seed_decides_the_samples(client):
+    body = dict(model="tiny", prompt="seeded", max_tokens=20, n=2, temperature=1.0)
+    texts = [[c.text for c in client.completions.create(seed=seed, **body).choices] for seed in (42, 42, 43)]
+    assert texts[0] == texts[1] != texts[2]
+    assert texts[0][0] != texts[0][1]  # the n samples of one request still differ
+
+
+def test_a_seeded_request_gives_the_same_text_alone_and_beside_another_client(client, server):
+    text = dict(model="tiny", prompt="seeded", max_tokens=24, n=2, temperature=1.0, seed=7)
+    eager = dict(model="tiny", messages=HI, max_tokens=24, temperature=1.0, seed=7,
+                 extra_body={"eager": {"threshold": 2.5, "max_sequences": 4}})
+
+    def run() -> tuple:
+        return ([c.text for c in client.completions.create(**text).choices],
+                [c.message.content for c in client.chat.completions.create(**eager).choices])
+
+    alone = run()
+    assert len(alone[1]) > 1  # the eager request branched: its children's draws are seeded too
+    other = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Go on"}],
+                                           max_tokens=2000, n=4, stream=True)
+    next(iter(other))  # the other client's rows are decoding
+    beside = run()
+    assert health(server)["rows"] >= 1  # ... and still were while the seeded requests ran
+    other.close()
+    assert beside == alone
+
+
 def test_text_stream_n2(client):
     texts = {}
     for chunk in client.completions.create(model="tiny", prompt="abc", max_tokens=10, n=2, stream=True):

@@ -32,7 +32,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from eager_mlx.answers import normalize_answer
+from eager_mlx.answers import majority_vote, normalize_answer
 from eager_mlx.settings import SettingError, setting, validate
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
     "lowest_group_confidence",
     "sequence_confidence",
     "confidence_weight",
-    "weighted_vote",
     "weighted_vote_record",
     "confidence_vote",
     "WindowConfidence",
@@ -108,24 +107,6 @@ def confidence_weight(confidence: Optional[float]) -> float:
     return 0.0 if confidence is None else math.exp(confidence)
 
 
-def weighted_vote(answers: Sequence[Optional[str]], weights: Sequence[float]) -> Optional[str]:
-    """Answer with the largest summed weight (normalised as in majority_vote); ties go to the first seen."""
-    if len(answers) != len(weights):
-        raise ValueError("answers and weights must have the same length")
-    seen: dict[str, str] = {}
-    totals: dict[str, float] = {}
-    for a, w in zip(answers, weights):
-        if a is None:
-            continue
-        key = normalize_answer(a)
-        seen.setdefault(key, a)
-        totals[key] = totals.get(key, 0.0) + w
-    if not totals:
-        return None
-    best = max(totals.values())
-    return next(seen[k] for k in seen if totals[k] == best)
-
-
 def weighted_vote_record(
     answers: Sequence[Optional[str]], correct: Sequence[bool], confidences: Sequence[Optional[float]]
 ) -> dict:
@@ -134,7 +115,7 @@ def weighted_vote_record(
     Correct is that of the first voter giving the winning answer (as cons@k in metrics.py).
     """
     voters = [i for i, c in enumerate(confidences) if c is not None]
-    answer = weighted_vote([answers[i] for i in voters], [confidence_weight(confidences[i]) for i in voters])
+    answer = majority_vote([answers[i] for i in voters], [confidence_weight(confidences[i]) for i in voters])
     ok = False
     if answer is not None:
         key = normalize_answer(answer)
@@ -147,7 +128,7 @@ def confidence_vote(result, config: Optional[ConfidenceConfig] = None) -> Option
     config = config or ConfidenceConfig()
     voters = [s for s in result.sequences if s.finish_reason in NATURAL_FINISHES]
     weights = [confidence_weight(sequence_confidence(s.entropies, s.logprobs, config)) for s in voters]
-    return weighted_vote([s.answer for s in voters], weights)
+    return majority_vote([s.answer for s in voters], weights)
 
 
 class WindowConfidence:

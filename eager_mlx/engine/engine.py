@@ -37,7 +37,16 @@ from eager_mlx.results import (
     SequenceResult,
     TokenEvent,
 )
-from eager_mlx.engine.sampling import RowSampling, entropy, token_stats
+from eager_mlx.engine.sampling import (
+    RowSampling,
+    child_key,
+    entropy,
+    key_array,
+    request_key,
+    row_seeds,
+    sequence_key,
+    token_stats,
+)
 
 __all__ = ["Engine"]
 
@@ -52,6 +61,7 @@ class _Request:
     prompt: list[int]
     policy: BranchPolicy
     started: float
+    key: int  # 64-bit: every sequence's randomness derives from it (sampling.request_key)
     rows: list["_Row"] = field(default_factory=list)  # every row ever created, by sequence index
     generated: int = 0  # token productions: shared prefixes counted once
     branch_points: int = 0
@@ -67,6 +77,7 @@ class _Row:
     sequence: int
     start: int  # absolute KV column of its first generated token
     detok: object
+    key: int  # 64-bit: its sampling noise at step t is a hash of (key, t) (sampling.row_seeds)
     parent: Optional[int] = None
     branch_step: Optional[int] = None
     tokens: list[int] = field(default_factory=list)
@@ -112,13 +123,14 @@ class Engine:
         self.context_length = context_length or _context_length(model)
         self.eos = set(tokenizer.eos_token_ids or ())
         self._kv = SharedPrefixKV(len(caches), max_slots=max_rows)
-        self._key = mx.random.key(seed)
+        self.seed = seed
         self._requests: dict[str, _Request] = {}
         self._waiting: list[_Request] = []
         self._rows: list[_Row] = []  # active rows, in slot order
         self._pending: Optional[mx.array] = None  # (rows, 7) stats of the last pass, not yet read
         self._column = 0  # absolute column the next pass writes
         self._sampling_cache: Optional[tuple[tuple, RowSampling]] = None
+        self._keys_cache: Optional[tuple[tuple, mx.array]] = None
 
     # ---- public -----------------------------------------------------------
     @property
@@ -138,8 +150,13 @@ class Engine:
         """Bytes of KV held now (prompts once, plus the row buffers)."""
         return self._kv.nbytes()
 
-    def add(self, request_id: str, prompt_tokens: list[int], config: EagerConfig) -> None:
-        """Queue a request; it is prefilled on the next `step()`."""
+    def add(self, request_id: str, prompt_tokens: list[int], config: EagerConfig,
+            seed: Optional[int] = None) -> None:
+        """Queue a request; it is prefilled on the next `step()`.
+
+        Its random draws are a pure function of `seed` (None: of the engine's seed and
+        `request_id`), never of the other requests in the batch.
+        """
         config.validate()
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already in use")
@@ -153,7 +170,8 @@ class Engine:
         if initial > self.max_rows:
             raise ValueError(f"parallel sampling needs {initial} rows but the engine has max_rows={self.max_rows}")
         policy = BranchPolicy(config, num_sequences=initial)
-        req = _Request(request_id, config, list(prompt_tokens), policy, time.perf_counter())
+        key = request_key(self.seed, request_id) if seed is None else request_key(seed)
+        req = _Request(request_id, config, list(prompt_tokens), policy, time.perf_counter(), key)
         self._requests[request_id] = req
         self._waiting.append(req)
 
@@ -238,23 +256,25 @@ class Engine:
             inverse=inverse,
         )
         logits = self.model(tokens[:, None], cache=self._kv.layers)[:, -1, :]
-        return self._stats(logits, rows)
+        return self._stats(logits, rows, column + 1 - starts)  # the generation step each row samples
 
-    def _stats(self, logits: mx.array, rows: list[_Row]) -> mx.array:
+    def _stats(self, logits: mx.array, rows: list[_Row], steps: mx.array) -> mx.array:
         configs = tuple(r.request.config.sampling for r in rows)
         if self._sampling_cache is None or self._sampling_cache[0] != configs:
             self._sampling_cache = (configs, RowSampling.from_configs(configs))
-        self._key, key = mx.random.split(self._key)
+        keys = tuple(r.key for r in rows)
+        if self._keys_cache is None or self._keys_cache[0] != keys:
+            self._keys_cache = (keys, key_array(keys))
+        seeds = row_seeds(self._keys_cache[1], steps)
         # Requests may differ in K or full entropy: compute each kind once, pick per row.
         kinds = [None if r.request.config.full_entropy else r.request.config.entropy_top_k for r in rows]
         vocab = logits.shape[-1]
         kinds = [None if k is None or k >= vocab else k for k in kinds]
         unique = list(dict.fromkeys(kinds))
-        out = token_stats(logits, self._sampling_cache[1], key, unique[0])
-        if len(unique) > 1:
+        out = token_stats(logits, self._sampling_cache[1], seeds, unique[0])
+        if len(unique) > 1:  # entropy() gives bitwise what token_stats gives for the same kind
             logits = logits.astype(mx.float32)
-            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-            per_kind = mx.stack([entropy(logprobs, k) for k in unique])  # (kinds, rows)
+            per_kind = mx.stack([entropy(logits, k) for k in unique])  # (kinds, rows)
             which = mx.array([unique.index(k) for k in kinds], dtype=mx.int32)
             h = per_kind[which, mx.arange(len(rows))]
             out = mx.concatenate([out[:, :_ENT], h[:, None], out[:, _ENT + 1 :]], axis=1)
@@ -284,14 +304,18 @@ class Engine:
             self._waiting.pop(0)
             logits = self._prefill(req)
             rows = [self._new_row(req, parent=None) for _ in range(initial)]
-            stats = self._stats(mx.repeat(logits, initial, axis=0), rows)
+            stats = self._stats(mx.repeat(logits, initial, axis=0), rows, mx.zeros((initial,), dtype=mx.int32))
             self._rows.extend(rows)
             self._pending = stats if self._pending is None else mx.concatenate([self._pending, stats])
 
     def _new_row(self, req: _Request, parent: Optional[_Row]) -> _Row:
         detok = self.tokenizer.detokenizer
         detok.reset()
-        row = _Row(req, len(req.rows), self._column, detok)
+        if parent is None:
+            key = sequence_key(req.key, len(req.rows))
+        else:
+            key = child_key(parent.key, len(parent.tokens))
+        row = _Row(req, len(req.rows), self._column, detok, key)
         if parent is not None:
             row.start = parent.start
             row.parent = parent.sequence
@@ -323,16 +347,21 @@ class Engine:
     def _decide(self, stats: np.ndarray, events: list[Event]) -> tuple[list[tuple[int, int]], list[tuple[int, _Row]]]:
         """Apply the read statistics to every row.
 
-        Returns the repairs (slot, token to feed) and the forks (parent slot, child row);
-        children get the slots after the current rows, in order.
+        Requests are visited in the order they were added and a request's rows in sequence
+        (creation) order, so children are numbered, and the M cap taken, independently of
+        batch slots; the visiting order of requests matters only for who gets the last free
+        row when the engine is full. Returns the repairs (slot, token to feed) and the forks
+        (parent slot, child row); children get the slots after the current rows, in order.
         """
-        by_request: dict[str, list[int]] = {}
+        slots_of: dict[_Request, list[int]] = {}
         for slot, row in enumerate(self._rows):
-            by_request.setdefault(row.request.id, []).append(slot)
+            slots_of.setdefault(row.request, []).append(slot)
         repairs: list[tuple[int, int]] = []
         forks: list[tuple[int, _Row]] = []
-        for rid, slots in by_request.items():
-            req = self._requests[rid]
+        for req in self._requests.values():
+            slots = sorted(slots_of.get(req, ()), key=lambda s: self._rows[s].sequence)
+            if not slots:
+                continue
             cands = [
                 BranchCandidate(self._rows[s].sequence, float(stats[s, _ENT]), self._rows[s].think_done)
                 for s in slots
@@ -342,30 +371,36 @@ class Engine:
             for s in slots:
                 row, st = self._rows[s], stats[s]
                 token, lp = int(st[_TOKEN]), float(st[_LP])
-                if row.sequence in branching:
-                    if len(self._rows) + len(forks) >= self.max_rows:
-                        req.skipped_full += 1
-                        req.policy.veto()
-                    elif self._over_memory(len(self._rows) + len(forks) + 1):
-                        req.skipped_memory += 1
-                        req.policy.veto()
-                    else:
-                        child = self._new_row(req, parent=row)
-                        forks.append((s, child))
-                        top1, top2 = int(st[_TOP1]), int(st[_TOP2])
-                        repairs.append((len(self._rows) + len(forks) - 1, top2))
-                        if token != top1:
-                            repairs.append((s, top1))
-                        token, lp = top1, float(st[_LP1])
-                        req.branch_points += 1
-                        events.append(
-                            BranchEvent(rid, row.sequence, child.sequence, len(row.tokens), float(st[_ENT]), top1, top2)
-                        )
-                        self._append(child, top2, float(st[_ENT]), float(st[_LP2]), events)
+                if row.sequence in branching and self._fork(s, st, forks, repairs, events):
+                    token, lp = int(st[_TOP1]), float(st[_LP1])
                 self._append(row, token, float(st[_ENT]), lp, events)
             req.policy.end_step(req.branch_points > made_before)
         repairs.sort()
         return repairs, forks
+
+    def _fork(self, slot: int, st: np.ndarray, forks: list[tuple[int, _Row]], repairs: list[tuple[int, int]],
+              events: list[Event]) -> bool:
+        """Branch the row in `slot` (its child takes top-2) unless rows or memory run out; True if it branched."""
+        row = self._rows[slot]
+        req = row.request
+        if len(self._rows) + len(forks) >= self.max_rows:
+            req.skipped_full += 1
+            req.policy.veto()
+            return False
+        if self._over_memory(len(self._rows) + len(forks) + 1):
+            req.skipped_memory += 1
+            req.policy.veto()
+            return False
+        child = self._new_row(req, parent=row)
+        forks.append((slot, child))
+        top1, top2 = int(st[_TOP1]), int(st[_TOP2])
+        repairs.append((len(self._rows) + len(forks) - 1, top2))
+        if int(st[_TOKEN]) != top1:
+            repairs.append((slot, top1))
+        req.branch_points += 1
+        events.append(BranchEvent(req.id, row.sequence, child.sequence, len(row.tokens), float(st[_ENT]), top1, top2))
+        self._append(child, top2, float(st[_ENT]), float(st[_LP2]), events)
+        return True
 
     def _over_memory(self, slots: int) -> bool:
         """Would `slots` rows, each run to its max_tokens, need more KV than max_kv_memory?"""

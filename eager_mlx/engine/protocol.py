@@ -1,7 +1,7 @@
 """The engine contract that evaluation, the server and the online monitor rely on."""
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Optional, Protocol
 
 from eager_mlx.config import EagerConfig
 from eager_mlx.results import Event
@@ -24,8 +24,9 @@ class EngineLike(Protocol):
     def num_rows(self) -> int:
         """Rows decoded by the next step."""
 
-    def add(self, request_id: str, prompt_tokens: list[int], config: EagerConfig) -> None:
-        """Queue a request."""
+    def add(self, request_id: str, prompt_tokens: list[int], config: EagerConfig,
+            seed: Optional[int] = None) -> None:
+        """Queue a request; its random draws depend only on `seed` (None: the engine's seed and the id)."""
 
     def step(self) -> list[Event]:
         """Advance every row by one token; return what happened."""

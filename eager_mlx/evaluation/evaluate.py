@@ -9,8 +9,11 @@ barrier before they are complete). A run killed at any moment loses at most the
 runs in flight; ``resume=True`` reads both back (a torn last line, from a kill
 mid-write, is truncated), replays the recorded runs into the scheduler so the
 budget decisions come out as before, and runs only what is missing.
-Random draws of the remaining prompts differ from an uninterrupted run (the
-engine's random stream restarts), the decisions' inputs do not.
+A run's random draws are keyed on the engine's seed and its request id
+``p{index}-r{attempt}``, where index is the prompt's place in the whole dataset
+(also in a shard), and never on the batch: a resumed, sharded or
+differently batched (``max_rows``) evaluation writes the same records as an
+uninterrupted one (docs/architecture.md, "What is reproducible").
 
 A record: index, id, question, gold, the runs (request id, theta, M, sequences,
 tokens, ...), every sequence (answer, how it was extracted, correct, tokens,
@@ -327,8 +330,11 @@ class Evaluation:
                  on_run: Optional[Callable[[RunResult], None]] = None):
         if len(dataset) == 0:
             raise EvalError("the dataset is empty")
+        ids = [e.index for e in dataset.examples]  # in the whole dataset: run ids (random keys) survive sharding
+        if len(set(ids)) != len(ids):
+            raise EvalError("the dataset's examples have duplicate indices: run ids (and random keys) would collide")
         try:
-            self.sched = Scheduler(len(dataset), settings.scheduler)
+            self.sched = Scheduler(len(dataset), settings.scheduler, prompt_ids=ids)
             settings.eager.validate()
             settings.confidence.validate()
             self.monitor = _monitor(engine, settings)
@@ -511,7 +517,7 @@ def evaluate_model(loaded: Any, dataset: Dataset, settings: EvalSettings, run_di
     """Evaluate with a LoadedModel: an engine of `settings.scheduler.max_rows` rows and `settings.seed`, the
     model's prompt encoding, and with `save_trace` each run's branch tree in RUN_DIR/trees.jsonl (for
     `eager-mlx report --html`). Other keyword arguments go to `Evaluation`."""
-    from eager_mlx.trees.pages import TRACES, TraceRecorder
+    from eager_mlx.trees.tree import TRACES, TraceRecorder
 
     online = settings.consensus_abort or settings.confidence.prune_percentile is not None
     engine = EngineConfig(max_rows=settings.scheduler.max_rows, seed=settings.seed, max_kv_memory=max_kv_memory)

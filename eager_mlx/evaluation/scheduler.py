@@ -216,10 +216,15 @@ class _Prompt:
 class Scheduler:
     """Decides the runs for ``num_prompts`` prompts under one SchedulerConfig."""
 
-    def __init__(self, num_prompts: int, config: SchedulerConfig) -> None:
+    def __init__(self, num_prompts: int, config: SchedulerConfig, prompt_ids: Optional[list[int]] = None) -> None:
+        """`prompt_ids`: the number each prompt's run ids carry (`run_id`), e.g. its index in the whole
+        dataset when this is one shard of it (default 0 .. num_prompts - 1)."""
         config.validate()
         if num_prompts < 0:
             raise ValueError("num_prompts must be >= 0")
+        self._ids = list(range(num_prompts)) if prompt_ids is None else list(prompt_ids)
+        if len(self._ids) != num_prompts:
+            raise ValueError(f"{len(self._ids)} prompt ids for {num_prompts} prompts")
         self.config = config
         self._p = [_Prompt(theta=config.threshold) for _ in range(num_prompts)]
         self._next_first = 0  # next prompt whose first run has not started
@@ -426,7 +431,7 @@ class Scheduler:
                 sizes = sizes[:1]
         theta = self._next_theta(p)
         p.theta = theta
-        p.plan = [RunRequest(run_id(i, p.attempts + k), i, theta, size, False, p.attempts + k)
+        p.plan = [RunRequest(self._run_id(i, p.attempts + k), i, theta, size, False, p.attempts + k)
                   for k, size in enumerate(sizes)]
         p.attempts += len(sizes)
         p.generation = [r.request_id for r in p.plan]
@@ -450,7 +455,7 @@ class Scheduler:
             return
         if p.early and not self._tokens:  # the barrier part of a generation that started early
             sizes = chunks(min(p.granted, self._extra_cap), self.config.max_sequences)[p.early:]
-            p.plan += [RunRequest(run_id(i, p.attempts + k), i, p.theta, size, False, p.attempts + k)
+            p.plan += [RunRequest(self._run_id(i, p.attempts + k), i, p.theta, size, False, p.attempts + k)
                        for k, size in enumerate(sizes)]
             p.attempts += len(sizes)
             p.generation += [r.request_id for r in p.plan]
@@ -478,7 +483,7 @@ class Scheduler:
                 if not p.early:
                     p.theta = self._next_theta(p)
                     p.generation = []
-                new = [RunRequest(run_id(i, p.attempts + k), i, p.theta, cfg.max_sequences, False, p.attempts + k)
+                new = [RunRequest(self._run_id(i, p.attempts + k), i, p.theta, cfg.max_sequences, False, p.attempts + k)
                        for k in range(sure - p.early)]
                 p.plan += new
                 p.generation += [r.request_id for r in new]
@@ -535,7 +540,10 @@ class Scheduler:
             return None
         i = self._next_first
         parallel = self.config.method == "parallel"
-        return RunRequest(run_id(i, 0), i, self.config.threshold, self.config.max_sequences, parallel, 0)
+        return RunRequest(self._run_id(i, 0), i, self.config.threshold, self.config.max_sequences, parallel, 0)
+
+    def _run_id(self, i: int, attempt: int) -> str:
+        return run_id(self._ids[i], attempt)
 
     def _commit(self, req: RunRequest, rows: int) -> None:
         p = self._p[req.prompt_index]

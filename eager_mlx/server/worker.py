@@ -130,7 +130,7 @@ class EngineWorker:
     def _handle(self, msg: Message) -> None:
         if isinstance(msg, Submit):
             try:
-                self._engine.add(msg.request_id, msg.tokens, msg.config)
+                self._engine.add(msg.request_id, msg.tokens, msg.config, seed=msg.seed)
                 self._outboxes[msg.request_id] = msg.outbox
             except ValueError as e:
                 msg.outbox.put(Failure(400, str(e).splitlines()[0]))

@@ -14,7 +14,8 @@ from eager_mlx import EagerConfig
 from eager_mlx.models import LoadedModel
 from eager_mlx.cli.main import cli
 from eager_mlx.engine.engine import Engine
-from eager_mlx.trees.html import render_tree_html, tree_from_dict, tree_from_result
+from eager_mlx.trees.html import render_tree_html
+from eager_mlx.trees.tree import tree_from_dict, tree_from_result
 
 from fakes import ByteTokenizer, ScriptedModel, patch_load, tiny_model
 
