@@ -40,8 +40,9 @@ def _resume_hint(out: Optional[Path], run_dir: Optional[Path]) -> str:
 @click.option("--method", type=click.Choice(METHODS), default="eager-adapt", show_default=True)
 @setting_options(*GENERATION, exclude=("parallel",), auto_threshold=True)
 @setting_options(*ENGINE)
-@click.option("--optimistic-rows", is_flag=True,
-              help="Admit a branching run when one row is free instead of reserving M rows (branches may be skipped).")
+@click.option("--reserve-rows", is_flag=True,
+              help="Reserve M rows per branching run instead of preempting younger runs when a branch finds the "
+                   "batch full (both exact; reserving leaves most rows idle).")
 @click.option("--token-budget", type=click.IntRange(min=0), default=None,
               help="eager-adapt / eager: pool this many generated tokens instead of M x |D| sequences.")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None, callback=output_dir,
@@ -60,7 +61,7 @@ def _resume_hint(out: Optional[Path], run_dir: Optional[Path]) -> str:
               help="Keep each run's branch tree and entropies (trees.jsonl) for `eager-mlx report --html`.")
 @click.option("--no-chat", is_flag=True, help="Do not apply the chat template.")
 @setting_options(*ADAPTIVE)
-def eval_cmd(model, data, limit, method, optimistic_rows, token_budget, out, resume, question_field, answer_field,
+def eval_cmd(model, data, limit, method, reserve_rows, token_budget, out, resume, question_field, answer_field,
              template, split, fallbacks, ks, no_save_text, save_trace, no_chat, **settings: Any) -> None:
     """Evaluate a method on a dataset; one JSONL record per problem in the run directory.
 
@@ -82,7 +83,7 @@ def eval_cmd(model, data, limit, method, optimistic_rows, token_budget, out, res
                      split=split))
             loaded = load_model(model)
             eval_settings, extra = _settings(loaded, dataset, generation, engine, options, method=method,
-                                             reserve_rows=not optimistic_rows, token_budget=token_budget, ks=ks,
+                                             reserve_rows=reserve_rows, token_budget=token_budget, ks=ks,
                                              fallbacks=fallbacks, save_text=not no_save_text, chat=not no_chat)
             _evaluate(loaded, dataset, eval_settings, where["run_dir"], max_kv_memory=engine["max_kv_memory"],
                       chat=not no_chat, save_trace=save_trace, extra_manifest=extra, resume=resume)

@@ -7,10 +7,22 @@ from typing import Any, Optional
 
 import click
 
+from eager_mlx.server.access import valid_origin
+from eager_mlx.server.config import API_KEY_ENV
+
 from .options import ENGINE, GENERATION, fail, pop_settings, setting_options
 from .progress import load_model
 
 __all__ = ["serve"]
+
+
+def _origins(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in value)
+    bad = next((o for o in origins if not valid_origin(o)), None)
+    if bad is not None:
+        raise click.BadParameter(f"{bad!r} is not an origin such as http://localhost:3000 (scheme://host[:port]) "
+                                 "or '*'")
+    return origins
 
 
 @click.command()
@@ -21,10 +33,19 @@ __all__ = ["serve"]
 @setting_options(*GENERATION, exclude=("parallel",))  # the defaults of requests that give none
 @setting_options(*ENGINE, exclude=("max_kv_memory",))
 @click.option("--chat-template-args", default=None, help="JSON object of apply_chat_template arguments, e.g. '{\"enable_thinking\":false}'.")
-@click.option("--allowed-origins", default="*", show_default=True, help="Comma-separated CORS origins.")
+@click.option("--cors-origin", "cors_origins", multiple=True, callback=_origins, metavar="ORIGIN",
+              help="A web origin (e.g. http://localhost:3000) whose pages may call the server (repeatable; "
+                   "'*' for any page). Default: none, so no web page can use it.")
+@click.option("--api-key", default=None, envvar=API_KEY_ENV, show_envvar=True, metavar="KEY",
+              help="Require 'Authorization: Bearer KEY' on every route but /health.")
+@click.option("--idle-timeout", type=click.FloatRange(0, min_open=True), default=30.0, show_default=True,
+              help="Seconds a connection may wait on a read or write before it is closed.")
+@click.option("--max-connections", type=click.IntRange(1), default=128, show_default=True,
+              help="Connections open at once; past it a new one gets a 503 at once.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]), default="INFO",
               show_default=True)
-def serve(model: Optional[str], host, port, chat_template_args, allowed_origins, log_level, **settings: Any) -> None:
+def serve(model: Optional[str], host, port, chat_template_args, cors_origins, api_key, idle_timeout, max_connections,
+          log_level, **settings: Any) -> None:
     """Serve the model over an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models)."""
     from eager_mlx import config_for
     from eager_mlx import server as srv
@@ -46,8 +67,8 @@ def serve(model: Optional[str], host, port, chat_template_args, allowed_origins,
         config_for(loaded.preset, **defaults)  # the request defaults must make a valid config
         config = srv.ServerConfig(
             host=host, port=port, model_id=loaded.name, max_rows=max_rows, seed=seed, defaults=defaults,
-            chat_template_args=template_args,
-            allowed_origins=tuple(o.strip() for o in allowed_origins.split(",") if o.strip()),
+            chat_template_args=template_args, cors_origins=cors_origins, api_key=api_key or None,
+            timeout=idle_timeout, max_connections=max_connections,
         )
         srv.serve(loaded, config)
     except ValueError as e:  # ModelError, SettingError

@@ -6,7 +6,7 @@ the field's metadata. From that one declaration come:
 * validation (`validate` on any such dataclass, `check` for one raw value: one-line
   `SettingError` messages that name the setting);
 * the click options of `solve`, `eval`, `calibrate` and `serve` (cli/options.py);
-* the server's request parsing (eager_mlx/server.py);
+* the server's request parsing (eager_mlx/server/requests.py);
 * the settings table in docs/settings.md (`markdown_table`, kept equal by a test).
 
 A setting's `key` is its name everywhere: the click parameter, the JSON key of a

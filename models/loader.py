@@ -48,8 +48,9 @@ class LoadedModel:
             return self.preset.context_length
         return getattr(getattr(self.model, "args", None), "max_position_embeddings", None)
 
-    def engine(self, config: Any = None, *, token_events: bool = True) -> Any:
-        """A new `eager_mlx.Engine` over this model (`config`: an EngineConfig, None for the defaults)."""
+    def engine(self, config: Any = None, *, token_events: bool = True, preempt: bool = False) -> Any:
+        """A new `eager_mlx.Engine` over this model (`config`: an EngineConfig, None for the defaults;
+        `preempt`: see Engine)."""
         from eager_mlx.config import EngineConfig
         from eager_mlx.engine import Engine
 
@@ -57,7 +58,7 @@ class LoadedModel:
         config.validate()
         return Engine(self.model, self.tokenizer, max_rows=config.max_rows, seed=config.seed,
                       context_length=self.context_length, token_events=token_events,
-                      max_kv_memory=config.max_kv_memory)
+                      max_kv_memory=config.max_kv_memory, preempt=preempt)
 
     def encode(self, prompt: Any, *, chat: bool = True, system: str | None = None,
                template_args: dict | None = None) -> list[int]:

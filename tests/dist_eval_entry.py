@@ -25,8 +25,8 @@ class CountingLoaded(LoadedModel):
     kill_at: int = 0
     steps: int = 0
 
-    def engine(self, config=None, *, token_events: bool = True):
-        engine = super().engine(config, token_events=token_events)
+    def engine(self, config=None, *, token_events: bool = True, preempt: bool = False):
+        engine = super().engine(config, token_events=token_events, preempt=preempt)
         step = engine.step
 
         def counting_step():

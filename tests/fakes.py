@@ -175,7 +175,7 @@ class FakeLoaded:
         self.preset, self.name, self.tokenizer = preset, name, tokenizer
         self.made: list = []  # (EngineConfig, token_events, engine)
 
-    def engine(self, config=None, *, token_events: bool = True):
+    def engine(self, config=None, *, token_events: bool = True, preempt: bool = False):
         from eager_mlx.config import EngineConfig
 
         config = config or EngineConfig()

@@ -182,7 +182,7 @@ def test_prompts_done_early_when_they_cannot_get_more():
 
 
 def test_rows_reserved_limit_prompts_in_flight():
-    s = Scheduler(10, SchedulerConfig(method="eager-init", max_sequences=8, max_rows=20))
+    s = Scheduler(10, SchedulerConfig(method="eager-init", max_sequences=8, max_rows=20, reserve_rows=True))
     out = s.schedule()
     assert [r.prompt_index for r in out.runs] == [0, 1]  # 2 x 8 rows reserved, 4 left
     assert s.rows_reserved == 16

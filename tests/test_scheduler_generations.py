@@ -52,7 +52,7 @@ def simulate(cfg: SchedulerConfig, n: int, seed: int, max_rows: int) -> tuple[di
 
 CONFIGS = [
     SchedulerConfig(method="eager-adapt", max_sequences=4, max_rows=8, reserve_rows=False),
-    SchedulerConfig(method="eager-adapt", max_sequences=4, max_rows=8),
+    SchedulerConfig(method="eager-adapt", max_sequences=4, max_rows=8, reserve_rows=True),
     SchedulerConfig(method="eager", max_sequences=4, max_rows=8, reserve_rows=False),
     SchedulerConfig(method="eager-adapt", max_sequences=4, max_rows=8, reserve_rows=False,
                     consensus=ConsensusConfig("window", window=2)),
@@ -130,7 +130,7 @@ def test_early_hand_out_never_exceeds_the_barrier_share(seed):
 def test_one_row_per_run_admits_more_runs_than_reserving_m():
     # simulate() also asserts at every step that no row idles while a run could start (reserve_rows off)
     _, peak = simulate(SchedulerConfig(method="eager-adapt", max_sequences=4, reserve_rows=False), 40, 7, 8)
-    _, peak_reserved = simulate(SchedulerConfig(method="eager-adapt", max_sequences=4), 40, 7, 8)
+    _, peak_reserved = simulate(SchedulerConfig(method="eager-adapt", max_sequences=4, reserve_rows=True), 40, 7, 8)
     assert peak == 8 > peak_reserved  # reserving: runs of M=4 take 4 rows each (extra runs of 1-2 fewer)
 
 

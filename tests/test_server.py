@@ -127,6 +127,26 @@ def test_request_seed_decides_the_samples(client):
     assert texts[0][0] != texts[0][1]  # the n samples of one request still differ
 
 
+def test_a_seeded_request_gives_the_same_text_alone_and_beside_another_client(client, server):
+    text = dict(model="tiny", prompt="seeded", max_tokens=24, n=2, temperature=1.0, seed=7)
+    eager = dict(model="tiny", messages=HI, max_tokens=24, temperature=1.0, seed=7,
+                 extra_body={"eager": {"threshold": 2.5, "max_sequences": 4}})
+
+    def run() -> tuple:
+        return ([c.text for c in client.completions.create(**text).choices],
+                [c.message.content for c in client.chat.completions.create(**eager).choices])
+
+    alone = run()
+    assert len(alone[1]) > 1  # the eager request branched: its children's draws are seeded too
+    other = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Go on"}],
+                                           max_tokens=2000, n=4, stream=True)
+    next(iter(other))  # the other client's rows are decoding
+    beside = run()
+    assert health(server)["rows"] >= 1  # ... and still were while the seeded requests ran
+    other.close()
+    assert beside == alone
+
+
 def test_text_stream_n2(client):
     texts = {}
     for chunk in client.completions.create(model="tiny", prompt="abc", max_tokens=10, n=2, stream=True):
@@ -279,3 +299,33 @@ def test_cli_serve_passes_flags(monkeypatch):
     assert res.exit_code == 2 and "temperature must be >= 0, got -1.0" in res.output
     res = CliRunner().invoke(cli, ["serve", "--port", "70000"])
     assert res.exit_code == 2 and "70000 is not in the range 0<=x<=65535" in res.output
+    assert cfg.cors_origins == () and cfg.api_key is None  # no web page, no key unless asked
+
+
+def test_cli_serve_access_flags(monkeypatch):
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from eager_mlx import server as srv
+    from eager_mlx.cli.main import cli
+    from eager_mlx.models import LoadedModel
+
+    from fakes import patch_load
+
+    patch_load(monkeypatch, LoadedModel(None, ByteTokenizer(), None, Path("/models/tiny"), "/models/tiny"))
+    seen = {}
+    monkeypatch.setattr(srv, "serve", lambda lm, config: seen.update(config=config))
+    run = CliRunner().invoke
+    res = run(cli, ["serve", "--cors-origin", "http://localhost:3000/", "--cors-origin", "https://app.example",
+                    "--api-key", "k1", "--idle-timeout", "5", "--max-connections", "9"])
+    assert res.exit_code == 0, res.output
+    cfg = seen["config"]
+    assert cfg.cors_origins == ("http://localhost:3000", "https://app.example") and cfg.api_key == "k1"
+    assert (cfg.timeout, cfg.max_connections) == (5.0, 9)
+    assert run(cli, ["serve"], env={"EAGER_MLX_API_KEY": "k2"}).exit_code == 0 and seen["config"].api_key == "k2"
+    for args, words in [(["--cors-origin", "localhost:3000"], "'localhost:3000' is not an origin"),
+                        (["--allowed-origins", "*"], "Did you mean '--cors-origin'"),
+                        (["--idle-timeout", "0"], "not in the range x>0"), (["--max-connections", "0"], "x>=1")]:
+        res = run(cli, ["serve", *args])
+        assert res.exit_code == 2 and words in res.output, res.output

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from eager_mlx.answers import majority_vote, normalize_answer
+from eager_mlx.results import NATURAL_FINISHES
 from eager_mlx.settings import SettingError, setting, validate
 
 __all__ = [
@@ -49,7 +50,6 @@ __all__ = [
 ]
 
 SIGNALS = ("entropy", "logprob")
-NATURAL_FINISHES = ("eos", "stop", "length")  # ended by itself: not pruned, not aborted (only these vote)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from enum import IntEnum
 from functools import partial
 from typing import Optional, Sequence
 
@@ -24,6 +25,7 @@ from eager_mlx.config import SamplingConfig
 
 __all__ = [
     "STAT_FIELDS",
+    "Stat",
     "RowSampling",
     "token_stats",
     "entropy",
@@ -36,7 +38,19 @@ __all__ = [
 ]
 
 # Column order of the array returned by token_stats.
-STAT_FIELDS = ("token", "top1", "top2", "entropy", "lp_token", "lp_top1", "lp_top2")
+class Stat(IntEnum):
+    """Columns of the array token_stats returns (declared once: the engine reads them by these names)."""
+
+    TOKEN = 0  # the sampled token
+    TOP1 = 1
+    TOP2 = 2
+    ENTROPY = 3
+    LP_TOKEN = 4  # temperature-1 log-probabilities
+    LP_TOP1 = 5
+    LP_TOP2 = 6
+
+
+STAT_FIELDS = tuple(s.name.lower() for s in Stat)
 
 # top-k / top-p sample among this many most probable tokens (more if the row's top_k is larger).
 # The top-p mass is measured against the full vocabulary, so the nucleus is exact unless these
@@ -240,5 +254,6 @@ def token_stats(
     lp_token = mx.take_along_axis(logits, token[:, None], axis=-1)[:, 0] - lse[:, 0]
 
     h = entropy(logits, None) if entropy_top_k is None else _renormalised_entropy(cand[:, :entropy_top_k])
-    cols = [token, top1, top2, h, lp_token, lp_top1, lp_top2]
-    return mx.stack([c.astype(mx.float32) for c in cols], axis=1)
+    cols = {Stat.TOKEN: token, Stat.TOP1: top1, Stat.TOP2: top2, Stat.ENTROPY: h, Stat.LP_TOKEN: lp_token,
+            Stat.LP_TOP1: lp_top1, Stat.LP_TOP2: lp_top2}
+    return mx.stack([cols[c].astype(mx.float32) for c in Stat], axis=1)

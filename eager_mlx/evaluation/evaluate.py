@@ -55,7 +55,7 @@ from eager_mlx.evaluation.grading import DEFAULT_FALLBACKS, extract_answer, grad
 from eager_mlx.evaluation.metrics import PromptMetrics, RunMetrics, prompt_metrics, run_metrics
 from eager_mlx.adaptive.online import OnlineMonitor
 from eager_mlx.adaptive.options import AdaptiveOptions
-from eager_mlx.results import RunFinished, RunResult
+from eager_mlx.results import RunFinished, RunPreempted, RunResult
 from eager_mlx.evaluation.rundir import (JOURNAL, MANIFEST, RESULTS, EvalError, Journal, load_run, prepare_run_dir,
                                          read_manifest, read_records, write_json_atomic)
 from eager_mlx.evaluation.scheduler import RunOutcome, RunRequest, Scheduler, SchedulerConfig, prompt_of_run
@@ -102,7 +102,7 @@ class EvalSettings:
 
     @classmethod
     def build(cls, eager: EagerConfig, options: AdaptiveOptions, *, method: str, max_rows: int, seed: int,
-              reserve_rows: bool = True, token_budget: Optional[int] = None, **fields: Any) -> "EvalSettings":
+              reserve_rows: bool = False, token_budget: Optional[int] = None, **fields: Any) -> "EvalSettings":
         """Settings from a request config (its threshold and M start every prompt) and the adaptive options;
         `fields`: ks, answer_fallbacks, grade_timeout, save_text."""
         scheduler = SchedulerConfig(method=method, max_sequences=eager.max_sequences, threshold=eager.threshold,
@@ -296,6 +296,7 @@ class Evaluation:
                     raise EvalError("internal error: the scheduler is waiting but the engine has nothing to run")
                 events = self.engine.step()
                 self.occupancy.add(self.engine.num_rows)
+                self.occupancy.preempted_tokens += sum(e.tokens for e in events if isinstance(e, RunPreempted))
                 if self.monitor is not None:
                     events += self.monitor.feed(events)
                 outcomes = [self._take_finished(ev.result) for ev in events if isinstance(ev, RunFinished)]
@@ -480,7 +481,7 @@ def evaluate_model(loaded: Any, dataset: Dataset, settings: EvalSettings, run_di
 
     online = settings.consensus_abort or settings.confidence.prune_percentile is not None
     engine = EngineConfig(max_rows=settings.scheduler.max_rows, seed=settings.seed, max_kv_memory=max_kv_memory)
-    runner = loaded.engine(engine, token_events=online)
+    runner = loaded.engine(engine, token_events=online, preempt=not settings.scheduler.reserve_rows)
     recorder = TraceRecorder(Path(run_dir) / TRACES, loaded.tokenizer) if save_trace else None
     return evaluate(runner, lambda text: loaded.encode(text, chat=chat), dataset, settings, run_dir,
                     model=loaded.name, extra_manifest={"chat": chat, **(extra_manifest or {})}, on_run=recorder,

@@ -57,11 +57,11 @@ Further choices (each an option of SchedulerConfig):
   ``recycle_unused`` does). A run whose outcome says ``consensus=True`` (an
   online monitor aborted it on agreement) counts as agreement too.
 
-Rows: with ``reserve_rows`` (default) each branching run reserves
-min(M, max_rows) rows, so the engine never has to skip a branch. Without it a
-branching run needs one free row; the engine must then preempt a younger run
-when a branch finds the batch full (docs/evaluation.md), which keeps every
-decision exact while filling the batch.
+Rows: a branching run is admitted when one row is free; the engine must then
+preempt a younger run when a due branch finds the batch full
+(``Engine(preempt=True)``, docs/evaluation.md), which keeps every decision
+exact while filling the batch. With ``reserve_rows`` each branching run instead
+reserves min(M, max_rows) rows (exact without preemption, most rows idle).
 """
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ class SchedulerConfig:
     max_sequences: int = 8  # M
     threshold: float = 2.0  # theta of every first run
     max_rows: int = 16  # rows the engine decodes per step
-    reserve_rows: bool = True  # reserve max_sequences rows per branching run (else the engine preempts)
+    reserve_rows: bool = False  # reserve max_sequences rows per branching run (else the engine preempts)
     token_budget: Optional[int] = None  # pool in tokens instead of M*|D| sequences
     adapt_cap_factor: int = 3  # eager-adapt: at most 3M extra sequences per prompt
     label_cap_factor: int = 1  # eager: at most M extra sequences per prompt
