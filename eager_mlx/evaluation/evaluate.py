@@ -314,7 +314,7 @@ class Evaluation:
 
     def _encode_prompts(self) -> tuple[dict[int, list[int]], dict[int, str]]:
         """Every prompt's tokens, and why the engine cannot take some of them (prompt index -> reason)."""
-        context = getattr(self.engine, "context_length", None)
+        context = self.engine.context_length
         prompts: dict[int, list[int]] = {}
         skipped: dict[int, str] = {}
         for i in range(len(self.dataset)):
