@@ -26,7 +26,7 @@ from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from eager_mlx.answers import extract_boxed, majority_vote
 from eager_mlx.engine.branching import BranchCandidate, BranchPolicy
-from eager_mlx.config import EagerConfig
+from eager_mlx.config import EagerConfig, EngineConfig
 from eager_mlx.engine.kv import PassLayout, PromptGroup, SharedPrefixKV, install_attention
 from eager_mlx.results import (
     BranchEvent,
@@ -112,8 +112,8 @@ class Engine:
         model,
         tokenizer,
         *,
-        max_rows: int = 64,
-        seed: int = 0,
+        max_rows: int = EngineConfig.max_rows,
+        seed: int = EngineConfig.seed,
         context_length: Optional[int] = None,
         token_events: bool = True,
         max_kv_memory: Optional[int] = None,
