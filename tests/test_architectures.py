@@ -13,7 +13,7 @@ import pytest
 import eager_mlx.engine.engine as engine_module
 from eager_mlx import EagerConfig, Engine, SamplingConfig
 from eager_mlx.engine.branching import BranchPolicy
-from eager_mlx.results import RunFinished
+from eager_mlx.results import RunFinished, RunPreempted
 
 from fakes import ByteTokenizer
 from tiny_archs import REFUSED, SKIPPED, architectures, build, skip_reason, status
@@ -141,3 +141,28 @@ def test_sliding_layers_keep_only_their_window():
     assert len(tokens) == 2
     for seq, ref in zip(results["a"].sequences, _reference(model, PROMPTS["a"], tokens)):
         np.testing.assert_allclose(seq.logprobs, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["qwen3_next", "gpt_oss", "deepseek_v3"])
+def test_preempted_rows_hand_their_slots_to_children(name):
+    """With 4 rows, request a's third fork preempts request b: the child takes b's slot (its
+    recurrent state and window ring are copied there) and b runs again later; both stay exact."""
+    model = build(name)
+    engine = Engine(model, TOK, max_rows=4, seed=1, preempt=True)
+    results, preempted = {}, []
+    for rid, threshold in (("a", 0.0), ("b", 100.0)):  # b never branches
+        config = EagerConfig(threshold=threshold, max_sequences=4, max_tokens=8,
+                             sampling=SamplingConfig(temperature=1.0))
+        engine.add(rid, PROMPTS[rid], config)
+    engine._requests["a"].policy = _Scheduled(engine._requests["a"].config, {(0, 0), (0, 1), (1, 3)})
+    while engine.has_work:
+        for ev in engine.step():
+            if isinstance(ev, RunFinished):
+                results[ev.request_id] = ev.result
+            preempted += [ev.request_id] if isinstance(ev, RunPreempted) else []
+    assert preempted == ["b"]
+    assert [len(results[r].sequences) for r in "ab"] == [4, 1]
+    for rid, result in results.items():
+        tokens = [s.token_ids for s in result.sequences]
+        for seq, ref in zip(result.sequences, _reference(model, PROMPTS[rid], tokens)):
+            np.testing.assert_allclose(seq.logprobs, ref, atol=1e-4, err_msg=f"{name} request {rid}")

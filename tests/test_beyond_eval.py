@@ -17,14 +17,13 @@ from eager_mlx.adaptive.calibrate import (
     threshold_for_rate,
     write_preset_threshold,
 )
-from eager_mlx.cli import eval as cli_eval
 from eager_mlx.cli.main import cli
 from eager_mlx.adaptive.consensus import ConsensusConfig
 from eager_mlx.evaluation.evaluate import EvalError, evaluate, read_records
 from eager_mlx.models.preset import get_preset, override_path
 from eager_mlx.results import RunFinished
 
-from fakes import ByteTokenizer, ScriptedModel
+from fakes import ByteTokenizer, FakeLoaded, ScriptedModel, patch_load
 from test_evaluate import Crash, FakeEngine, adapt_script, boxed, encode, make_dataset, settings
 
 
@@ -101,25 +100,19 @@ def test_consensus_abort_needs_a_rule(tmp_path):
 def test_cli_eval_with_consensus_and_confidence_vote(tmp_path, monkeypatch):
     data = tmp_path / "toy.jsonl"
     data.write_text("".join(json.dumps({"question": f"What is {i}+1?", "answer": str(i + 1)}) + "\n" for i in range(4)))
-    made = []
-
-    def build(model, max_rows, seed, chat=True, max_kv_memory=None, **kw):
-        eng = FakeEngine(adapt_script, max_rows=max_rows)
-        made.append((kw, eng))
-        return eng, encode, None, "fake"
-
-    monkeypatch.setattr(cli_eval, "build_runner", build)
+    loaded = FakeLoaded(lambda config, events: FakeEngine(adapt_script, max_rows=config.max_rows), encode)
+    patch_load(monkeypatch, loaded)
     out = tmp_path / "run"
     r = CliRunner().invoke(cli, ["eval", "--data", str(data), "-M", "4", "--out", str(out), "--consensus", "beta",
                                  "--confidence-vote"])
     assert r.exit_code == 0, r.output
-    assert made[0][0] == {}  # no online monitor: the engine need not emit TokenEvents
-    assert made[0][1].added == ["p0-r0", "p1-r0", "p2-r0", "p3-r0"]
+    assert loaded.made[0][1] is False  # no online monitor: the engine need not emit TokenEvents
+    assert loaded.made[0][2].added == ["p0-r0", "p1-r0", "p2-r0", "p3-r0"]
     man = json.loads((out / "manifest.json").read_text())
     assert man["settings"]["scheduler"]["consensus"] == {"rule": "beta", "confidence": 0.95, "window": 4}
     assert all("weighted_vote" in rec for rec in read_records(out / "results.jsonl"))
     r = CliRunner().invoke(cli, ["eval", "--data", str(data), "--out", str(tmp_path / "x"), "--consensus-abort"])
-    assert r.exit_code == 1 and "--consensus-abort needs --consensus" in r.output
+    assert r.exit_code == 2 and "consensus_abort needs a consensus rule" in r.output
     r = CliRunner().invoke(cli, ["eval", "--data", str(data), "--out", str(tmp_path / "y"), "--threshold", "high"])
     assert r.exit_code == 2 and "neither a number nor 'auto'" in r.output
 
@@ -184,10 +177,9 @@ def test_cli_calibrate(tmp_path, monkeypatch):
     data.write_text("".join(json.dumps({"question": q, "answer": "1"}) + "\n" for q in ("Q?", "Q!")))
     tok = ByteTokenizer()
 
-    def build(model, max_rows, seed, chat=True, **kw):
-        return scripted_engine(max_rows), tok.encode, get_preset("smollm2-135m"), "scripted"
-
-    monkeypatch.setattr(cli_eval, "build_runner", build)
+    loaded = FakeLoaded(lambda config, events: scripted_engine(config.max_rows), tok.encode,
+                        preset=get_preset("smollm2-135m"), name="scripted")
+    patch_load(monkeypatch, loaded)
     png = tmp_path / "hist.png"
     r = CliRunner().invoke(cli, ["calibrate", "--data", str(data), "--template", "{question}", "--no-chat",
                                  "--max-tokens", "10", "--target-rate", "0.25", "--write-preset", "--plot", str(png)])
@@ -197,4 +189,4 @@ def test_cli_calibrate(tmp_path, monkeypatch):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert get_preset("smollm2-135m").threshold == pytest.approx(math.log(8), abs=1e-3)
     r = CliRunner().invoke(cli, ["calibrate", "--data", str(data), "--target-rate", "0.1", "--percentile", "90"])
-    assert r.exit_code == 1 and "not both" in r.output
+    assert r.exit_code == 2 and "not both" in r.output

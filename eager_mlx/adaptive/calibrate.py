@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from eager_mlx.config import EagerConfig
+from eager_mlx.config import EagerConfig, EngineConfig
 from eager_mlx.results import RunFinished
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "write_preset_threshold",
     "stored_threshold",
     "auto_threshold",
+    "auto_threshold_for",
 ]
 
 DEFAULT_RATE = 0.02  # --threshold auto without a stored value: 2% of tokens above theta
@@ -183,3 +184,12 @@ def auto_threshold(engine: Any, prompts: Sequence[list[int]], config: EagerConfi
         return stored, f"calibrated value stored for preset {preset.name}"
     cal = calibrate(engine, prompts, config)
     return cal.threshold, f"calibrated now on {cal.prompts} prompt(s), {cal.tokens} tokens, {cal.target}"
+
+
+def auto_threshold_for(loaded: Any, prompts: Sequence[list[int]], config: EagerConfig, *,
+                       seed: int = EngineConfig.seed) -> tuple[float, str]:
+    """``--threshold auto`` for a LoadedModel: an engine is made only when the preset stores no theta."""
+    engine = None
+    if stored_threshold(loaded.preset) is None:
+        engine = loaded.engine(EngineConfig(max_rows=max(1, min(16, len(prompts))), seed=seed), token_events=False)
+    return auto_threshold(engine, prompts, config, loaded.preset)
