@@ -7,8 +7,10 @@ import re
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
+from mlx_lm.models.base import scaled_dot_product_attention
 
 import eager_mlx.engine.engine as engine_module
 from eager_mlx import EagerConfig, Engine, SamplingConfig
@@ -166,3 +168,25 @@ def test_preempted_rows_hand_their_slots_to_children(name):
         tokens = [s.token_ids for s in result.sequences]
         for seq, ref in zip(result.sequences, _reference(model, PROMPTS[rid], tokens)):
             np.testing.assert_allclose(seq.logprobs, ref, atol=1e-4, err_msg=f"{name} request {rid}")
+
+
+class _SideAttention(nn.Module):
+    """One layer that writes its cache but attends to keys it made itself (cache=None)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = [None]  # make_prompt_cache builds one KVCache
+        self.embed = nn.Embedding(300, 8)
+
+    def __call__(self, inputs, cache=None):
+        h = self.embed(inputs)[:, None]  # (B, 1 head, L, 8)
+        if cache is not None:
+            cache[0].update_and_fetch(h, h)
+        k = h * 2  # not what the cache returned
+        out = scaled_dot_product_attention(h, k, k, cache=None, scale=1.0, mask=None)
+        return out[:, 0] @ self.embed.weight.T
+
+
+def test_attention_on_keys_no_cache_returned_is_refused():
+    with pytest.raises(ValueError, match="^unsupported model: a layer attends to keys that did not come from its cache$"):
+        Engine(_SideAttention(), TOK)

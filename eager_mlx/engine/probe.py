@@ -17,6 +17,8 @@ architecture by tests/test_architectures.py.
 """
 from __future__ import annotations
 
+import contextlib
+
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
@@ -77,23 +79,31 @@ def _problem(leaf: LayerCache) -> str:
     return ""
 
 
+@contextlib.contextmanager
+def _refusing():
+    """Any failure of the model on the engine's path becomes a refusal naming the error."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"unsupported model: its decoding fails on the engine's caches ({detail})") from e
+
+
 def check_model(model, specs: list[LeafSpec], nesting: Nesting) -> frozenset:
     """Raise ValueError('unsupported model: ...') unless `model` decodes through the engine's caches.
 
     Returns the leaves that use latent attention (MLA).
     """
     layer_of = _layer_of(nesting)
-    try:
+    with _refusing():
         seen = _run(model, specs, nesting, frozenset(), discover=True)
-        mla = frozenset(
-            i for i, leaf in enumerate(seen.leaves) if isinstance(leaf, LayerCache) and any(s[0] and s[1] for s in leaf.seen)
-        )
-        store = _run(model, specs, nesting, mla, discover=False)
-    except Exception as e:  # noqa: BLE001 - any failure on the engine's path is a refusal
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"unsupported model: its decoding fails on the engine's caches ({detail})") from e
     if seen.unrouted:
         raise ValueError("unsupported model: a layer attends to keys that did not come from its cache")
+    # Latent attention: the keys are the values and the rope scores come as an array "mask".
+    mla = frozenset(i for i, leaf in enumerate(seen.leaves)
+                    if isinstance(leaf, LayerCache) and any(k_is_v and masked for k_is_v, masked, _ in leaf.seen))
+    with _refusing():
+        store = _run(model, specs, nesting, mla, discover=False)
     for i, leaf in enumerate(store.leaves):
         problem = _problem(leaf) if isinstance(leaf, LayerCache) else ""
         if problem:
