@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import mlx.core as mx
 
 from eager_mlx.config import SamplingConfig
+from eager_mlx.engine import fastmath
 
 __all__ = [
     "STAT_FIELDS",
@@ -29,6 +30,7 @@ __all__ = [
     "RowSampling",
     "token_stats",
     "entropy",
+    "top_candidates",
     "request_key",
     "sequence_key",
     "child_key",
@@ -56,6 +58,7 @@ STAT_FIELDS = tuple(s.name.lower() for s in Stat)
 # The top-p mass is measured against the full vocabulary, so the nucleus is exact unless these
 # tokens hold less than top_p (then it is cut at them).
 _CANDIDATES = 256
+_CHUNK = 64  # top_candidates: vocabulary chunk size (at most)
 
 
 # ---- per-sequence keys (host side, stable across processes and Python runs) ------------------
@@ -161,9 +164,38 @@ class RowSampling:
         )
 
 
-def _renormalised_entropy(x: mx.array) -> mx.array:
-    x = x - mx.logsumexp(x, axis=-1, keepdims=True)
-    return -(mx.exp(x) * x).sum(axis=-1)
+def _renormalised_entropy(x: mx.array, peak: mx.array) -> mx.array:
+    """Entropy of softmax(x) over the last axis; `peak` (B, 1) is the row maximum of x."""
+    x = x - fastmath.logsumexp(x, peak)
+    return -(fastmath.exp(x) * x).sum(axis=-1)
+
+
+def top_candidates(logits: mx.array, width: int) -> tuple[mx.array, mx.array]:
+    """Each row's `width` largest logits, sorted descending, and their token ids: (B, width) each.
+
+    Exact, without a partial sort of the whole vocabulary: the vocabulary is cut into chunks, and
+    the `width` chunks with the largest maxima hold the `width` largest values (any other chunk's
+    values are at most its maximum, which `width` elements of those chunks reach). So one max
+    over the vocabulary, then a partial sort of the chunk maxima and of `width` chunks. Among
+    equal values which ids are taken is unspecified (as with argpartition).
+    """
+    b, vocab = logits.shape
+    chunk = 1
+    while chunk < _CHUNK and width * chunk * 16 <= vocab:
+        chunk *= 2
+    if chunk < 4:  # a small vocabulary: the plain partial sort is as cheap
+        idx = mx.argpartition(-logits, kth=width - 1, axis=-1)[:, :width]
+    else:
+        n = -(-vocab // chunk)
+        x = logits if n * chunk == vocab else mx.pad(logits, [(0, 0), (0, n * chunk - vocab)], constant_values=-mx.inf)
+        x = x.reshape(b, n, chunk)
+        best = mx.argpartition(-x.max(axis=-1), kth=width - 1, axis=-1)[:, :width]  # (B, width) chunks
+        ids = (best[:, :, None] * chunk + mx.arange(chunk, dtype=best.dtype)).reshape(b, -1)
+        sub = mx.take_along_axis(x, best[:, :, None], axis=1).reshape(b, -1)
+        idx = mx.take_along_axis(ids, mx.argpartition(-sub, kth=width - 1, axis=-1)[:, :width], axis=-1)
+    vals = mx.take_along_axis(logits, idx, axis=-1)
+    order = mx.argsort(-vals, axis=-1)
+    return mx.take_along_axis(vals, order, axis=-1), mx.take_along_axis(idx, order, axis=-1)
 
 
 def entropy(logits: mx.array, top_k: Optional[int]) -> mx.array:
@@ -173,9 +205,11 @@ def entropy(logits: mx.array, top_k: Optional[int]) -> mx.array:
     code's rule, max ln K); with None the whole vocabulary is used. token_stats gives
     bitwise the same values (same ops on the same sorted values), whatever the batch.
     """
-    if top_k is not None:
-        logits = -mx.sort(-mx.topk(logits, top_k, axis=-1), axis=-1)
-    return _renormalised_entropy(logits)
+    logits = logits.astype(mx.float32)
+    if top_k is not None and top_k < logits.shape[-1]:
+        top = top_candidates(logits, top_k)[0]
+        return _renormalised_entropy(top, top[:, :1])
+    return _renormalised_entropy(logits, logits.max(axis=-1, keepdims=True))
 
 
 def _min_p_mask(tempered: mx.array, s: RowSampling) -> mx.array:
@@ -222,18 +256,15 @@ def token_stats(
     min-p, the vLLM order) by Gumbel-max with each row's own noise (`seeds`, (B,)
     uint32 from `row_seeds`). Greedy rows (temperature 0) take top-1 exactly.
 
-    Cost: one partial sort (argpartition) gives the candidates for top-1/top-2, the
-    top-K entropy and the filters, so none of them sorts the whole vocabulary.
+    Cost beyond sampling: one max and one exp pass over the vocabulary (top_candidates, the
+    log-sum-exp); the candidates give top-1/top-2, the top-K entropy and the filters.
     """
     logits = logits.astype(mx.float32)
     vocab = logits.shape[-1]
-    lse = mx.logsumexp(logits, axis=-1, keepdims=True)
     width = min(max(entropy_top_k or 2, 2, sampling.width), vocab)
-    cand_idx = mx.argpartition(-logits, kth=width - 1, axis=-1)[:, :width]
-    cand = mx.take_along_axis(logits, cand_idx, axis=-1)
-    order = mx.argsort(-cand, axis=-1)
-    cand_idx = mx.take_along_axis(cand_idx, order, axis=-1)
-    cand = mx.take_along_axis(cand, order, axis=-1)  # sorted descending
+    cand, cand_idx = top_candidates(logits, width)  # sorted descending
+    peak = cand[:, :1]
+    lse = fastmath.logsumexp(logits, peak)
     top1, top2 = cand_idx[:, 0], cand_idx[:, 1]
     lp_top1, lp_top2 = cand[:, 0] - lse[:, 0], cand[:, 1] - lse[:, 0]
 
@@ -245,7 +276,7 @@ def token_stats(
         cand_t = cand / sampling.temperature
         before = None
         if sampling.use_top_p:
-            probs = mx.exp(cand_t - mx.logsumexp(tempered, axis=-1, keepdims=True))
+            probs = fastmath.exp(cand_t - fastmath.logsumexp(tempered, cand_t[:, :1]))
             before = mx.cumsum(probs, axis=-1) - probs  # mass strictly above each token
         picked = _sample_candidates(cand_t, cand_idx, before, sampling, seeds)
         token = picked if token is None else mx.where(sampling.filtered, picked, token)
@@ -253,7 +284,10 @@ def token_stats(
         token = mx.where(sampling.greedy, top1, token)
     lp_token = mx.take_along_axis(logits, token[:, None], axis=-1)[:, 0] - lse[:, 0]
 
-    h = entropy(logits, None) if entropy_top_k is None else _renormalised_entropy(cand[:, :entropy_top_k])
+    if entropy_top_k is None or entropy_top_k >= vocab:
+        h = _renormalised_entropy(logits, peak)
+    else:
+        h = _renormalised_entropy(cand[:, :entropy_top_k], peak)
     cols = {Stat.TOKEN: token, Stat.TOP1: top1, Stat.TOP2: top2, Stat.ENTROPY: h, Stat.LP_TOKEN: lp_token,
             Stat.LP_TOP1: lp_top1, Stat.LP_TOP2: lp_top2}
     return mx.stack([cols[c].astype(mx.float32) for c in Stat], axis=1)
