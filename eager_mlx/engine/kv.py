@@ -48,6 +48,7 @@ from typing import Optional
 
 import mlx.core as mx
 
+from eager_mlx.engine import fastmath
 from eager_mlx.engine.cache_kinds import LeafSpec, Nesting, nest, prompt_state
 from eager_mlx.engine.recurrent import RecurrentLeaf
 
@@ -242,10 +243,47 @@ def _f32(x: mx.array) -> mx.array:
     return x if x.dtype == mx.float32 else x.astype(mx.float32)
 
 
-def _softmax_out(scores: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-    """softmax(scores) @ values and the log-sum-exp of scores (last axis)."""
-    lse = mx.logsumexp(scores, axis=-1, keepdims=True)
-    return mx.exp(scores - lse) @ _f32(values), lse
+def _weigh(scores: mx.array, values: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+    """One part of a split softmax over the last axis: (e @ values, max, sum of e), e = exp(scores - max).
+
+    The softmax over [part 1 | part 2] is then (o1 a1 + o2 a2) / (l1 a1 + l2 a2) with
+    a_i = exp(max_i - max): see _merge.
+    """
+    scores = _f32(scores)
+    peak = scores.max(axis=-1, keepdims=True)
+    e = fastmath.exp(scores - peak)
+    return _f32(e.astype(values.dtype) @ values), peak, e.sum(axis=-1, keepdims=True)
+
+
+def _merge(o1, m1, l1, o2, m2, l2):
+    """Softmax-weighted output over two parts from their _weigh results."""
+    peak = mx.maximum(m1, m2)
+    a, b = fastmath.exp(m1 - peak), fastmath.exp(m2 - peak)
+    return (o1 * a + o2 * b) / (l1 * a + l2 * b)
+
+
+def _merge_sinks(o1, m1, l1, o2, m2, l2, sinks):
+    """_merge with one extra logit per head (attention sinks) that has no value."""
+    peak = mx.maximum(mx.maximum(m1, m2), sinks)
+    a, b = fastmath.exp(m1 - peak), fastmath.exp(m2 - peak)
+    return (o1 * a + o2 * b) / (l1 * a + l2 * b + fastmath.exp(sinks - peak))
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(fn):
+    """`fn` compiled once per exp flavour (fastmath picks one by device at trace time), shapeless:
+    the suffix grows by one column every step."""
+    key = (fn, fastmath.uses_exp2())
+    if key not in _COMPILED:
+        _COMPILED[key] = mx.compile(fn, shapeless=True)
+    return _COMPILED[key]
+
+
+def _weigh_part(scores: mx.array, values: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+    # mlx 0.32.4 crashes on a shapeless-compiled reduction over an axis of size 1 (one column).
+    return (_weigh if scores.shape[-1] == 1 else _compiled(_weigh))(scores, values)
 
 
 class LayerCache:
@@ -386,44 +424,40 @@ class LayerCache:
 
     def _scores(self, q, k, v, q_pe):
         """Scores of q against keys k (plus the rope part for latent attention) and the values to mix."""
-        s = q @ _f32(k).transpose(0, 1, 3, 2)
+        s = q.astype(k.dtype) @ k.swapaxes(-1, -2)
         if q_pe is None:
             return s, v
-        return s + q_pe @ _f32(v).transpose(0, 1, 3, 2), k  # MLA: the latents are the values
+        return _f32(s) + _f32(q_pe.astype(v.dtype) @ v.swapaxes(-1, -2)), k  # MLA: the latents are the values
 
     def _attend(self, queries, scale, q_pe, sinks) -> mx.array:
         lay = self.store.layout
         n, heads, _, dim = queries.shape
         kv_heads = self.keys.shape[1]
         rep = heads // kv_heads
-        q = _f32(queries.reshape(n, kv_heads, rep, dim) * scale)
+        q = queries.reshape(n, kv_heads, rep, dim) * scale
         if q_pe is not None:
-            q_pe = _f32(q_pe.reshape(n, kv_heads, rep, -1))
+            q_pe = q_pe.reshape(n, kv_heads, rep, -1)
 
         # Suffix part: each row over its own columns.
         ks, vs, visible = self._suffix(lay)
         s, vals = self._scores(q, ks, vs, q_pe)
         s = mx.where(visible[:, None, None, :], s, -mx.inf)  # a row always sees its current token
-        o_suffix, lse_suffix = _softmax_out(s, vals)
+        suffix = _weigh_part(s, vals)
 
         # Prompt part: all rows of a request at once against its prompt KV.
-        outs, lses = [], []
-        for g in lay.groups:
-            o, lse = self._prompt_part(g, q, q_pe)
-            outs.append(o)
-            lses.append(lse)
-        o_prompt = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=0)
-        lse_prompt = lses[0] if len(lses) == 1 else mx.concatenate(lses, axis=0)
+        parts = [self._prompt_part(g, q, q_pe) for g in lay.groups]
+        prompt = parts[0] if len(parts) == 1 else [mx.concatenate(x, axis=0) for x in zip(*parts)]
         if lay.inverse is not None:
-            o_prompt, lse_prompt = o_prompt[lay.inverse], lse_prompt[lay.inverse]
+            prompt = [x[lay.inverse] for x in prompt]
 
-        lse = mx.logaddexp(lse_prompt, lse_suffix)
-        if sinks is not None:  # one extra logit per head, with no value
-            lse = mx.logaddexp(lse, _f32(sinks).reshape(1, kv_heads, rep, 1))
-        out = o_prompt * mx.exp(lse_prompt - lse) + o_suffix * mx.exp(lse_suffix - lse)
+        if sinks is None:
+            out = _compiled(_merge)(*prompt, *suffix)
+        else:  # one extra logit per head, with no value
+            out = _compiled(_merge_sinks)(*prompt, *suffix, _f32(sinks).reshape(1, kv_heads, rep, 1))
         return out.reshape(n, heads, 1, -1).astype(queries.dtype)
 
-    def _prompt_part(self, g: PromptGroup, q: mx.array, q_pe: Optional[mx.array]):
+    def _prompt_part(self, g: PromptGroup, q: mx.array, q_pe: Optional[mx.array]) -> list[mx.array]:
+        """_weigh of the group's rows against its prompt KV, in row layout (m, kv_heads, rep, .)."""
         kp, vp, first = self.store.prompts[g.request_id][self.index]
         _, kv_heads, rep, dim = q.shape
 
@@ -436,9 +470,8 @@ class LayerCache:
         if self.window:
             held = mx.arange(first, first + kp.shape[2])
             s = mx.where(held >= g.offset - self.window + 1, s, _HIDDEN)
-        o, lse = _softmax_out(s, vals)
-        unfold = lambda x: x.reshape(kv_heads, rep, m, -1).transpose(2, 0, 1, 3)  # noqa: E731
-        return unfold(o), unfold(lse)
+        # Unfolding is a free reshape and a transposed view: the merge reads it strided.
+        return [x.reshape(kv_heads, rep, m, -1).transpose(2, 0, 1, 3) for x in _weigh_part(s, vals)]
 
 
 def _same(a, b) -> bool:
