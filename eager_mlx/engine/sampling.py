@@ -100,23 +100,52 @@ def _fmix32(h: mx.array) -> mx.array:
     return h ^ (h >> 16)
 
 
+@partial(mx.compile, shapeless=True)
+def _row_seeds(low: mx.array, high: mx.array, steps: mx.array) -> mx.array:
+    h = _fmix32(steps.astype(mx.uint32) * _GOLDEN + 0x7F4A7C15)
+    return _fmix32(_fmix32(h ^ low) ^ high)
+
+
 def row_seeds(keys: mx.array, steps: mx.array) -> mx.array:
     """(B,) uint32: a hash of each row's key (B, 2) uint32 and its generation step (B,)."""
-    h = _fmix32(steps.astype(mx.uint32) * _GOLDEN + 0x7F4A7C15)
-    h = _fmix32(h ^ keys[:, 0])
-    return _fmix32(h ^ keys[:, 1])
+    return _row_seeds(keys[:, 0], keys[:, 1], steps)
+
+
+def _hash_ids(token_ids: mx.array) -> mx.array:
+    return _fmix32(token_ids.astype(mx.uint32) * _GOLDEN)
+
+
+def _noise(seeds: mx.array, hashed_ids: mx.array) -> mx.array:
+    h = _fmix32(_fmix32(seeds ^ hashed_ids) + seeds)
+    u = ((h >> 8).astype(mx.float32) + 0.5) * (2.0**-24)  # in (0, 1)
+    return -mx.log(-mx.log(u))
 
 
 @partial(mx.compile, shapeless=True)
 def _gumbel(seeds: mx.array, token_ids: mx.array) -> mx.array:
-    h = _fmix32(_fmix32(seeds ^ _fmix32(token_ids * _GOLDEN)) + seeds)
-    u = ((h >> 8).astype(mx.float32) + 0.5) * (2.0**-24)  # in (0, 1)
-    return -mx.log(-mx.log(u))
+    return _noise(seeds, _hash_ids(token_ids))
 
 
 def gumbel_noise(seeds: mx.array, token_ids: mx.array) -> mx.array:
     """Gumbel(0, 1) noise for token ids (B, C) or (1, C) of rows with `seeds` (B,): a pure function of both."""
     return _gumbel(seeds[:, None], token_ids.astype(mx.uint32))
+
+
+_VOCAB_HASHES: dict[int, mx.array] = {}
+
+
+def _vocabulary_hashes(vocab: int) -> mx.array:
+    """(1, vocab) uint32: the per-token half of the noise hash, the same for every row and step."""
+    if vocab not in _VOCAB_HASHES:
+        _VOCAB_HASHES[vocab] = _hash_ids(mx.arange(vocab)[None])
+        mx.eval(_VOCAB_HASHES[vocab])
+    return _VOCAB_HASHES[vocab]
+
+
+@partial(mx.compile, shapeless=True)
+def _gumbel_max(tempered: mx.array, seeds: mx.array, hashed_ids: mx.array) -> mx.array:
+    """argmax(tempered + gumbel noise) per row: the Gumbel-max sample over the whole vocabulary."""
+    return mx.argmax(tempered + _noise(seeds, hashed_ids), axis=-1)
 
 
 # ---- per-row settings ------------------------------------------------------------------------
@@ -236,10 +265,11 @@ def _sample_candidates(cand_t: mx.array, cand_idx: mx.array, probs_before: Optio
 
 def _sample_vocabulary(tempered: mx.array, s: RowSampling, seeds: mx.array) -> mx.array:
     """Gumbel-max over the whole vocabulary (with min-p where a row sets it)."""
-    noisy = tempered + gumbel_noise(seeds, mx.arange(tempered.shape[-1])[None])
-    if s.use_min_p:
-        noisy = mx.where(_min_p_mask(tempered, s), noisy, -mx.inf)
-    return mx.argmax(noisy, axis=-1)
+    hashed = _vocabulary_hashes(tempered.shape[-1])
+    if not s.use_min_p:
+        return _gumbel_max(tempered, seeds[:, None], hashed)
+    noisy = tempered + _noise(seeds[:, None], hashed)
+    return mx.argmax(mx.where(_min_p_mask(tempered, s), noisy, -mx.inf), axis=-1)
 
 
 def token_stats(
