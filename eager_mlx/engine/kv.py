@@ -281,6 +281,13 @@ def _compiled(fn):
     return _COMPILED[key]
 
 
+def _one_row(q, ks, vs, keep, kp, vp):
+    """Attention of one row over [prompt | suffix]: q (1, kvh, rep, d) scaled, ks/vs (1, kvh, S, d),
+    keep (1, 1, 1, S) the visible suffix columns, kp/vp (1, kvh, P, d)."""
+    s = mx.where(keep, _f32(q.astype(ks.dtype) @ ks.swapaxes(-1, -2)), -mx.inf)
+    return _merge(*_weigh(q.astype(kp.dtype) @ kp.swapaxes(-1, -2), vp), *_weigh(s, vs))
+
+
 def _weigh_part(scores: mx.array, values: mx.array) -> tuple[mx.array, mx.array, mx.array]:
     # mlx 0.32.4 crashes on a shapeless-compiled reduction over an axis of size 1 (one column).
     return (_weigh if scores.shape[-1] == 1 else _compiled(_weigh))(scores, values)
@@ -440,6 +447,12 @@ class LayerCache:
 
         # Suffix part: each row over its own columns.
         ks, vs, visible = self._suffix(lay)
+        if n == 1 and q_pe is None and sinks is None and not self.window:
+            kp, vp, _ = self.store.prompts[lay.groups[0].request_id][self.index]
+            if ks.shape[2] > 1 and kp.shape[2] > 1:  # (see _weigh_part)
+                # One row: the whole attention as one compiled graph (fewer nodes, less Python).
+                out = _compiled(_one_row)(q, ks, vs, visible[:, None, None, :], kp, vp)
+                return out.reshape(n, heads, 1, -1).astype(queries.dtype)
         s, vals = self._scores(q, ks, vs, q_pe)
         s = mx.where(visible[:, None, None, :], s, -mx.inf)  # a row always sees its current token
         suffix = _weigh_part(s, vals)
