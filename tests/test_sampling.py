@@ -10,6 +10,7 @@ from eager_mlx.engine.sampling import (
     child_key,
     entropy,
     gumbel_noise,
+    host_row_seeds,
     key_array,
     request_key,
     row_seeds,
@@ -222,3 +223,10 @@ def test_large_vocabulary_stats_match_numpy():
     np.testing.assert_allclose(col["lp_token"], lp[np.arange(3), col["token"].astype(int)], atol=2e-4)
     np.testing.assert_allclose(col["entropy"], [np_entropy(r, 20) for r in x], rtol=1e-5)
     np.testing.assert_allclose(np.array(entropy(mx.array(logits), None)), [np_entropy(r) for r in x], atol=5e-4)
+
+
+def test_host_row_seeds_equal_the_in_graph_hash():
+    keys = [0, 1, 2**64 - 1, 0x0123456789ABCDEF, request_key(5, "r")]
+    steps = [0, 1, 5, 2**31 + 3, 77]
+    want = np.array(row_seeds(key_array(keys), mx.array(steps, dtype=mx.uint32)))
+    np.testing.assert_array_equal(np.array(host_row_seeds(keys, steps)), want)

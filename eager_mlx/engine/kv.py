@@ -77,7 +77,7 @@ class PassLayout:
     column: int  # absolute column this pass writes
     offsets: mx.array  # (n,) rope positions (prompt length + tokens before this one)
     lo: int  # first absolute column any row of the pass can see
-    mask: mx.array  # (n, column - lo + 1) bool: column visible to the row
+    mask: Optional[mx.array]  # (n, column - lo + 1) bool: column visible to the row (None: all are)
     groups: list[PromptGroup]
     inverse: Optional[mx.array]  # restores pass order after concatenating groups
     starts: Optional[mx.array] = None  # (n,) first column of each row (for ring buffers)
@@ -281,10 +281,10 @@ def _compiled(fn):
     return _COMPILED[key]
 
 
-def _one_row(q, ks, vs, keep, kp, vp):
-    """Attention of one row over [prompt | suffix]: q (1, kvh, rep, d) scaled, ks/vs (1, kvh, S, d),
-    keep (1, 1, 1, S) the visible suffix columns, kp/vp (1, kvh, P, d)."""
-    s = mx.where(keep, _f32(q.astype(ks.dtype) @ ks.swapaxes(-1, -2)), -mx.inf)
+def _one_row(q, ks, vs, kp, vp):
+    """Attention of one row over [prompt | suffix]: q (1, kvh, rep, d) scaled, ks/vs (1, kvh, S, d)
+    all visible, kp/vp (1, kvh, P, d)."""
+    s = q.astype(ks.dtype) @ ks.swapaxes(-1, -2)
     return _merge(*_weigh(q.astype(kp.dtype) @ kp.swapaxes(-1, -2), vp), *_weigh(s, vs))
 
 
@@ -447,14 +447,15 @@ class LayerCache:
 
         # Suffix part: each row over its own columns.
         ks, vs, visible = self._suffix(lay)
-        if n == 1 and q_pe is None and sinks is None and not self.window:
+        if n == 1 and visible is None and q_pe is None and sinks is None and not self.window:
             kp, vp, _ = self.store.prompts[lay.groups[0].request_id][self.index]
             if ks.shape[2] > 1 and kp.shape[2] > 1:  # (see _weigh_part)
                 # One row: the whole attention as one compiled graph (fewer nodes, less Python).
-                out = _compiled(_one_row)(q, ks, vs, visible[:, None, None, :], kp, vp)
+                out = _compiled(_one_row)(q, ks, vs, kp, vp)
                 return out.reshape(n, heads, 1, -1).astype(queries.dtype)
         s, vals = self._scores(q, ks, vs, q_pe)
-        s = mx.where(visible[:, None, None, :], s, -mx.inf)  # a row always sees its current token
+        if visible is not None:
+            s = mx.where(visible[:, None, None, :], s, -mx.inf)  # a row always sees its current token
         suffix = _weigh_part(s, vals)
 
         # Prompt part: all rows of a request at once against its prompt KV.

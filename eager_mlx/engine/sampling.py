@@ -20,6 +20,7 @@ from functools import partial
 from typing import Optional, Sequence
 
 import mlx.core as mx
+import numpy as np
 
 from eager_mlx.config import SamplingConfig
 from eager_mlx.engine import fastmath
@@ -36,6 +37,7 @@ __all__ = [
     "child_key",
     "key_array",
     "row_seeds",
+    "host_row_seeds",
     "gumbel_noise",
 ]
 
@@ -109,6 +111,22 @@ def _row_seeds(low: mx.array, high: mx.array, steps: mx.array) -> mx.array:
 def row_seeds(keys: mx.array, steps: mx.array) -> mx.array:
     """(B,) uint32: a hash of each row's key (B, 2) uint32 and its generation step (B,)."""
     return _row_seeds(keys[:, 0], keys[:, 1], steps)
+
+
+def _np_fmix32(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> 16)
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def host_row_seeds(keys: Sequence[int], steps: Sequence[int]) -> mx.array:
+    """row_seeds computed on the host from 64-bit keys and steps (the same values; no graph nodes)."""
+    k = np.array(keys, dtype=np.uint64)
+    h = _np_fmix32(np.array(steps, dtype=np.int64).astype(np.uint32) * np.uint32(_GOLDEN) + np.uint32(0x7F4A7C15))
+    h = _np_fmix32(h ^ (k & 0xFFFFFFFF).astype(np.uint32))
+    return mx.array(_np_fmix32(h ^ (k >> np.uint64(32)).astype(np.uint32)))
 
 
 def _hash_ids(token_ids: mx.array) -> mx.array:
@@ -192,6 +210,14 @@ class RowSampling:
             width=max([lim for lim, f in zip(limits, filtered) if f], default=0),
         )
 
+    def arrays(self) -> tuple[mx.array, ...]:
+        """The per-row arrays (the fields before `any_filtered`)."""
+        return self.temperature, self.top_p, self.limit, self.min_p, self.greedy, self.filtered
+
+    def kind(self) -> tuple:
+        """The plain-value fields (from `any_filtered` on): which paths the graph needs."""
+        return self.any_filtered, self.any_unfiltered, self.use_top_p, self.use_min_p, self.any_greedy, self.width
+
 
 def _renormalised_entropy(x: mx.array, peak: mx.array) -> mx.array:
     """Entropy of softmax(x) over the last axis; `peak` (B, 1) is the row maximum of x."""
@@ -263,9 +289,8 @@ def _sample_candidates(cand_t: mx.array, cand_idx: mx.array, probs_before: Optio
     return mx.take_along_axis(cand_idx, mx.argmax(noisy, axis=-1)[:, None], axis=-1)[:, 0]
 
 
-def _sample_vocabulary(tempered: mx.array, s: RowSampling, seeds: mx.array) -> mx.array:
-    """Gumbel-max over the whole vocabulary (with min-p where a row sets it)."""
-    hashed = _vocabulary_hashes(tempered.shape[-1])
+def _sample_vocabulary(tempered: mx.array, s: RowSampling, seeds: mx.array, hashed: mx.array) -> mx.array:
+    """Gumbel-max over the whole vocabulary (with min-p where a row sets it); `hashed` from _vocabulary_hashes."""
     if not s.use_min_p:
         return _gumbel_max(tempered, seeds[:, None], hashed)
     noisy = tempered + _noise(seeds[:, None], hashed)
@@ -287,21 +312,34 @@ def token_stats(
     uint32 from `row_seeds`). Greedy rows (temperature 0) take top-1 exactly.
 
     Cost beyond sampling: one max and one exp pass over the vocabulary (top_candidates, the
-    log-sum-exp); the candidates give top-1/top-2, the top-K entropy and the filters.
+    log-sum-exp); the candidates give top-1/top-2, the top-K entropy and the filters. The graph
+    is compiled once per batch shape and setting kind (fewer, fused nodes per step).
     """
-    logits = logits.astype(mx.float32)
+    vocab = logits.shape[-1]
+    key = (sampling.kind(), entropy_top_k, fastmath.uses_exp2())
+    fn = _STATS.get(key)
+    if fn is None:
+        fn = _STATS[key] = mx.compile(partial(_token_stats, kind=key[0], entropy_top_k=entropy_top_k))
+    return fn(logits.astype(mx.float32), *sampling.arrays(), seeds, _vocabulary_hashes(vocab))
+
+
+_STATS: dict = {}
+
+
+def _token_stats(logits, *arrays, kind, entropy_top_k):
+    *params, seeds, hashed = arrays
+    sampling = RowSampling(*params, *kind)
     vocab = logits.shape[-1]
     width = min(max(entropy_top_k or 2, 2, sampling.width), vocab)
     cand, cand_idx = top_candidates(logits, width)  # sorted descending
     peak = cand[:, :1]
     lse = fastmath.logsumexp(logits, peak)
-    top1, top2 = cand_idx[:, 0], cand_idx[:, 1]
-    lp_top1, lp_top2 = cand[:, 0] - lse[:, 0], cand[:, 1] - lse[:, 0]
+    top1 = cand_idx[:, 0]
 
     tempered = logits / sampling.temperature
     token = None
     if sampling.any_unfiltered:
-        token = _sample_vocabulary(tempered, sampling, seeds)
+        token = _sample_vocabulary(tempered, sampling, seeds, hashed)
     if sampling.any_filtered:
         cand_t = cand / sampling.temperature
         before = None
@@ -312,12 +350,13 @@ def token_stats(
         token = picked if token is None else mx.where(sampling.filtered, picked, token)
     if sampling.any_greedy:
         token = mx.where(sampling.greedy, top1, token)
-    lp_token = mx.take_along_axis(logits, token[:, None], axis=-1)[:, 0] - lse[:, 0]
+    lp_token = mx.take_along_axis(logits, token[:, None], axis=-1) - lse
 
     if entropy_top_k is None or entropy_top_k >= vocab:
         h = _renormalised_entropy(logits, peak)
     else:
         h = _renormalised_entropy(cand[:, :entropy_top_k], peak)
-    cols = {Stat.TOKEN: token, Stat.TOP1: top1, Stat.TOP2: top2, Stat.ENTROPY: h, Stat.LP_TOKEN: lp_token,
-            Stat.LP_TOP1: lp_top1, Stat.LP_TOP2: lp_top2}
-    return mx.stack([cols[c].astype(mx.float32) for c in Stat], axis=1)
+    # The columns in Stat order: token, top-1, top-2, entropy, and the three log-probabilities.
+    f32 = mx.float32
+    return mx.concatenate([token[:, None].astype(f32), cand_idx[:, :2].astype(f32), h[:, None],
+                           lp_token, cand[:, :2] - lse], axis=1)
