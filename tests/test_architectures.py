@@ -13,6 +13,7 @@ import pytest
 from mlx_lm.models.base import scaled_dot_product_attention
 
 import eager_mlx.engine.engine as engine_module
+import eager_mlx.engine.kv as kv
 from eager_mlx import EagerConfig, Engine, SamplingConfig
 from eager_mlx.engine.branching import BranchPolicy
 from eager_mlx.results import RunFinished, RunPreempted
@@ -91,6 +92,10 @@ def test_architecture_is_fork_correct_or_refused(name, import_error, monkeypatch
         with pytest.raises(ValueError, match="^unsupported model: .*" + re.escape(REFUSED[name])):
             Engine(model, TOK, max_rows=8)
         return
+    _assert_fork_correct(name, model)
+
+
+def _assert_fork_correct(name, model):
     assert _context_matters(model) > 1e-3, "the tiny model ignores its context: the comparison would prove nothing"
     results = _run(Engine(model, TOK, max_rows=8, seed=1))
     assert [len(results[r].sequences) for r in "ab"] == [5, 3], "every planned fork happens"
@@ -99,6 +104,18 @@ def test_architecture_is_fork_correct_or_refused(name, import_error, monkeypatch
         assert all(len(t) == MAX_TOKENS[rid] for t in tokens)
         for seq, ref in zip(result.sequences, _reference(model, PROMPTS[rid], tokens)):
             np.testing.assert_allclose(seq.logprobs, ref, atol=1e-4, err_msg=f"{name} request {rid} seq {seq.index}")
+
+
+@pytest.mark.parametrize("path", ["split", "joined"])
+@pytest.mark.parametrize("name", ["llama", "llama:sliding", "gpt_oss", "gemma3", "deepseek_v3", "glm4_moe_lite",
+                                  "gemma4", "qwen3_next", "falcon_h1"])
+def test_both_attention_paths_are_fork_correct(name, path, monkeypatch):
+    """kv.py attends over [prompt | suffix] as one softmax (short prompts, one request) or as two
+    merged parts: each path alone, on windows, sinks, latent attention, shared KV and recurrent layers."""
+    monkeypatch.setattr(engine_module, "_PREFILL_CHUNK", 4)
+    monkeypatch.setattr(kv, "_SHORT_SCORES", 0 if path == "split" else 1 << 40)
+    monkeypatch.setattr(kv, "_SHORT_PROMPT_BYTES", 0 if path == "split" else 1 << 40)
+    _assert_fork_correct(name, build(name))
 
 
 def test_the_table_covers_every_architecture_module():

@@ -56,6 +56,10 @@ __all__ = ["PassLayout", "PromptGroup", "SharedPrefixKV", "LayerCache", "install
 
 _COLUMN_STEP = 16  # buffers grow by 1/16 of what is needed, in multiples of this
 _HIDDEN = -1e9  # score of a key outside the window: finite, so an all-hidden part cannot give NaN
+# _attend_joined (one softmax over [prompt | suffix]) while the scores stay small and every row can
+# re-read the prompt KV from cache; else _attend_split (reads the prompt once for all rows).
+_SHORT_SCORES = 1 << 16  # query heads x (prompt + suffix) columns
+_SHORT_PROMPT_BYTES = 1 << 18  # prompt keys + values of one layer
 _ACTIVE = threading.local()  # .store: the SharedPrefixKV whose pass runs on this thread
 
 
@@ -281,13 +285,6 @@ def _compiled(fn):
     return _COMPILED[key]
 
 
-def _one_row(q, ks, vs, kp, vp):
-    """Attention of one row over [prompt | suffix]: q (1, kvh, rep, d) scaled, ks/vs (1, kvh, S, d)
-    all visible, kp/vp (1, kvh, P, d)."""
-    s = q.astype(ks.dtype) @ ks.swapaxes(-1, -2)
-    return _merge(*_weigh(q.astype(kp.dtype) @ kp.swapaxes(-1, -2), vp), *_weigh(s, vs))
-
-
 def _weigh_part(scores: mx.array, values: mx.array) -> tuple[mx.array, mx.array, mx.array]:
     # mlx 0.32.4 crashes on a shapeless-compiled reduction over an axis of size 1 (one column).
     return (_weigh if scores.shape[-1] == 1 else _compiled(_weigh))(scores, values)
@@ -444,15 +441,46 @@ class LayerCache:
         q = queries.reshape(n, kv_heads, rep, dim) * scale
         if q_pe is not None:
             q_pe = q_pe.reshape(n, kv_heads, rep, -1)
-
-        # Suffix part: each row over its own columns.
+        if sinks is not None:
+            sinks = _f32(sinks).reshape(1, kv_heads, rep, 1)
         ks, vs, visible = self._suffix(lay)
-        if n == 1 and visible is None and q_pe is None and sinks is None and not self.window:
-            kp, vp, _ = self.store.prompts[lay.groups[0].request_id][self.index]
-            if ks.shape[2] > 1 and kp.shape[2] > 1:  # (see _weigh_part)
-                # One row: the whole attention as one compiled graph (fewer nodes, less Python).
-                out = _compiled(_one_row)(q, ks, vs, kp, vp)
-                return out.reshape(n, heads, 1, -1).astype(queries.dtype)
+        if self._short(lay, n * heads, ks.shape[2]):
+            out = self._attend_joined(lay, q, q_pe, ks, vs, visible, sinks)
+        else:
+            out = self._attend_split(lay, q, q_pe, ks, vs, visible, sinks)
+        return out.reshape(n, heads, 1, -1).astype(queries.dtype)
+
+    def _short(self, lay: PassLayout, queries: int, suffix: int) -> bool:
+        """Whether the pass attends over [prompt | suffix] as one softmax (_attend_joined)."""
+        if len(lay.groups) != 1:
+            return False
+        kp, vp = self.store.prompts[lay.groups[0].request_id][self.index][:2]
+        prompt = kp.shape[2]
+        cached = lay.n == 1 or (kp.nbytes + vp.nbytes) <= _SHORT_PROMPT_BYTES
+        return cached and queries * (prompt + suffix) <= _SHORT_SCORES
+
+    def _attend_joined(self, lay, q, q_pe, ks, vs, visible, sinks) -> mx.array:
+        """One request, short prompt: the scores of [prompt | suffix (| sink)] under one softmax.
+
+        Every row multiplies against the prompt KV itself (broadcast, no copy): cheap while the
+        prompt KV stays in cache, and far fewer graph nodes than _attend_split.
+        """
+        g = lay.groups[0]
+        kp, vp, first = self.store.prompts[g.request_id][self.index]
+        sp, vals_p = self._scores(q, kp, vp, q_pe)
+        sp = self._prompt_window(g, _f32(sp), first, kp.shape[2])
+        ss, vals_s = self._scores(q, ks, vs, q_pe)
+        ss = _f32(ss)
+        if visible is not None:
+            ss = mx.where(visible[:, None, None, :], ss, -mx.inf)  # a row always sees its current token
+        parts = [sp, ss] if sinks is None else [sp, ss, mx.broadcast_to(sinks, ss.shape[:-1] + (1,))]
+        p = mx.softmax(mx.concatenate(parts, axis=-1), axis=-1, precise=True)
+        split = sp.shape[-1]
+        o = p[..., :split].astype(vals_p.dtype) @ vals_p
+        return _f32(o) + _f32(p[..., split : split + ss.shape[-1]].astype(vals_s.dtype) @ vals_s)
+
+    def _attend_split(self, lay, q, q_pe, ks, vs, visible, sinks) -> mx.array:
+        """Suffix and prompt parts apart, merged by their maxima and sums (any prompt length)."""
         s, vals = self._scores(q, ks, vs, q_pe)
         if visible is not None:
             s = mx.where(visible[:, None, None, :], s, -mx.inf)  # a row always sees its current token
@@ -463,12 +491,16 @@ class LayerCache:
         prompt = parts[0] if len(parts) == 1 else [mx.concatenate(x, axis=0) for x in zip(*parts)]
         if lay.inverse is not None:
             prompt = [x[lay.inverse] for x in prompt]
-
         if sinks is None:
-            out = _compiled(_merge)(*prompt, *suffix)
-        else:  # one extra logit per head, with no value
-            out = _compiled(_merge_sinks)(*prompt, *suffix, _f32(sinks).reshape(1, kv_heads, rep, 1))
-        return out.reshape(n, heads, 1, -1).astype(queries.dtype)
+            return _compiled(_merge)(*prompt, *suffix)
+        return _compiled(_merge_sinks)(*prompt, *suffix, sinks)  # one extra logit per head, no value
+
+    def _prompt_window(self, g: PromptGroup, s: mx.array, first: int, length: int) -> mx.array:
+        """Hide prompt positions that fell out of a sliding window (no-op on global layers)."""
+        if not self.window:
+            return s
+        held = mx.arange(first, first + length)
+        return mx.where(held >= g.offset - self.window + 1, s, _HIDDEN)
 
     def _prompt_part(self, g: PromptGroup, q: mx.array, q_pe: Optional[mx.array]) -> list[mx.array]:
         """_weigh of the group's rows against its prompt KV, in row layout (m, kv_heads, rep, .)."""
@@ -481,9 +513,7 @@ class LayerCache:
 
         m = q.shape[0] if g.positions is None else g.positions.shape[0]
         s, vals = self._scores(fold(q), kp, vp, None if q_pe is None else fold(q_pe))
-        if self.window:
-            held = mx.arange(first, first + kp.shape[2])
-            s = mx.where(held >= g.offset - self.window + 1, s, _HIDDEN)
+        s = self._prompt_window(g, s, first, kp.shape[2])
         # Unfolding is a free reshape and a transposed view: the merge reads it strided.
         return [x.reshape(kv_heads, rep, m, -1).transpose(2, 0, 1, 3) for x in _weigh_part(s, vals)]
 
