@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,8 +54,11 @@ class Plan:
     long: bool
     real: bool
     tokens: int  # timed decode steps per measurement
-    repeats: int  # interleaved pairs per decode cell
-    entropy_pairs: int
+    repeats: int  # interleaved pairs per decode cell of SmolLM2
+    repeats_big: int  # the same for Qwen2.5-0.5B (4x the work per step)
+    entropy_pairs: int  # ABBA block pairs (SmolLM2)
+    entropy_pairs_big: int
+    long_repeats: int  # interleaved pairs per long-prompt cell
     long_prompts: tuple[int, ...] = (2048, 8192)
     long_rows: tuple[int, ...] = (8, 32)
     fork_prompts: tuple[int, ...] = (256, 1024, 4096)
@@ -79,6 +83,11 @@ def mb(x: float) -> float:
     return x / 2**20
 
 
+def med_tps(runs: list) -> float:
+    """The median tokens/s of a side's runs (the upper one of an even count)."""
+    return sorted(r.tps for r in runs)[len(runs) // 2]
+
+
 def too_big(need: int, what: str) -> Optional[str]:
     """A one-line reason to skip `what` when `need` bytes would not fit in the memory free now (else None)."""
     avail = available_memory()
@@ -96,24 +105,28 @@ def bench_model(name: str, plan: Plan) -> Bench:
 
 # ---------------------------------------------------------------- 1. decode vs mlx-lm
 def decode_section(benches: list[Bench], plan: Plan) -> Section:
-    sec = Section("1. Decode vs mlx-lm BatchGenerator, branching off (target: ratio >= 1.0 at B=1 and 8, >= 1.2 at B=32)")
+    sec = Section("1. Decode vs mlx-lm BatchGenerator, branching off "
+                  "(target: ratio >= 1.0 at B=1 and 8, >= 1.2 at B=32)")
     rows, prof, ok = [], [], True
     for b in benches:
         cache = prefill_one(b.model, b.prompt)
         for batch in (1, 8, 32):
-            a, t = pair(b.model, b.tokenizer, b.prompt, batch, plan.tokens, plan.repeats, cache)
+            repeats = plan.repeats_big if is_big(b) else plan.repeats
+            a, t = pair(b.model, b.tokenizer, b.prompt, batch, plan.tokens, repeats, cache)
             p = paired([r.tps for r in a], [r.tps for r in t])
             target = 1.2 if batch == 32 else 1.0
             v = verdict(p, target)
             ok = ok and v == "holds"
-            med = lambda runs: sorted(r.tps for r in runs)[len(runs) // 2]  # noqa: E731
-            rows.append([b.name, batch, med(a), med(t), p.iqr_text(), p.n, f">= {target}", v])
+            rows.append([b.name, batch, med_tps(a), med_tps(t), p.iqr_text(), p.n, f">= {target}", v])
             sec.raw[f"{b.name} B={batch}"] = {"ours": [asdict(r) for r in a], "mlx_lm": [asdict(r) for r in t]}
             print(f"  {b.name} B={batch}: ours {rows[-1][2]:.1f} tok/s, mlx-lm {rows[-1][3]:.1f}, ratio {p.iqr_text()}",
                   flush=True)
         del cache
         free()
-        prof.append([b.name, *step_profile(b.model, b.tokenizer, b.prompt)])
+        try:
+            prof.append([b.name, *step_profile(b.model, b.tokenizer, b.prompt)])
+        except Exception as e:  # noqa: BLE001  (it patches engine internals, which may have changed)
+            prof.append([b.name, f"n/a ({type(e).__name__}: {e})", ""])
     sec.body = (md_table(["model", "B", "eager-mlx tok/s", "mlx-lm tok/s", "ratio median [IQR]", "pairs", "target",
                           "holds"], rows)
                 + "\n\nWhere a B=1 step's time goes (building the pass's graph is Python work per step):\n\n"
@@ -131,13 +144,13 @@ def long_need(model: Any, plen: int, rows: int, tokens: int) -> int:
 def long_row(model: Any, tok: Any, plen: int, rows: int, plan: Plan, name: str) -> tuple[list[Any], dict]:
     prompt = random_prompt(plen, model.args.vocab_size, seed=plen)
     cache = prefill_one(model, prompt)
-    a, t = pair(model, tok, prompt, rows, plan.tokens, plan.repeats, cache)
+    a, t = pair(model, tok, prompt, rows, plan.tokens, plan.long_repeats, cache)
     del cache
     free()
     p = paired([r.tps for r in a], [r.tps for r in t])
     kv_a, kv_t = a[-1].kv, t[-1].kv
     peak_a, peak_t = max(r.peak for r in a), max(r.peak for r in t)
-    row = [name, plen, rows, p.iqr_text(), a[0].tps, t[0].tps, mb(kv_a), mb(kv_t), f"1/{kv_t / kv_a:.1f}",
+    row = [name, plen, rows, p.iqr_text(), med_tps(a), med_tps(t), mb(kv_a), mb(kv_t), f"1/{kv_t / kv_a:.1f}",
            mb(peak_a), mb(peak_t)]
     print(f"  P={plen} B={rows}: ratio {p.iqr_text()}, KV {mb(kv_a):.0f} vs {mb(kv_t):.0f} MB", flush=True)
     return row, {"ours": [asdict(r) for r in a], "mlx_lm": [asdict(r) for r in t], "ratio": p.median,
@@ -163,15 +176,16 @@ def long_section(plan: Plan) -> Section:
             rows.append(row)
             sec.raw[f"P={plen} B={batch}"] = raw
             if plen == 8192 and batch == 32:
-                at_target = raw["q1"] >= 2.0 and raw["kv_ratio"] >= 4.0
+                at_target = raw["q1"] >= 2.0 and raw["kv_ratio"] >= 4.0  # the whole IQR, as verdict()
     del model
     free()
     sec.body = md_table(["model", "prompt", "B", "tok/s ratio median [IQR]", "eager-mlx tok/s", "mlx-lm tok/s",
                          "eager-mlx KV MB", "mlx-lm KV MB", "KV eager/mlx-lm", "eager-mlx peak MB",
                          "mlx-lm peak MB"], rows)
     sec.body += ("\n\ntok/s are medians of the pairs; peaks are `mx.get_peak_memory()` over the timed decode "
-                 "(reset at its start; weights included). mlx-lm's batch cache is built from B copies of one "
-                 "prefilled prompt (the same cache as prefilling it B times; prefill is not measured). The random "
+                 "above the memory in use before that side started (its KV and temporaries, not the weights). "
+                 "mlx-lm's batch cache is built from B copies of one prefilled prompt (the same cache as "
+                 "prefilling it B times; prefill is not measured). The random "
                  f"model's context is raised to {LONG_CONTEXT} so that 8192 prompt tokens plus the decode fit "
                  "(rope works at any position; the real SmolLM2's context is 8192).")
     if skipped:
@@ -185,7 +199,8 @@ def entropy_section(benches: list[Bench], plan: Plan) -> Section:
     sec = Section("3. Token statistics (entropy + top-2 + log-probs) vs plain sampling, B=8 (target: <= 3% slower)")
     rows, ok = [], True
     for b in benches:
-        full, plain = entropy_blocks(b.model, b.tokenizer, b.prompt, 8, plan.entropy_pairs)
+        pairs = plan.entropy_pairs_big if is_big(b) else plan.entropy_pairs
+        full, plain = entropy_blocks(b.model, b.tokenizer, b.prompt, 8, pairs)
         p = paired(plain, full)  # > 1: the statistics cost time
         v = "holds" if p.ci_hi <= 1.03 else ("no" if p.ci_lo > 1.03 else "not shown")
         ok = ok and v == "holds"
@@ -195,21 +210,33 @@ def entropy_section(benches: list[Bench], plan: Plan) -> Section:
     sec.body = md_table(["model", "block pairs", "with stats tok/s", "plain tok/s", "slowdown median (CI)",
                          "holds"], rows)
     sec.body += ("\n\nOne engine run per model; the statistics function is swapped every 8 steps in ABBA order "
-                 "(the step after a swap is not timed). 'holds' needs the CI's upper end <= 3%, 'no' its lower end > 3%; "
+                 "(the step after a swap is not timed). 'holds' needs the CI's upper end <= 3%, "
+                 "'no' its lower end > 3%; "
                  "'not shown' otherwise.")
     sec.verdict = "holds" if ok else "does not hold"
     return sec
 
 
-# ---------------------------------------------------------------- 4. fork cost and KV memory
+# ---------------------------------------------------------------- 4. fork cost, 5. KV memory
 def fork_section(smol: Bench, plan: Plan) -> Section:
     sec = Section("4. Fork cost flat in the prompt length, 64-token suffix (target: largest vs smallest prompt "
-                  "<= 1.2x), and KV memory (target: <= 1.2x of prompt once + suffixes)")
+                  "<= 1.2x)")
     fk = []
     for plen in plan.fork_prompts:
-        fk.append(fork_cost(smol.model, smol.tokenizer, plen, 64, 15))
+        fk.append(fork_cost(smol.model, smol.tokenizer, plen, 64, forks=15, copies=5))
         print(f"  fork P={plen}: ours {fk[-1][1]:.2f} ms, mlx-lm copy {fk[-1][2]:.2f} ms", flush=True)
     flat = fk[-1][1] / fk[0][1]
+    sec.raw = {"fork": fk}
+    sec.body = (md_table(["prompt tokens", "eager-mlx fork ms", "mlx-lm cache copy ms", "eager-mlx MB copied",
+                          "mlx-lm MB copied"], fk)
+                + f"\n\nFork time at {fk[-1][0]} vs {fk[0][0]} prompt tokens: {flat:.2f}x ({smol.name}; medians "
+                "of 15 forks, 5 mlx-lm copies).")
+    sec.verdict = "holds" if flat <= 1.2 else "does not hold"
+    return sec
+
+
+def kv_section(smol: Bench, plan: Plan) -> Section:
+    sec = Section("5. KV memory of 32 rows of one prompt (target: <= 1.2x of the prompt once + all suffixes)")
     tiny, tok = tiny_model("llama", layers=4), ByteTokenizer()
     mem = []
     for plen, suffix in [(512, 200)] if plan.quick else [(512, 200), (2048, 200), (2048, 1000)]:
@@ -217,20 +244,18 @@ def fork_section(smol: Bench, plan: Plan) -> Section:
         mem.append([plen, 32, suffix, mb(ours), mb(ideal), mb(theirs), ours / ideal, theirs / ideal])
         print(f"  kv P={plen} S={suffix}: ours {mb(ours):.1f} MB, ideal {mb(ideal):.1f}, mlx-lm {mb(theirs):.1f}",
               flush=True)
-    sec.raw = {"fork": fk, "kv": mem}
-    sec.body = (md_table(["prompt tokens", "eager-mlx fork ms", "mlx-lm cache copy ms", "eager-mlx MB copied",
-                          "mlx-lm MB copied"], fk)
-                + f"\n\nFork time at {fk[-1][0]} vs {fk[0][0]} prompt tokens: {flat:.2f}x ({smol.name}).\n\n"
-                + "KV memory of 32 rows of one prompt, 4-layer tiny model (byte ratios do not depend on size):\n\n"
+    sec.raw = {"kv": mem}
+    sec.body = ("4-layer tiny model (byte ratios do not depend on the model's size); mlx-lm's bytes are its "
+                "BatchGenerator's cache after the same decode.\n\n"
                 + md_table(["prompt", "rows", "suffix", "eager-mlx MB", "ideal MB", "mlx-lm MB", "eager-mlx/ideal",
                             "mlx-lm/ideal"], mem))
-    sec.verdict = "holds" if flat <= 1.2 and all(r[6] <= 1.2 for r in mem) else "does not hold"
+    sec.verdict = "holds" if all(r[6] <= 1.2 for r in mem) else "does not hold"
     return sec
 
 
-# ---------------------------------------------------------------- 5. the bandwidth bound
+# ---------------------------------------------------------------- 6. the bandwidth bound
 def bandwidth_section(smol: Bench, plan: Plan) -> Section:
-    sec = Section("5. Single-row decode vs the memory-bandwidth bound (target: >= 70%)")
+    sec = Section("6. Single-row decode vs the memory-bandwidth bound (target: >= 70%)")
     bw = bandwidth_gbs()
     a, _ = pair(smol.model, smol.tokenizer, smol.prompt, 1, plan.tokens, 1)
     single = a[0].tps
@@ -243,9 +268,9 @@ def bandwidth_section(smol: Bench, plan: Plan) -> Section:
     return sec
 
 
-# ---------------------------------------------------------------- 6. the memory guard
+# ---------------------------------------------------------------- 7. the memory guard
 def guard_section(smol: Bench, plan: Plan) -> Section:
-    sec = Section(f"6. Memory guard (--max-kv-memory 64MB), {smol.name}, theta 0.5, M=32, 96 tokens "
+    sec = Section(f"7. Memory guard (--max-kv-memory 64MB), {smol.name}, theta 0.5, M=32, 96 tokens "
                   "(target: the capped peak stays below the uncapped one)")
     peak_free, seqs_free, _ = guard_peak(smol.model, smol.tokenizer, smol.prompt, None)
     peak_cap, seqs_cap, skipped = guard_peak(smol.model, smol.tokenizer, smol.prompt, 64 * 2**20)
@@ -260,8 +285,12 @@ def guard_section(smol: Bench, plan: Plan) -> Section:
 def run_section(make: Callable[[], Section], title: str) -> Section:
     """Run one section; a failure becomes its one-line error in the table, and the others still run."""
     print(title, flush=True)
+    start = time.perf_counter()
     try:
-        return make()
+        sec = make()
+        sec.raw["seconds"] = round(time.perf_counter() - start, 1)
+        print(f"  ({title}: {sec.raw['seconds']} s)", flush=True)
+        return sec
     except Exception as e:  # noqa: BLE001  (report it, keep what the other sections measured)
         traceback.print_exc()
         return Section(title, f"Failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
@@ -271,15 +300,22 @@ def run_section(make: Callable[[], Section], title: str) -> Section:
 
 
 def plan_from(args: argparse.Namespace) -> Plan:
+    """Sizes: the full run takes about 20 minutes on an idle 2-core CPU; --quick a few."""
     if args.quick:
-        return Plan(True, args.long, args.real, tokens=8, repeats=1, entropy_pairs=4,
-                    long_rows=(8, 32), fork_prompts=(256, 1024))
-    return Plan(False, args.long, args.real, tokens=24, repeats=5, entropy_pairs=16)
+        return Plan(True, args.long, args.real, tokens=8, repeats=1, repeats_big=1, entropy_pairs=4,
+                    entropy_pairs_big=4, long_repeats=1, fork_prompts=(256, 1024))
+    return Plan(False, args.long, args.real, tokens=24, repeats=5, repeats_big=3, entropy_pairs=16,
+                entropy_pairs_big=8, long_repeats=3)
+
+
+def is_big(b: Bench) -> bool:
+    return b.name.startswith("qwen")
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="one repeat, fewer tokens and sizes: a smoke run of a few minutes")
+    ap.add_argument("--quick", action="store_true",
+                    help="one repeat, fewer tokens and sizes: a smoke run of a few minutes")
     ap.add_argument("--long", action="store_true",
                     help=f"long-prompt section at SmolLM2's full 30 layers (default {LONG_LAYERS}: 8k x 32 rows of "
                          "the full model is ~12 GB of fp32 KV for mlx-lm)")
@@ -323,8 +359,9 @@ class Output:
         weights = ("the real cached models" if plan.real else "random weights in the real architectures' configs")
         lines = ["## Performance benchmark", ""] + header_lines(self.command, self.load_at_start)
         lines += ["", f"Models: {weights}, {'float16' if _gpu() else 'float32'}; {plan.tokens} timed decode steps "
-                  f"per measurement, temperature 0.6, EOS off; decode cells are {plan.repeats} interleaved pair(s) "
-                  "of runs.", ""]
+                  f"per measurement after 3 untimed ones, temperature 0.6, EOS off. Each cell is interleaved pairs "
+                  f"of runs ({plan.repeats} for SmolLM2, {plan.repeats_big} for Qwen, {plan.long_repeats} for long "
+                  "prompts); ratios are medians of the paired ratios with their interquartile range.", ""]
         if not final:
             lines += ["**Partial: the run has not finished.**", ""]
         lines += [f"- {s}" for s in self.skipped] + ([""] if self.skipped else [])
@@ -368,8 +405,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     free()
     if want(2):
         out.add(run_section(lambda: long_section(plan), "2. long shared prompts"))
-    for n, make, title in [(4, fork_section, "4. fork cost and KV memory"), (5, bandwidth_section, "5. bandwidth"),
-                           (6, guard_section, "6. memory guard")]:
+    for n, make, title in [(4, fork_section, "4. fork cost"), (5, kv_section, "5. KV memory"),
+                           (6, bandwidth_section, "6. bandwidth bound"), (7, guard_section, "7. memory guard")]:
         if want(n) and smol is not None:
             out.add(run_section(lambda make=make: make(smol, plan), title))
     print(out.save(final=True))

@@ -36,7 +36,7 @@ class Run:
     """One timed decode window."""
 
     tps: float  # generated tokens per second, all rows together
-    peak: int  # mx.get_peak_memory() over the window (reset at its start): weights + KV + temporaries
+    peak: int  # peak memory over the window above what was in use before this side started: its KV + temporaries
     kv: int  # KV-cache bytes held at the end of the window
 
 
@@ -46,18 +46,20 @@ def free() -> None:
     mx.clear_cache()
 
 
-def _window(step: Callable[[], int], tokens: int) -> tuple[float, int]:
-    """Time `tokens` calls of `step` (each returns the tokens it produced); (tokens/s, peak bytes)."""
+def _window(step: Callable[[], int], tokens: int, base: int) -> tuple[float, int]:
+    """Time `tokens` calls of `step` (each returns the tokens it produced); (tokens/s, peak bytes above `base`)."""
     mx.synchronize()
     mx.reset_peak_memory()
     produced, start = 0, time.perf_counter()
     for _ in range(tokens):
         produced += step()
-    return produced / (time.perf_counter() - start), mx.get_peak_memory()
+    return produced / (time.perf_counter() - start), mx.get_peak_memory() - base
 
 
 def ours(model: Any, tok: Any, prompt: list[int], rows: int, tokens: int, warm: int = 3) -> Run:
     """eager-mlx: one request, `rows` parallel rows sharing the prompt's KV."""
+    free()
+    base = mx.get_active_memory()  # weights (and the other side's prefilled prompt, held by the caller)
     engine = Engine(model, tok, max_rows=rows, seed=0, token_events=False)
     engine.eos = set()  # same token count on both sides
     cfg = EagerConfig(parallel=True, max_sequences=rows, max_tokens=warm + tokens + 4, sampling=SAMPLING)
@@ -69,7 +71,7 @@ def ours(model: Any, tok: Any, prompt: list[int], rows: int, tokens: int, warm: 
         engine.step()
         return engine.num_rows
 
-    tps, peak = _window(step, tokens)
+    tps, peak = _window(step, tokens, base)
     run = Run(tps, peak, engine.kv_bytes())
     engine.abort("x")
     del engine
@@ -88,14 +90,16 @@ def prefill_one(model: Any, prompt: list[int]) -> list:
 
 
 def theirs(model: Any, prompt: list[int], cache: list, rows: int, tokens: int, warm: int = 3) -> Run:
-    """mlx-lm BatchGenerator: `rows` copies of the prefilled prompt, then decode (its own sampler at the same temperature)."""
+    """mlx-lm BatchGenerator: `rows` copies of the prefilled prompt, then decode (its sampler, same temperature)."""
     total = warm + tokens + 4
+    free()
+    base = mx.get_active_memory()
     gen = BatchGenerator(model, max_tokens=total, stop_tokens=None, sampler=make_sampler(temp=TEMPERATURE),
                          completion_batch_size=rows, prefill_batch_size=rows)
     gen.insert([prompt[-1:]] * rows, [total] * rows, caches=[cache] * rows)
     for _ in range(warm):
         gen.next_generated()
-    tps, peak = _window(lambda: len(gen.next_generated()), tokens)
+    tps, peak = _window(lambda: len(gen.next_generated()), tokens, base)
     run = Run(tps, peak, gen.prompt_cache_nbytes)
     gen.close()
     del gen

@@ -29,7 +29,7 @@ def _engine_with_suffix(model: Any, tok: Any, prompt: list[int], suffix: int) ->
     return engine
 
 
-def fork_cost(model: Any, tok: Any, plen: int, suffix: int, repeats: int) -> list[float]:
+def fork_cost(model: Any, tok: Any, plen: int, suffix: int, forks: int, copies: int) -> list[float]:
     """[prompt, eager-mlx fork ms, mlx-lm cache copy ms, MB each copies] for one row with `suffix` tokens.
 
     eager-mlx: the engine's row copy (engine internals: `_kv.copy_row`, the call a branch makes).
@@ -61,8 +61,8 @@ def fork_cost(model: Any, tok: Any, plen: int, suffix: int, repeats: int) -> lis
         mx.eval([c.state for c in forked])
         return time.perf_counter() - t
 
-    a = _median([ours() for _ in range(repeats)])
-    b = _median([mlx_lm_copy() for _ in range(repeats)])
+    a = _median([ours() for _ in range(forks)])
+    b = _median([mlx_lm_copy() for _ in range(copies)])
     per_token = kv_bytes_per_token(model)
     engine.abort("x")
     del engine, caches
@@ -82,7 +82,6 @@ def kv_memory(model: Any, tok: Any, plen: int, rows: int, suffix: int) -> tuple[
     engine.add("x", prompt, EagerConfig(parallel=True, max_sequences=rows, max_tokens=suffix + 4, sampling=SAMPLING))
     for _ in range(suffix + 1):
         engine.step()
-    mx.eval(engine._kv.arrays())
     ours = engine.kv_bytes()
     engine.abort("x")
     del engine

@@ -106,7 +106,8 @@ def test_memory_check_names_what_it_skips(monkeypatch):
 
 def test_output_is_saved_between_the_markers_after_each_section(tmp_path):
     out_md, out_json = tmp_path / "B.md", tmp_path / "raw.json"
-    out_md.write_text("# Benchmarks\n\nkept above\n\n<!-- bench.py -->\nthe old table\n<!-- bench.py -->\n\nkept below\n")
+    out_md.write_text("# Benchmarks\n\nkept above\n\n<!-- bench.py -->\nthe old table\n<!-- bench.py -->\n"
+                      "\nkept below\n")
     args = bench.parse_args(["--quick", "--out", str(out_md), "--json", str(out_json)])
     out = bench.Output(args, bench.plan_from(args), "python benchmarks/bench.py --quick", "1.0", ["skipped x"])
     out.add(bench.Section("2. second", "| a |", "holds", {"n": 2}))
