@@ -134,9 +134,10 @@ def eval_cmd(model, data, limit, method, max_sequences, threshold, temperature, 
         if threshold == "auto":
             from eager_mlx.adaptive.calibrate import auto_threshold
 
-            base = config_for(preset, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+            base = config_for(preset, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                              max_sequences=max_sequences)
             prompts = [encode(dataset.prompt(i)) for i in range(min(8, len(dataset)))]
-            threshold, extra["threshold_auto"] = auto_threshold(engine, prompts, base, preset)
+            threshold, extra["threshold_auto"] = auto_threshold(engine, prompts, base, preset, seed=seed)
             click.echo(f"theta auto: {threshold:.4f} ({extra['threshold_auto']})", err=True)
         eager = config_for(preset, threshold=threshold, temperature=temperature, top_p=top_p,
                            max_tokens=max_tokens, max_sequences=max_sequences)

