@@ -74,7 +74,7 @@ def calibrate(model: Optional[str], data: str, limit: int, samples: int, max_seq
             raise click.ClickException("--write-preset needs a preset model (eager-mlx models lists them)")
         config = config_for(preset, temperature=temperature, max_tokens=max_tokens, max_sequences=max_sequences)
         prompts = [encode(dataset.prompt(i)) for i in range(len(dataset))]
-        traces = cal_mod.measure_traces(engine, prompts, config, samples)
+        traces = cal_mod.measure_traces(engine, prompts, config, samples, progress=_progress)
         if save_traces is not None:
             cal_mod.write_traces(save_traces, traces)
         result = cal_mod.calibrate(engine, prompts, config, target_sequences=target_sequences, seed=seed, traces=traces)
@@ -94,6 +94,10 @@ def calibrate(model: Optional[str], data: str, limit: int, samples: int, max_seq
     if plot is not None:
         cal_mod.plot_histogram(result, plot, title=f"{name}: {result.tokens} tokens, {result.target}")
         click.echo(f"plot: {plot}")
+
+
+def _progress(done: int, total: int) -> None:
+    click.echo(f"\rsampled {done}/{total} prompts", nl=done == total, err=True)
 
 
 def _command(params: dict[str, Any]) -> str:

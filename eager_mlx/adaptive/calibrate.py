@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -128,8 +128,12 @@ def _think_end_step(tokenizer: Any, token_ids: list[int], marker: Optional[str])
 
 
 def measure_traces(engine: Any, prompts: Sequence[list[int]], config: EagerConfig, samples: int,
-                   prefix: str = "calibrate") -> list[list[Trace]]:
-    """Per prompt, `samples` unbranched traces (parallel rows on `engine`, which should be idle)."""
+                   prefix: str = "calibrate",
+                   progress: Optional[Callable[[int, int], None]] = None) -> list[list[Trace]]:
+    """Per prompt, `samples` unbranched traces (parallel rows on `engine`, which should be idle).
+
+    `progress(done, total)` is called as prompts finish.
+    """
     cfg = dataclasses.replace(config, threshold=1e9, max_sequences=samples, parallel=True, dynamic_threshold=False)
     ids = [f"{prefix}-{i}" for i in range(len(prompts))]
     for rid, tokens in zip(ids, prompts):
@@ -142,6 +146,8 @@ def measure_traces(engine: Any, prompts: Sequence[list[int]], config: EagerConfi
                     Trace(tuple(s.entropies), _think_end_step(engine.tokenizer, s.token_ids, cfg.think_end))
                     for s in ev.result.sequences
                 ]
+                if progress is not None:
+                    progress(len(out), len(ids))
     return [out[rid] for rid in ids]
 
 
