@@ -29,7 +29,7 @@ from mlx_lm.sample_utils import make_sampler
 
 import eager_mlx.engine.engine as engine_mod
 from eager_mlx import EagerConfig, Engine, SamplingConfig
-from eager_mlx.engine.sampling import STAT_FIELDS
+from eager_mlx.engine.sampling import STAT_FIELDS, gumbel_noise
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fakes import ByteTokenizer, tiny_model  # noqa: E402
@@ -110,9 +110,10 @@ def step_profile(model, tok, prompt, rows, steps=40):
 
 
 # ---------------------------------------------------------------- entropy overhead
-def _plain_stats(logits, sampling, key, entropy_top_k=20):
-    """Sampling only: what the engine would do without entropy / top-2 (same output shape)."""
-    token = mx.random.categorical(logits.astype(mx.float32) / sampling.temperature, axis=-1, key=key)
+def _plain_stats(logits, sampling, seeds, entropy_top_k=20):
+    """Sampling only: what the engine would do without entropy / top-2 (same noise, same output shape)."""
+    tempered = logits.astype(mx.float32) / sampling.temperature
+    token = mx.argmax(tempered + gumbel_noise(seeds, mx.arange(tempered.shape[-1])[None]), axis=-1)
     out = mx.zeros((logits.shape[0], len(STAT_FIELDS)), mx.float32)
     return mx.concatenate([token[:, None].astype(mx.float32), out[:, 1:]], axis=1)
 

@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
-# The four methods on the same 20 GSM8K problems with Qwen2.5-Coder-0.5B (issue 4's check).
-# Usage: bash benchmarks/gsm8k_methods.sh [OUT_DIR]   (about 40 minutes on a 2-core CPU)
+# Issue 12's end-to-end check: parallel, eager-init, eager-adapt and eager-adapt + consensus on the same
+# GSM8K test problems with Qwen2.5-Coder-0.5B, at the same --max-rows (a laptop's budget).
+# Usage: bash benchmarks/gsm8k_methods.sh [OUT_DIR] [LIMIT]   (a few hours on a 2-core CPU; resumable)
+# Then:  python benchmarks/e2e.py OUT_DIR
 set -euo pipefail
-out=${1:-runs/gsm8k20}
-common=(--model qwen2.5-coder-0.5b --data gsm8k --limit 20 -M 4 --max-tokens 256 --max-rows 64 --seed 55)
-for method in parallel eager-init eager-adapt eager; do
-  if [ -f "$out/$method/manifest.json" ]; then resume=(--resume); else resume=(); fi
-  eager-mlx eval "${common[@]}" --method "$method" --out "$out/$method" "${resume[@]}"
-done
-eager-mlx report "$out"/parallel "$out"/eager-init "$out"/eager-adapt "$out"/eager --plot docs/gsm8k20_pass_at_k.png
+out=${1:-runs/gsm8k30}
+limit=${2:-30}
+bin=$(dirname "$0")/../.venv/bin
+common=(--model qwen2.5-coder-0.5b --data gsm8k --limit "$limit" -M 8 --max-tokens 512 --temperature 0.6
+        --top-p 0.95 --max-rows 16 --seed 55)
+run() {  # run NAME ARGS...
+  local name=$1; shift
+  local resume=()
+  [ -f "$out/$name/manifest.json" ] && resume=(--resume)
+  "$bin/eager-mlx" eval "${common[@]}" "$@" --out "$out/$name" "${resume[@]}"
+}
+run parallel --method parallel
+run eager-init --method eager-init
+run eager-adapt --method eager-adapt
+run eager-adapt+consensus --method eager-adapt --consensus beta
+"$bin/eager-mlx" report "$out"/parallel "$out"/eager-init "$out"/eager-adapt "$out"/eager-adapt+consensus \
+    --plot docs/gsm8k_methods_pass_at_k.png

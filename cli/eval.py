@@ -1,45 +1,22 @@
 """`eager-mlx eval` (a method over a dataset, results in a run directory) and `eager-mlx report`."""
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import click
 
-from eager_mlx.evaluation.report import METHODS, format_table, plot_runs, run_summary
+from eager_mlx.evaluation.scheduler import METHODS
 
-from .beyond import beyond_from, beyond_options
-from .calibrate import THRESHOLD
+from .interrupt import stop_on_signals
+from .options import (ADAPTIVE, ENGINE, GENERATION, fail, output_dir, pop_settings, setting_options, writable_dir,
+                      writable_file)
+from .progress import EvalBar, load_model
 
-__all__ = ["eval_cmd", "report", "build_runner"]
+__all__ = ["eval_cmd", "report"]
 
-
-def build_runner(model: Optional[str], max_rows: int, seed: int, chat: bool = True,
-                 max_kv_memory: Optional[int] = None, token_events: bool = False):
-    """Load the model; return (engine, encode, preset, model name). Tests replace this."""
-    from eager_mlx.engine.engine import Engine
-    from eager_mlx.api import encode_prompt, load
-
-    from .progress import ProgressBars
-
-    bars = ProgressBars()
-    try:
-        loaded = load(model, progress=bars)
-    finally:
-        bars.close()
-    preset = loaded.preset
-    kwargs = preset.chat_template_kwargs if preset is not None else None
-    context = preset.context_length if preset is not None else None
-    engine = Engine(loaded.model, loaded.tokenizer, max_rows=max_rows, seed=seed, context_length=context,
-                    token_events=token_events, max_kv_memory=max_kv_memory)
-
-    def encode(text: str) -> list[int]:
-        return encode_prompt(loaded.tokenizer, text, chat=chat, chat_template_kwargs=kwargs)
-
-    name = model or (preset.name if preset is not None else str(loaded.path))
-    return engine, encode, preset, name
+DATA_HELP = "gsm8k, math500, svamp, hf:NAME[:CONFIG], or a .jsonl/.json/.csv file."
 
 
 def _default_out(data: str, method: str, m: int) -> Path:
@@ -47,45 +24,29 @@ def _default_out(data: str, method: str, m: int) -> Path:
     return Path("runs") / f"{stem}-{method}-M{m}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-class _Bar:
-    """tqdm bar fed by evaluate's progress reports."""
+def _resume_hint(out: Optional[Path], run_dir: Optional[Path]) -> str:
+    """What to do after an interrupt: resume when the evaluation had begun (its manifest is written)."""
+    from eager_mlx.evaluation.evaluate import MANIFEST
 
-    def __init__(self) -> None:
-        self.bar = None
-
-    def __call__(self, p) -> None:
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=p.total, initial=p.done, unit="prompt", desc="eval", file=sys.stderr,
-                            dynamic_ncols=True)
-        self.bar.set_postfix_str(f"Pass@k {p.pass_at_k:.3f}, {p.tokens} tok, {p.sequences} seq", refresh=False)
-        self.bar.update(p.done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    if out is None or run_dir is None or not (run_dir / MANIFEST).exists():
+        return "stopped before the evaluation began, nothing was written"
+    return f"what is written in {out} is kept; to continue, run the same command with --resume --out {out}"
 
 
 @click.command("eval")
 @click.option("--model", "-m", default=None, help="Preset name, mlx-lm folder, .gguf file or hub id.")
-@click.option("--data", "-d", required=True, help="gsm8k, math500, svamp, hf:NAME[:CONFIG], or a .jsonl/.json/.csv file.")
-@click.option("--limit", type=int, default=None, help="First N problems only.")
+@click.option("--data", "-d", required=True, help=DATA_HELP)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="First N problems only.")
 @click.option("--method", type=click.Choice(METHODS), default="eager-adapt", show_default=True)
-@click.option("--max-sequences", "-M", type=int, default=8, show_default=True, help="M: sequences per prompt.")
-@click.option("--threshold", "-t", type=THRESHOLD, default=None,
-              help="Entropy threshold theta, or auto (the preset's calibrated value, else calibrated on the first "
-                   "8 prompts; default: the preset's).")
-@click.option("--temperature", type=float, default=None, help="Sampling temperature (default: the preset's).")
-@click.option("--top-p", type=float, default=None, help="Nucleus sampling (default: the preset's).")
-@click.option("--max-tokens", type=int, default=1024, show_default=True, help="Tokens per sequence.")
-@click.option("--max-rows", type=int, default=64, show_default=True, help="Rows decoded per forward pass.")
-@click.option("--optimistic-rows", is_flag=True,
-              help="Admit a branching run when one row is free instead of reserving M rows (branches may be skipped).")
-@click.option("--token-budget", type=int, default=None,
+@setting_options(*GENERATION, exclude=("parallel",), auto_threshold=True)
+@setting_options(*ENGINE)
+@click.option("--reserve-rows", is_flag=True,
+              help="Reserve M rows per branching run instead of preempting younger runs when a branch finds the "
+                   "batch full (both exact; reserving leaves most rows idle).")
+@click.option("--token-budget", type=click.IntRange(min=0), default=None,
               help="eager-adapt / eager: pool this many generated tokens instead of M x |D| sequences.")
-@click.option("--seed", type=int, default=55, show_default=True)
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="Run directory (default: runs/...).")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None, callback=output_dir,
+              help="Run directory (default: runs/...).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
 @click.option("--question-field", default=None, help="Question field of a data file.")
 @click.option("--answer-field", default=None, help="Answer field of a data file.")
@@ -93,93 +54,130 @@ class _Bar:
 @click.option("--split", default="test", show_default=True, help="Split of an hf: dataset.")
 @click.option("--fallback", "fallbacks", multiple=True, type=click.Choice(["answer_is", "last_number"]),
               help="Answer extraction fallbacks when there is no \\boxed{} (default: answer_is).")
-@click.option("--k", "ks", multiple=True, type=int, help="Also report unbiased pass@k for this k (repeatable).")
+@click.option("--k", "ks", multiple=True, type=click.IntRange(min=1),
+              help="Also report unbiased pass@k for this k (repeatable).")
 @click.option("--no-save-text", is_flag=True, help="Do not store completions in the records.")
 @click.option("--save-trace", is_flag=True,
               help="Keep each run's branch tree and entropies (trees.jsonl) for `eager-mlx report --html`.")
 @click.option("--no-chat", is_flag=True, help="Do not apply the chat template.")
-@click.option("--max-kv-memory", default=None, help="Cap on KV cache memory, e.g. 2GB: forks past it are skipped.")
-@beyond_options
-def eval_cmd(model, data, limit, method, max_sequences, threshold, temperature, top_p, max_tokens, max_rows,
-             save_trace, optimistic_rows, token_budget, seed, out, resume, question_field, answer_field, template, split,
-             fallbacks, ks, no_save_text, no_chat, max_kv_memory, **beyond) -> None:
-    """Evaluate a method on a dataset; one JSONL record per problem in the run directory."""
-    from eager_mlx.evaluation.data import DataError, load_dataset
-    from eager_mlx.evaluation.evaluate import EvalError, EvalSettings, evaluate
-    from eager_mlx.api import config_for
-    from eager_mlx.evaluation.grading import DEFAULT_FALLBACKS
-    from eager_mlx.evaluation.scheduler import SchedulerConfig
-    from eager_mlx.evaluation.shards import barrier, current_shard, rank_dirs, shard_run
-    from eager_mlx.trees.pages import TRACES, TraceRecorder
+@setting_options(*ADAPTIVE)
+def eval_cmd(model, data, limit, method, reserve_rows, token_budget, out, resume, question_field, answer_field,
+             template, split, fallbacks, ks, no_save_text, save_trace, no_chat, **settings: Any) -> None:
+    """Evaluate a method on a dataset; one JSONL record per problem in the run directory.
 
-    from .progress import parse_size
+    SIGINT / SIGTERM stop it and say how to continue it (--resume); exit code 130 / 143."""
+    from eager_mlx.adaptive.options import AdaptiveOptions
+    from eager_mlx.evaluation.evaluate import EvalError
+    from eager_mlx.evaluation.shards import barrier
 
     if resume and out is None:
-        raise click.ClickException("--resume needs --out RUN_DIR")
-    kv_limit = parse_size(max_kv_memory)
-    opts = beyond_from(beyond)
-    try:
-        dataset = load_dataset(data, question_field=question_field, answer_field=answer_field,
-                               template=template, limit=limit, split=split)
-        SchedulerConfig(method=method, max_sequences=max_sequences, max_rows=max_rows,
-                        token_budget=token_budget).validate()  # fail before loading the model
-    except (DataError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
-    from eager_mlx.models import ModelError
-
-    try:
-        engine, encode, preset, name = build_runner(model, max_rows, seed, chat=not no_chat, max_kv_memory=kv_limit,
-                                                    **({"token_events": True} if opts.online else {}))
-        extra = {"chat": not no_chat}
-        if threshold == "auto":
-            from eager_mlx.adaptive.calibrate import auto_threshold
-
-            base = config_for(preset, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                              max_sequences=max_sequences)
-            prompts = [encode(dataset.prompt(i)) for i in range(min(8, len(dataset)))]
-            threshold, extra["threshold_auto"] = auto_threshold(engine, prompts, base, preset, seed=seed)
-            click.echo(f"theta auto: {threshold:.4f} ({extra['threshold_auto']})", err=True)
-        eager = config_for(preset, threshold=threshold, temperature=temperature, top_p=top_p,
-                           max_tokens=max_tokens, max_sequences=max_sequences)
-        sched = SchedulerConfig(method=method, max_sequences=max_sequences, threshold=eager.threshold,
-                                max_rows=max_rows, reserve_rows=not optimistic_rows, token_budget=token_budget,
-                                consensus=opts.consensus)
-        settings = EvalSettings(scheduler=sched, eager=eager, seed=seed, ks=tuple(sorted(set(ks))) or (1,),
-                                answer_fallbacks=tuple(fallbacks) or DEFAULT_FALLBACKS,
-                                save_text=not no_save_text, confidence=opts.confidence,
-                                confidence_vote=opts.confidence_vote, consensus_abort=opts.consensus_abort)
-        shard = current_shard()  # rank r of n under mlx.launch: prompts i % n == r, results in RUN_DIR/rank-r
-        run_dir, dataset = shard_run(out or (_default_out(data, method, max_sequences) if shard.size == 1 else None),
-                                     dataset, shard)
-        if save_trace:
-            engine = TraceRecorder(engine, run_dir / TRACES)
-        bar = _Bar()
+        raise click.UsageError("--resume needs --out RUN_DIR")
+    generation, engine = pop_settings(settings, *GENERATION), pop_settings(settings, *ENGINE)
+    where: dict[str, Any] = {"out": out, "run_dir": None}  # for the interrupt message
+    with stop_on_signals(lambda: _resume_hint(where["out"], where["run_dir"])):
         try:
-            result = evaluate(engine, encode, dataset, settings, run_dir, model=name, resume=resume,
-                              progress=bar, extra_manifest=extra)
-        finally:
-            bar.close()
-    except (ModelError, EvalError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
-    summary = run_summary(run_dir)
-    click.echo(format_table([summary]))
+            options = AdaptiveOptions.from_settings(pop_settings(settings, *ADAPTIVE))
+            dataset, shard, where["out"], where["run_dir"] = _prepare(
+                data, out, resume, method, generation, engine, token_budget,
+                dict(question_field=question_field, answer_field=answer_field, template=template, limit=limit,
+                     split=split))
+            loaded = load_model(model)
+            eval_settings, extra = _settings(loaded, dataset, generation, engine, options, method=method,
+                                             reserve_rows=reserve_rows, token_budget=token_budget, ks=ks,
+                                             fallbacks=fallbacks, save_text=not no_save_text, chat=not no_chat)
+            _evaluate(loaded, dataset, eval_settings, where["run_dir"], max_kv_memory=engine["max_kv_memory"],
+                      chat=not no_chat, save_trace=save_trace, extra_manifest=extra, resume=resume)
+        except (EvalError, ValueError, OSError) as e:  # ModelError, DataError, SettingError; a full disk
+            raise fail(e) from None
+    _print_results(where["run_dir"], shard, barrier)
+
+
+def _prepare(data: str, out: Optional[Path], resume: bool, method: str, generation: dict, engine: dict,
+             token_budget: Optional[int], data_options: dict) -> tuple[Any, Any, Path, Path]:
+    """Everything checked before the model loads: the scheduler settings, the data, the run directory.
+    Returns (this rank's dataset, the shard, the --out folder, this rank's run directory)."""
+    from eager_mlx.evaluation.data import load_dataset
+    from eager_mlx.evaluation.rundir import check_run_dir
+    from eager_mlx.evaluation.scheduler import SchedulerConfig
+    from eager_mlx.evaluation.shards import current_shard, shard_run
+
+    SchedulerConfig(method=method, max_sequences=generation["max_sequences"], max_rows=engine["max_rows"],
+                    token_budget=token_budget).validate()
+    dataset = load_dataset(data, **data_options)
+    shard = current_shard()  # rank r of n under mlx.launch: prompts i % n == r, results in RUN_DIR/rank-r
+    if out is None and shard.size == 1:
+        out = _default_out(data, method, generation["max_sequences"])
+    run_dir, dataset = shard_run(out, dataset, shard)
+    check_run_dir(run_dir, resume)
+    return dataset, shard, out, run_dir
+
+
+def _evaluate(loaded: Any, dataset: Any, settings: Any, run_dir: Path, **kwargs: Any) -> None:
+    from eager_mlx.evaluation.evaluate import evaluate_model
+
+    bar = EvalBar()
+    try:
+        evaluate_model(loaded, dataset, settings, run_dir, progress=bar, **kwargs)
+    finally:
+        bar.close()
+
+
+def _settings(loaded: Any, dataset: Any, generation: dict, engine: dict, options: Any, *, chat: bool,
+              fallbacks: tuple, ks: tuple, save_text: bool, **scheduler: Any):
+    """EvalSettings from the options; `--threshold auto` is resolved on the first 8 prompts."""
+    import dataclasses
+
+    from eager_mlx import config_for
+    from eager_mlx.adaptive.calibrate import auto_threshold_for
+    from eager_mlx.evaluation.evaluate import EvalSettings
+    from eager_mlx.evaluation.grading import DEFAULT_FALLBACKS
+
+    seed, max_rows = engine["seed"], engine["max_rows"]
+    auto = generation.get("threshold") == "auto"
+    eager = config_for(loaded.preset, **dict(generation, threshold=None if auto else generation.get("threshold")))
+    extra = {}
+    if auto:
+        prompts = [loaded.encode(dataset.prompt(i), chat=chat) for i in range(min(8, len(dataset)))]
+        theta, extra["threshold_auto"] = auto_threshold_for(loaded, prompts, eager, seed=seed)
+        eager = dataclasses.replace(eager, threshold=theta)
+        click.echo(f"theta auto: {theta:.4f} ({extra['threshold_auto']})", err=True)
+    settings = EvalSettings.build(eager, options, max_rows=max_rows, seed=seed, ks=tuple(sorted(set(ks))) or (1,),
+                                  answer_fallbacks=tuple(fallbacks) or DEFAULT_FALLBACKS, save_text=save_text,
+                                  **scheduler)
+    settings.scheduler.validate()
+    return settings, extra
+
+
+def _print_results(run_dir: Path, shard: Any, barrier: Any) -> None:
+    """This rank's table; in a sharded run, rank 0 then waits for every rank and prints the whole run."""
+    from eager_mlx.evaluation.report import format_table, run_summary
+    from eager_mlx.evaluation.shards import rank_dirs
+
+    row = run_summary(run_dir)
+    click.echo(format_table([row]))
+    if row["skipped"]:
+        click.echo(f"note: {row['skipped']} prompts were skipped, too long for the model's context "
+                   f"(their records in results.jsonl say why); the metrics are over the others")
     click.echo(f"results: {run_dir}")
     if shard.size > 1:
         barrier()
-        if shard.rank == 0 and len(rank_dirs(run_dir.parent)) == shard.size:
-            click.echo(f"all {shard.size} ranks:\n" + format_table([run_summary(run_dir.parent)]))
+    if shard.size > 1 and shard.rank == 0 and len(rank_dirs(run_dir.parent)) == shard.size:
+        click.echo(f"all {shard.size} ranks:\n" + format_table([run_summary(run_dir.parent)]))
 
 
 @click.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--plot", "plot", type=click.Path(path_type=Path), default=Path("pass_at_k_vs_tokens.png"),
-              show_default=True, help="Where to write the PNG.")
+@click.option("--plot", "plot", default="pass_at_k_vs_tokens.png", show_default=True, help="Where to write the PNG.")
 @click.option("--no-plot", is_flag=True, help="Only print the table.")
 @click.option("--html", "html", is_flag=True, help="Write a branch-tree page per prompt: RUN_DIR/trees/pN.html.")
 def report(run_dirs: tuple[Path, ...], plot: Path, no_plot: bool, html: bool) -> None:
     """Compare runs side by side: Pass@1, Pass@k, cons@k, PR, #T, #S, time; plot Pass@k against tokens."""
     from eager_mlx.evaluation.evaluate import EvalError
+    from eager_mlx.evaluation.report import format_table, plot_runs, run_summary
 
+    # output paths first: nothing is computed for a plot or pages that cannot be written
+    plot = None if no_plot else writable_file(plot, "'--plot'")
+    pages = [writable_dir(Path(d) / "trees", "'--html'") for d in run_dirs] if html else []
     try:
         rows = [run_summary(d) for d in run_dirs]
     except (EvalError, KeyError) as e:
@@ -187,14 +185,14 @@ def report(run_dirs: tuple[Path, ...], plot: Path, no_plot: bool, html: bool) ->
     click.echo(format_table(rows))
     if len({r["hash"] for r in rows}) > 1:
         click.echo("note: the runs used different data (dataset hashes differ)")
-    if not no_plot:
-        try:
+    try:
+        if plot is not None:
             plot_runs(rows, plot)
-        except RuntimeError as e:
-            raise click.ClickException(str(e)) from None
-        click.echo(f"plot: {plot}")
-    if html:
-        from eager_mlx.trees.pages import write_tree_pages
+            click.echo(f"plot: {plot}")
+        if pages:
+            from eager_mlx.trees.pages import write_tree_pages
 
-        for d in run_dirs:
-            click.echo(f"trees: {write_tree_pages(d)}")
+            for d in run_dirs:
+                click.echo(f"trees: {write_tree_pages(d)}")
+    except (EvalError, RuntimeError, OSError) as e:
+        raise fail(e) from None

@@ -1,11 +1,10 @@
-"""Progress displays and option parsing shared by the commands."""
+"""Progress displays shared by the commands: model fetch/convert bars, the eval bar, loading a model."""
 from __future__ import annotations
 
-import re
+import sys
 
-import click
 
-__all__ = ["ProgressBars", "parse_size"]
+__all__ = ["ProgressBars", "EvalBar", "load_model"]
 
 
 class ProgressBars:
@@ -34,14 +33,32 @@ class ProgressBars:
             self.bar = None
 
 
-_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "M": 2**20, "MB": 2**20, "G": 2**30, "GB": 2**30}
+def load_model(ref):
+    """`eager_mlx.load(ref)` with fetch/convert progress bars on stderr."""
+    import eager_mlx
+
+    bars = ProgressBars()
+    try:
+        return eager_mlx.load(ref, progress=bars)
+    finally:
+        bars.close()
 
 
-def parse_size(text: str | None) -> int | None:
-    """'512MB', '1.5G', '2048' -> bytes (binary units); None stays None."""
-    if text is None:
-        return None
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMG]?B?)\s*", text.upper())
-    if not m or float(m.group(1)) <= 0:
-        raise click.BadParameter(f"{text!r} is not a size such as 512MB or 2GB")
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
+class EvalBar:
+    """A tqdm bar fed by evaluation progress reports (eager_mlx.evaluation.evaluate.EvalProgress)."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, p) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=p.total, initial=p.done, unit="prompt", desc="eval", file=sys.stderr,
+                            dynamic_ncols=True)
+        self.bar.set_postfix_str(f"Pass@k {p.pass_at_k:.3f}, {p.tokens} tok, {p.sequences} seq", refresh=False)
+        self.bar.update(p.done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -6,12 +6,12 @@ import json
 import sys
 import time
 from collections import Counter
-from typing import Optional
+from typing import Any, Optional
 
 import click
 
-from .beyond import beyond_from, beyond_options
-from .calibrate import THRESHOLD
+from .options import ADAPTIVE, ENGINE, GENERATION, fail, output_file, pop_settings, setting_options
+from .progress import load_model
 
 __all__ = ["solve"]
 
@@ -19,111 +19,116 @@ __all__ = ["solve"]
 @click.command()
 @click.argument("question")
 @click.option("--model", "-m", default=None, help="Preset name, mlx-lm folder, .gguf file or hub id (default: the default preset).")
-@click.option("--threshold", "-t", type=THRESHOLD, default=None,
-              help="Entropy threshold theta in nats, or auto (the preset's calibrated value, else calibrated on this "
-                   "question: one extra unbranched sample; default: the preset's).")
-@click.option("--max-sequences", "-M", type=int, default=32, show_default=True, help="Cap on sequences (M).")
-@click.option("--temperature", type=float, default=None, help="Sampling temperature (default: the preset's).")
-@click.option("--top-p", type=float, default=None, help="Nucleus sampling (default: the preset's).")
-@click.option("--top-k", type=int, default=None, help="Top-k sampling (0: off).")
-@click.option("--min-p", type=float, default=None, help="Min-p sampling (0: off).")
-@click.option("--max-tokens", type=int, default=1024, show_default=True, help="Tokens per sequence.")
-@click.option("--seed", type=int, default=55, show_default=True)
-@click.option("--entropy-k", type=int, default=20, show_default=True, help="Entropy over the top-K tokens.")
-@click.option("--full-entropy", is_flag=True, help="Entropy over the whole vocabulary instead of top-K.")
-@click.option("--dynamic-threshold", is_flag=True, help="Reference-code rule: max(theta, p99 of the prompt's entropies).")
-@click.option("--no-branch-window", type=int, default=1000, show_default=True, help="Stop branching after this many steps without a branch.")
-@click.option("--parallel", is_flag=True, help="Baseline: M independent samples, no branching.")
-@click.option("--max-kv-memory", default=None, help="Cap on KV cache memory, e.g. 2GB: forks past it are skipped.")
-@click.option("--stop", multiple=True, help="Stop string (repeatable).")
+@setting_options(*GENERATION, auto_threshold=True)
+@setting_options(*ENGINE, exclude=("max_rows",))  # one prompt: the engine has M rows
 @click.option("--system", default=None, help="System message.")
 @click.option("--no-chat", is_flag=True, help="Do not apply the chat template.")
 @click.option("--view", type=click.Choice(["one", "all", "quiet"]), default="one", show_default=True,
               help="one: stream sequence 0 live; all: a live status line for all rows; quiet: summary only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
-@beyond_options
-@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--html", "html_path", default=None, callback=output_file,
               help="Write the branch tree (forks, entropy traces, answers, vote) to this HTML page.")
-def solve(question: str, model: Optional[str], threshold, max_sequences, temperature, top_p, top_k, min_p,
-          max_tokens, seed, entropy_k, full_entropy, dynamic_threshold, no_branch_window, parallel, max_kv_memory, stop,
-          system, no_chat, view, as_json, html_path, **beyond) -> None:
-    """Solve QUESTION with entropy-aware branching."""
-    from eager_mlx import config_for, load, stream_solve
-    from eager_mlx.models import ModelError
-    from eager_mlx.results import BranchEvent, RunFinished, TokenEvent
+@setting_options(*ADAPTIVE)
+def solve(question: str, model: Optional[str], system: Optional[str], no_chat: bool, view: str, as_json: bool,
+          html_path, **settings: Any) -> None:
+    """Solve QUESTION with entropy-aware branching (QUESTION '-' reads it from stdin)."""
+    from eager_mlx.adaptive.options import AdaptiveOptions
+    from eager_mlx.config import EngineConfig
 
-    from .progress import ProgressBars, parse_size
-
-    kv_limit = parse_size(max_kv_memory)
-    opts = beyond_from(beyond, abort_implied=True)  # one run: a consensus rule can only stop it early
-
+    if question == "-":
+        question = sys.stdin.read()
+    if not question.strip():
+        raise click.UsageError("the question is empty")
+    generation = pop_settings(settings, *GENERATION)
+    engine = EngineConfig(seed=settings.pop("seed"), max_kv_memory=settings.pop("max_kv_memory"))
     try:
-        bars = ProgressBars()
-        try:
-            loaded = load(model, progress=bars)
-        finally:
-            bars.close()
-        config = config_for(
-            loaded.preset, threshold=threshold, max_sequences=max_sequences, temperature=temperature,
-            top_p=top_p, top_k=top_k, min_p=min_p, max_tokens=max_tokens, entropy_top_k=entropy_k,
-            full_entropy=full_entropy, dynamic_threshold=dynamic_threshold,
-            no_branch_window=no_branch_window, parallel=parallel, stop=tuple(stop),
-        )
-        if threshold == "auto":
-            from .calibrate import solve_auto_threshold
-
-            theta, how = solve_auto_threshold(loaded, question, config, seed=seed, chat=not no_chat, system=system)
-            config = dataclasses.replace(config, threshold=theta)
-            click.echo(f"theta auto: {theta:.4f} ({how})", err=True)
-        config.validate()
-        start = time.perf_counter()
-        status = _Status(enabled=view == "all" and not as_json)
-        result = None
-        for event in stream_solve(loaded, question, config, seed=seed, chat=not no_chat, system=system,
-                                  max_kv_memory=kv_limit, confidence=opts.confidence, consensus=opts.consensus):
-            if isinstance(event, TokenEvent):
-                status.token()
-                if view == "one" and not as_json and event.sequence == 0:
-                    click.echo(event.text, nl=False)
-            elif isinstance(event, BranchEvent):
-                status.branch()
-            elif isinstance(event, RunFinished):
-                result = event.result
-        status.close()
-    except (ModelError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
-    elapsed = time.perf_counter() - start
+        options = AdaptiveOptions.from_settings(pop_settings(settings, *ADAPTIVE), abort_implied=True)
+        loaded = load_model(model)
+        config = _config(loaded, question, generation, engine.seed, chat=not no_chat, system=system)
+        result, elapsed = _run(loaded, question, config, engine, options, chat=not no_chat, system=system,
+                               view="quiet" if as_json else view)
+    except ValueError as e:  # ModelError, SettingError and PromptError are ValueErrors
+        raise fail(e) from None
     if html_path:
-        from pathlib import Path
-
         from eager_mlx.trees.html import render_tree_html
 
-        Path(html_path).write_text(render_tree_html(result, loaded.tokenizer, question=question), encoding="utf-8")
-    tps = result.generated_tokens / elapsed if elapsed > 0 else 0.0
+        try:
+            html_path.write_text(render_tree_html(result, loaded.tokenizer, question=question), encoding="utf-8")
+        except OSError as e:  # checked before the run; the disk can still fill up
+            raise fail(e) from None
     weighted = None
-    if opts.confidence_vote:
+    if options.confidence_vote:
         from eager_mlx.adaptive.confidence import confidence_vote
 
-        weighted = confidence_vote(result, opts.confidence)
+        weighted = confidence_vote(result, options.confidence)
     if as_json:
         out = dataclasses.asdict(result)
-        out.update(model=model or (loaded.preset.name if loaded.preset else None), elapsed_s=elapsed,
-                   tokens_per_s=tps, config=dataclasses.asdict(config), confidence_answer=weighted)
+        out.update(model=loaded.name, elapsed_s=elapsed, tokens_per_s=_rate(result, elapsed),
+                   config=dataclasses.asdict(config), confidence_answer=weighted)
         click.echo(json.dumps(out))
-        return
-    if view == "one":
+    else:
+        _print_summary(result, elapsed, options.confidence_vote, weighted, newline=view == "one")
+
+
+def _config(loaded: Any, question: str, generation: dict, seed: int, *, chat: bool, system: Optional[str]):
+    """The run's EagerConfig; `--threshold auto` is resolved here (stored calibration, else this question)."""
+    from eager_mlx import config_for
+    from eager_mlx.adaptive.calibrate import auto_threshold_for
+
+    auto = generation.get("threshold") == "auto"
+    if auto:
+        generation["threshold"] = None
+    config = config_for(loaded.preset, **generation)
+    if auto:
+        tokens = loaded.encode(question, chat=chat, system=system)
+        theta, how = auto_threshold_for(loaded, [tokens], config, seed=seed)
+        config = dataclasses.replace(config, threshold=theta)
+        click.echo(f"theta auto: {theta:.4f} ({how})", err=True)
+    return config
+
+
+def _run(loaded: Any, question: str, config: Any, engine: Any, options: Any, *, chat: bool,
+         system: Optional[str], view: str) -> tuple[Any, float]:
+    """Stream the run to the terminal as `view` asks; return (RunResult, seconds)."""
+    from eager_mlx import stream_solve
+    from eager_mlx.results import BranchEvent, RunFinished, TokenEvent
+
+    start = time.perf_counter()
+    status = _Status(enabled=view == "all")
+    result = None
+    for event in stream_solve(loaded, question, config, seed=engine.seed, chat=chat, system=system,
+                              max_kv_memory=engine.max_kv_memory, confidence=options.confidence,
+                              consensus=options.consensus):
+        if isinstance(event, TokenEvent):
+            status.token()
+            if view == "one" and event.sequence == 0:
+                click.echo(event.text, nl=False)
+        elif isinstance(event, BranchEvent):
+            status.branch()
+        elif isinstance(event, RunFinished):
+            result = event.result
+    status.close()
+    return result, time.perf_counter() - start
+
+
+def _rate(result: Any, elapsed: float) -> float:
+    return result.generated_tokens / elapsed if elapsed > 0 else 0.0
+
+
+def _print_summary(result: Any, elapsed: float, vote: bool, weighted: Optional[str], newline: bool) -> None:
+    if newline:
         click.echo()
     votes = Counter(s.answer for s in result.sequences if s.answer is not None)
     click.echo("-" * 60)
     answer = result.answer if result.answer is not None else "(no \\boxed{} answer)"
     click.echo(f"answer:     {answer}")
-    if opts.confidence_vote:
+    if vote:
         click.echo(f"confidence: {weighted if weighted is not None else '(no answer)'} (confidence-weighted vote)")
     if votes:
         click.echo("votes:      " + ", ".join(f"{a} x{n}" for a, n in votes.most_common(5)))
     click.echo(f"sequences:  {result.num_sequences} (branch points {result.branch_points}, theta {result.threshold:g})")
     click.echo(f"tokens:     {result.generated_tokens} generated, {result.prompt_tokens} prompt")
-    click.echo(f"speed:      {tps:.1f} tokens/s over {elapsed:.1f} s")
+    click.echo(f"speed:      {_rate(result, elapsed):.1f} tokens/s over {elapsed:.1f} s")
 
 
 class _Status:

@@ -1,8 +1,7 @@
 """Answer extraction (last \\boxed{...}) and majority voting."""
 from __future__ import annotations
 
-from collections import Counter
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 __all__ = ["extract_boxed", "normalize_answer", "majority_vote"]
 
@@ -37,20 +36,23 @@ def normalize_answer(answer: str) -> str:
     return answer.lower().replace(" ", "").rstrip(".")
 
 
-def majority_vote(answers: Iterable[Optional[str]]) -> Optional[str]:
-    """Most common answer (normalised); ties go to the answer seen first. None answers are skipped."""
+def majority_vote(answers: Iterable[Optional[str]], weights: Optional[Sequence[float]] = None) -> Optional[str]:
+    """The answer with the most votes (each `weights[i]`, default 1), compared normalised; ties go to the
+    answer seen first; None answers do not vote."""
+    answers = list(answers)
+    if weights is None:
+        weights = [1.0] * len(answers)
+    elif len(weights) != len(answers):
+        raise ValueError("answers and weights must have the same length")
     seen: dict[str, str] = {}
-    counts: Counter[str] = Counter()
-    for a in answers:
+    totals: dict[str, float] = {}
+    for a, w in zip(answers, weights):
         if a is None:
             continue
         key = normalize_answer(a)
         seen.setdefault(key, a)
-        counts[key] += 1
-    if not counts:
+        totals[key] = totals.get(key, 0.0) + w
+    if not totals:
         return None
-    top = max(counts.values())
-    for key, original in seen.items():  # dicts keep insertion order: first seen wins ties
-        if counts[key] == top:
-            return original
-    return None
+    best = max(totals.values())
+    return next(seen[k] for k in seen if totals[k] == best)  # dicts keep insertion order: first seen wins ties

@@ -1,16 +1,17 @@
-"""The Python API: load a model, encode a prompt, solve it (streaming or in one call)."""
+"""The Python API: load a model, make a config, solve a prompt (streaming or in one call)."""
 from __future__ import annotations
 
-import dataclasses
 import threading
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from eager_mlx.adaptive.confidence import ConfidenceConfig
-from eager_mlx.config import EagerConfig, SamplingConfig
-from eager_mlx.adaptive.consensus import ConsensusConfig
-from eager_mlx.engine.engine import Engine
-from eager_mlx.adaptive.online import OnlineMonitor
-from eager_mlx.results import Event, RunFinished, RunResult
+from .adaptive.confidence import ConfidenceConfig
+from .adaptive.consensus import ConsensusConfig
+from .adaptive.online import OnlineMonitor
+from .config import EagerConfig, EngineConfig, SamplingConfig
+from .prompts import Prompt, encode_prompt
+from .results import Event, RunFinished, RunResult
+from .settings import SettingError, build, check, settings_of
 
 __all__ = ["load", "config_for", "encode_prompt", "stream_solve", "solve"]
 
@@ -18,66 +19,57 @@ __all__ = ["load", "config_for", "encode_prompt", "stream_solve", "solve"]
 def load(model: Optional[str] = None, progress=None):
     """Load a model by preset name, mlx-lm folder, .gguf file or hub id (None: the default preset).
 
-    Returns `eager_mlx.models.LoadedModel` (model, tokenizer, preset, path).
+    Returns `eager_mlx.models.LoadedModel` (model, tokenizer, preset, path; `.engine()`, `.encode()`).
     """
-    from eager_mlx.models import load_model
+    from .models import load_model
 
     return load_model(model, progress=progress)
 
 
-def config_for(preset=None, **overrides: Any) -> EagerConfig:
-    """An EagerConfig with the preset's recommended settings, then `overrides` (None values ignored).
+def _preset_values(preset) -> dict[str, Any]:
+    if preset is None:
+        return {}
+    return {"threshold": preset.threshold, "temperature": preset.temperature, "top_p": preset.top_p,
+            "think_end": preset.think_end or None}
 
-    Sampling fields (temperature, top_p, top_k, min_p) may be given directly.
+
+def config_for(preset=None, **settings: Any) -> EagerConfig:
+    """An EagerConfig: the defaults, then the preset's recommended values, then `settings` (None values ignored).
+
+    Keys are setting keys (docs/settings.md), e.g. threshold, max_sequences, temperature, top_p.
+    Raises SettingError (a ValueError) on an unknown key or a bad value.
     """
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    sampling = {k: overrides.pop(k) for k in ("temperature", "top_p", "top_k", "min_p") if k in overrides}
-    base: dict[str, Any] = {}
-    base_sampling: dict[str, Any] = {}
-    if preset is not None:
-        base = {"threshold": preset.threshold, "think_end": preset.think_end or None}
-        base_sampling = {"temperature": preset.temperature, "top_p": preset.top_p}
-    base.update(overrides)
-    base_sampling.update(sampling)
-    base["sampling"] = dataclasses.replace(SamplingConfig(), **base_sampling)
-    return EagerConfig(**base)
+    known = {s.key: s for cls in (SamplingConfig, EagerConfig) for s in settings_of(cls)}
+    values = _preset_values(preset)
+    for key, value in settings.items():
+        if key not in known:
+            raise SettingError(f"unknown setting {key!r}")
+        if value is not None:
+            values[key] = check(known[key], value)
+    fixed = {"sampling": build(SamplingConfig, values)}
+    if "think_end" in values:  # a preset's None (no thinking section) must not fall back to the default
+        fixed["think_end"] = values.pop("think_end")
+    config = build(EagerConfig, values, **fixed)
+    config.validate()
+    return config
 
 
-def encode_prompt(
-    tokenizer,
-    text: str,
-    *,
-    chat: bool = True,
-    chat_template_kwargs: Optional[dict] = None,
-    system: Optional[str] = None,
-) -> list[int]:
-    """Token ids for a user message, through the model's chat template when it has one."""
-    if chat and getattr(tokenizer, "chat_template", None):
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": text}
-        ]
-        return list(
-            tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, **(chat_template_kwargs or {})
-            )
-        )
-    return list(tokenizer.encode(text))
-
-
-def _unpack(model, tokenizer):
-    """Accept either (model, tokenizer) or a LoadedModel as the first argument."""
+def _as_loaded(model, tokenizer):
+    """A LoadedModel from either a LoadedModel or an mlx-lm model with its tokenizer."""
     if tokenizer is None:
-        return model.model, model.tokenizer, getattr(model, "preset", None)
-    return model, tokenizer, None
+        return model
+    from .models import LoadedModel
+
+    return LoadedModel(model, tokenizer, None, Path("."), name="")
 
 
 def stream_solve(
     model,
-    prompt: str | list[int],
+    prompt: Prompt,
     config: Optional[EagerConfig] = None,
     *,
     tokenizer=None,
-    seed: int = 0,
+    seed: int = EngineConfig.seed,
     chat: bool = True,
     system: Optional[str] = None,
     max_kv_memory: Optional[int] = None,
@@ -88,25 +80,19 @@ def stream_solve(
     """Solve one prompt, yielding TokenEvent / BranchEvent / SequenceFinished, then RunFinished.
 
     `model` is a LoadedModel, or an mlx-lm model with `tokenizer=` given. `prompt` is
-    text (chat-templated unless `chat=False`) or token ids. The engine is made on the
-    first `next()`: drive the generator from one thread (MLX streams are per thread; start
-    a worker with `eager_mlx.threads.start_mlx_thread`). Setting `cancel` (any thread)
+    text (chat-templated unless `chat=False`), chat messages or token ids. The engine is made
+    on the first `next()`: drive the generator from one thread (MLX streams are per thread;
+    start a worker with `eager_mlx.threads.start_mlx_thread`). Setting `cancel` (any thread)
     stops the run within one step: rows are freed, RunFinished marks them "aborted".
     `max_kv_memory` (bytes) caps the KV cache: forks that would pass it are skipped and
     generation goes on. `confidence` with a `prune_percentile` prunes low-confidence rows;
     `consensus` aborts the run once its finished answers agree (eager_mlx/adaptive/online.py).
     """
-    model, tokenizer, preset = _unpack(model, tokenizer)
-    config = config or config_for(preset)
-    if isinstance(prompt, str):
-        kwargs = preset.chat_template_kwargs if preset is not None else None
-        tokens = encode_prompt(tokenizer, prompt, chat=chat, chat_template_kwargs=kwargs, system=system)
-    else:
-        tokens = list(prompt)
-    context = preset.context_length if preset is not None else None
-    engine = Engine(
-        model, tokenizer, max_rows=config.max_sequences, seed=seed, context_length=context, max_kv_memory=max_kv_memory
-    )
+    loaded = _as_loaded(model, tokenizer)
+    config = config or config_for(loaded.preset)
+    config.validate()
+    tokens = loaded.encode(prompt, chat=chat, system=system)
+    engine = loaded.engine(EngineConfig(max_rows=config.max_sequences, seed=seed, max_kv_memory=max_kv_memory))
     engine.add("0", tokens, config)
     monitor = None
     if consensus is not None or (confidence is not None and confidence.prune_percentile is not None):
@@ -121,7 +107,7 @@ def stream_solve(
             yield from monitor.feed(events)
 
 
-def solve(model, prompt: str | list[int], config: Optional[EagerConfig] = None, **kwargs: Any) -> RunResult:
+def solve(model, prompt: Prompt, config: Optional[EagerConfig] = None, **kwargs: Any) -> RunResult:
     """Solve one prompt and return its RunResult (sequences, voted answer, token counts)."""
     for event in stream_solve(model, prompt, config, **kwargs):
         if isinstance(event, RunFinished):

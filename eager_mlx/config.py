@@ -1,64 +1,79 @@
-"""Configuration dataclasses for sampling and for EAGer branching."""
+"""Configuration dataclasses for sampling, EAGer branching and the engine.
+
+Each user-facing field is declared once with `settings.setting` (help, range, CLI
+flag): the CLI options, the server's request parsing and docs/settings.md come
+from these declarations. The defaults are the project's one set, chosen for a
+laptop (M = 8, 1024 tokens); the paper's are M = 32 and 32,768 tokens.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
-__all__ = ["SamplingConfig", "EagerConfig"]
+from .settings import setting, validate
+
+__all__ = ["SamplingConfig", "EagerConfig", "EngineConfig"]
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
     """How a token is drawn. Temperature is applied before top-k/top-p/min-p (vLLM order)."""
 
-    temperature: float = 0.6
-    top_p: float = 1.0
-    top_k: int = 0  # 0: off
-    min_p: float = 0.0
+    temperature: float = setting(0.6, "Sampling temperature (0: greedy).", flags=("--temperature", "--temp"),
+                                 lo=0, preset=True)
+    top_p: float = setting(1.0, "Nucleus sampling: keep the most probable tokens holding this mass.", lo=0,
+                           lo_open=True, hi=1, preset=True)
+    top_k: int = setting(0, "Sample among the k most probable tokens (0: off).", lo=0)
+    min_p: float = setting(0.0, "Drop tokens below min_p times the top token's probability (0: off).", lo=0, hi=1,
+                           hi_open=True)
 
     def validate(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0 <= self.min_p < 1:
-            raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
+        """Raise SettingError (a ValueError) naming the first bad value."""
+        validate(self)
 
 
 @dataclass(frozen=True)
 class EagerConfig:
     """One generation request: branch at high-entropy tokens (or sample M rows with `parallel`).
 
-    Defaults follow the paper (eager-method.md): fixed threshold, M = 32, K = 20,
-    a 1000-step no-branch window, temperature 0.6.
+    The branch rule follows the paper (eager-method.md): fixed threshold, K = 20,
+    a 1000-step no-branch window, temperature 0.6; M and max_tokens are smaller
+    by default (see the module docstring).
     """
 
-    threshold: float = 2.0  # theta, in nats
-    max_sequences: int = 32  # M: cap on sequences per prompt (running + finished)
-    entropy_top_k: int = 20  # K: entropy over the renormalised top-K probabilities
-    full_entropy: bool = False  # entropy over the whole vocabulary instead of top-K
-    dynamic_threshold: bool = False  # reference-code rule: max(theta, p99 of the prompt's entropies)
-    dynamic_percentile: float = 99.0
-    no_branch_window: int = 1000  # stop branching after this many steps without a branch
-    parallel: bool = False  # baseline: M independent rows, no branching
-    max_tokens: int = 2048  # per sequence, generated tokens
-    stop: tuple[str, ...] = ()
-    think_end: str | None = "</think>"  # branching stops in a row once this marker was generated
+    threshold: float = setting(2.0, "Entropy threshold theta in nats: a row branches where its entropy is above it.",
+                               flags=("--threshold", "-t"), lo=0, preset=True)
+    max_sequences: int = setting(8, "M: cap on sequences per prompt (running + finished).",
+                                 flags=("--max-sequences", "-M"), lo=1)
+    entropy_top_k: int = setting(20, "K: entropy over the renormalised K most probable tokens.",
+                                 flags=("--entropy-top-k", "--entropy-k"), lo=2)
+    full_entropy: bool = setting(False, "Entropy over the whole vocabulary instead of the top K.")
+    dynamic_threshold: bool = setting(False, "Reference-code rule: theta_eff = max(theta, a percentile of the "
+                                             "prompt's entropies at earlier steps).")
+    dynamic_percentile: float = setting(99.0, "Percentile of the dynamic threshold.", lo=0, lo_open=True, hi=100)
+    no_branch_window: int = setting(1000, "Stop branching after this many steps without a branch.", lo=1)
+    parallel: bool = setting(False, "Baseline: M independent samples, no branching.")
+    max_tokens: int = setting(1024, "Tokens per sequence.", lo=1)
+    stop: tuple[str, ...] = setting((), "Stop string (repeatable).")
+    think_end: Optional[str] = setting("</think>", "End-of-thinking marker: a row stops branching once it wrote it.",
+                                       preset=True, optional=True)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def validate(self) -> None:
-        """Raise ValueError naming the first bad value."""
-        if self.threshold < 0:
-            raise ValueError(f"threshold (theta) must be >= 0, got {self.threshold}")
-        if self.max_sequences < 1:
-            raise ValueError(f"max_sequences (M) must be >= 1, got {self.max_sequences}")
-        if self.entropy_top_k < 2:
-            raise ValueError(f"entropy_top_k (K) must be >= 2, got {self.entropy_top_k}")
-        if not 0 < self.dynamic_percentile <= 100:
-            raise ValueError(f"dynamic_percentile must be in (0, 100], got {self.dynamic_percentile}")
-        if self.no_branch_window < 1:
-            raise ValueError(f"no_branch_window must be >= 1, got {self.no_branch_window}")
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        """Raise SettingError (a ValueError) naming the first bad value."""
+        validate(self)
         self.sampling.validate()
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How an engine runs: rows per forward pass, the seed, a cap on KV memory."""
+
+    max_rows: int = setting(16, "Rows decoded per forward pass, over all requests.", lo=1)
+    seed: int = setting(55, "Random seed.")
+    max_kv_memory: Optional[int] = setting(None, "Cap on KV cache bytes (e.g. 2GB): forks past it are skipped.",
+                                           lo=1, optional=True, size=True)
+
+    def validate(self) -> None:
+        """Raise SettingError (a ValueError) naming the first bad value."""
+        validate(self)

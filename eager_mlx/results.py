@@ -2,17 +2,42 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Optional, Union
 
 __all__ = [
+    "FinishReason",
     "SequenceResult",
     "RunResult",
     "TokenEvent",
     "BranchEvent",
     "SequenceFinished",
     "RunFinished",
+    "RunPreempted",
     "Event",
 ]
+
+
+class FinishReason(str, Enum):
+    """Why a sequence ended; a str, so it compares equal to and serialises as its value."""
+
+    EOS = "eos"  # the model's end-of-sequence token
+    STOP = "stop"  # a stop string
+    LENGTH = "length"  # max_tokens or the model's context
+    ABORTED = "aborted"  # its request was aborted
+    PRUNED = "pruned"  # stopped for low confidence (eager_mlx/adaptive/online.py)
+    PREEMPTED = "preempted"  # engine-internal: the row was given up and its request runs again (never in a result)
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def natural(self) -> bool:
+        """Ended by itself (not pruned or aborted): only these sequences vote."""
+        return self in NATURAL_FINISHES
+
+
+NATURAL_FINISHES = (FinishReason.EOS, FinishReason.STOP, FinishReason.LENGTH)
 
 
 @dataclass
@@ -22,7 +47,7 @@ class SequenceResult:
     index: int  # 0 is the request's first row; children are numbered in branch order
     token_ids: list[int]  # generated tokens only, the inherited prefix included
     text: str
-    finish_reason: str  # "eos" | "stop" | "length" | "aborted"
+    finish_reason: str  # a FinishReason
     parent: Optional[int]  # index of the sequence it branched from, None for row 0 / parallel rows
     branch_step: Optional[int]  # position (in token_ids) of its first own token, None if no parent
     entropies: list[float]  # token entropy (nats) at each generated position
@@ -83,4 +108,13 @@ class RunFinished:
     result: RunResult
 
 
-Event = Union[TokenEvent, BranchEvent, SequenceFinished, RunFinished]
+@dataclass
+class RunPreempted:
+    """The engine took the request's rows for an older request's branch; it runs again from its prompt
+    later, with the same randomness, so its result does not change. Events seen for it so far are void."""
+
+    request_id: str
+    tokens: int  # tokens it had generated: work that will be done again
+
+
+Event = Union[TokenEvent, BranchEvent, SequenceFinished, RunFinished, RunPreempted]

@@ -4,7 +4,7 @@ from __future__ import annotations
 __all__ = ["ModelError", "one_line"]
 
 
-class ModelError(Exception):
+class ModelError(ValueError):
     """A model could not be found, fetched, read or converted (one-line message)."""
 
 

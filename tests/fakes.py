@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
-__all__ = ["ByteTokenizer", "ScriptedModel", "tiny_model"]
+__all__ = ["ByteTokenizer", "MarkovModel", "ScriptedModel", "tiny_model"]
 
 
 class _ByteDetokenizer:
@@ -130,3 +131,72 @@ class ScriptedModel(nn.Module):
             steps = [int(o) - self.prompt_len + 1 for o in offset.tolist()]
         rows = [self.logits_for(self.schedule.get(s, "low"), self.vocab_size) for s in steps]
         return mx.broadcast_to(mx.stack(rows)[:, None, :], (batch, length, self.vocab_size))
+
+
+class MarkovModel(nn.Module):
+    """A fake model whose next-token logits depend only on the token fed: a Markov chain.
+
+    Unlike ScriptedModel it works with prompts of any length batched together (every row's
+    logits are its own). `random(seed)` draws a chain over the letters 'a'..'z' with
+    per-token entropies spread around 1-3 nats, some EOS mass after every letter, and
+    '!' always followed by EOS (a prompt ending in '!' finishes at its first token).
+    """
+
+    def __init__(self, table: np.ndarray):
+        super().__init__()
+        self.table = mx.array(table.astype(np.float32))
+        self.vocab_size = table.shape[1]
+        self.layers = [None]  # make_prompt_cache builds one KVCache
+
+    @classmethod
+    def random(cls, seed: int = 0, vocab_size: int = 300, eos: float = -2.0) -> "MarkovModel":
+        rng = np.random.default_rng(seed)
+        table = np.full((vocab_size, vocab_size), -30.0)
+        letters = np.arange(ord("a"), ord("z") + 1)
+        scale = rng.uniform(0.2, 3.0, size=(vocab_size, 1))
+        table[:, letters] = rng.normal(size=(vocab_size, len(letters))) * scale
+        table[:, ByteTokenizer.EOS] = eos + rng.normal(size=vocab_size)
+        table[ord("!")] = -30.0
+        table[ord("!"), ByteTokenizer.EOS] = 30.0
+        return cls(table)
+
+    def __call__(self, inputs: mx.array, cache=None):
+        batch, length = inputs.shape
+        cache[0].update_and_fetch(mx.zeros((batch, 1, length, 2)), mx.zeros((batch, 1, length, 2)))
+        return self.table[inputs]
+
+
+class FakeLoaded:
+    """Stands in for `eager_mlx.models.LoadedModel` in CLI tests: `make_engine(config, token_events)` builds
+    each engine (recorded in `made`), prompts go through `encode(text)`."""
+
+    def __init__(self, make_engine, encode, *, preset=None, name: str = "fake", tokenizer=None):
+        self.make_engine, self._encode = make_engine, encode
+        self.preset, self.name, self.tokenizer = preset, name, tokenizer
+        self.made: list = []  # (EngineConfig, token_events, engine)
+
+    def engine(self, config=None, *, token_events: bool = True, preempt: bool = False):
+        from eager_mlx.config import EngineConfig
+
+        config = config or EngineConfig()
+        engine = self.make_engine(config, token_events)
+        self.made.append((config, token_events, engine))
+        return engine
+
+    def encode(self, prompt, *, chat: bool = True, system=None, template_args=None) -> list[int]:
+        return self._encode(prompt)
+
+
+def patch_load(monkeypatch, loaded) -> list:
+    """Make `eager_mlx.load` return `loaded`; returns the list of model refs it was asked for."""
+    import eager_mlx
+
+    asked: list = []
+
+    def load(ref=None, progress=None):
+        asked.append(ref)
+        loaded.name = ref or loaded.name
+        return loaded
+
+    monkeypatch.setattr(eager_mlx, "load", load)
+    return asked

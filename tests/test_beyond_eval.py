@@ -7,12 +7,12 @@ import pytest
 from click.testing import CliRunner
 
 from eager_mlx.evaluation import report
-from eager_mlx.cli import eval as cli_eval
 from eager_mlx.cli.main import cli
 from eager_mlx.adaptive.consensus import ConsensusConfig
 from eager_mlx.evaluation.evaluate import EvalError, evaluate, read_records
 from eager_mlx.results import RunFinished
 
+from fakes import FakeLoaded, patch_load
 from test_evaluate import Crash, FakeEngine, adapt_script, boxed, encode, make_dataset, settings
 
 
@@ -89,26 +89,18 @@ def test_consensus_abort_needs_a_rule(tmp_path):
 def test_cli_eval_with_consensus_and_confidence_vote(tmp_path, monkeypatch):
     data = tmp_path / "toy.jsonl"
     data.write_text("".join(json.dumps({"question": f"What is {i}+1?", "answer": str(i + 1)}) + "\n" for i in range(4)))
-    made = []
-
-    def build(model, max_rows, seed, chat=True, max_kv_memory=None, **kw):
-        eng = FakeEngine(adapt_script, max_rows=max_rows)
-        made.append((kw, eng))
-        return eng, encode, None, "fake"
-
-    monkeypatch.setattr(cli_eval, "build_runner", build)
+    loaded = FakeLoaded(lambda config, events: FakeEngine(adapt_script, max_rows=config.max_rows), encode)
+    patch_load(monkeypatch, loaded)
     out = tmp_path / "run"
     r = CliRunner().invoke(cli, ["eval", "--data", str(data), "-M", "4", "--out", str(out), "--consensus", "beta",
                                  "--confidence-vote"])
     assert r.exit_code == 0, r.output
-    assert made[0][0] == {}  # no online monitor: the engine need not emit TokenEvents
-    assert made[0][1].added == ["p0-r0", "p1-r0", "p2-r0", "p3-r0"]
+    assert loaded.made[0][1] is False  # no online monitor: the engine need not emit TokenEvents
+    assert loaded.made[0][2].added == ["p0-r0", "p1-r0", "p2-r0", "p3-r0"]
     man = json.loads((out / "manifest.json").read_text())
     assert man["settings"]["scheduler"]["consensus"] == {"rule": "beta", "confidence": 0.95, "window": 4}
     assert all("weighted_vote" in rec for rec in read_records(out / "results.jsonl"))
     r = CliRunner().invoke(cli, ["eval", "--data", str(data), "--out", str(tmp_path / "x"), "--consensus-abort"])
-    assert r.exit_code == 1 and "--consensus-abort needs --consensus" in r.output
+    assert r.exit_code == 2 and "consensus_abort needs a consensus rule" in r.output
     r = CliRunner().invoke(cli, ["eval", "--data", str(data), "--out", str(tmp_path / "y"), "--threshold", "high"])
     assert r.exit_code == 2 and "neither a number nor 'auto'" in r.output
-
-

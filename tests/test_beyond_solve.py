@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from types import SimpleNamespace
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -10,15 +10,16 @@ from click.testing import CliRunner
 import eager_mlx
 from eager_mlx.cli.main import cli
 
-from fakes import ByteTokenizer, tiny_model
+from eager_mlx.models import LoadedModel
+from fakes import patch_load, ByteTokenizer, tiny_model
 
 Q = r"What is 12*12? Put the final answer in \boxed{}."
 
 
 @pytest.fixture
 def fake_load(monkeypatch):
-    loaded = SimpleNamespace(model=tiny_model(), tokenizer=ByteTokenizer(), preset=None, path=None)
-    monkeypatch.setattr(eager_mlx, "load", lambda ref=None, progress=None: loaded)
+    loaded = LoadedModel(tiny_model(), ByteTokenizer(), None, Path("."), "tiny")
+    patch_load(monkeypatch, loaded)
     return loaded
 
 
@@ -42,4 +43,4 @@ def test_confidence_vote_consensus_and_pruning_options(fake_load):
               "--prune-confidence", "50", "--prune-warmup", "1", "--confidence-window", "4")
     assert "confidence: " in out and "(confidence-weighted vote)" in out
     res = CliRunner().invoke(cli, ["solve", Q, "--prune-confidence", "100"])
-    assert res.exit_code == 1 and "prune percentile must be in (0, 100)" in res.output
+    assert res.exit_code == 2 and "prune_confidence must be > 0, < 100, got 100" in res.output

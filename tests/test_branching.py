@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from eager_mlx import EagerConfig, Engine, SamplingConfig
+from eager_mlx.engine.branching import BranchCandidate, BranchPolicy
 from eager_mlx.results import BranchEvent, RunFinished
 
 from fakes import ByteTokenizer, ScriptedModel
@@ -95,9 +96,9 @@ def test_eos_and_stop_strings():
 @pytest.mark.parametrize(
     "cfg, message",
     [
-        (dict(threshold=-0.5), "threshold (theta) must be >= 0, got -0.5"),
-        (dict(max_sequences=0), "max_sequences (M) must be >= 1, got 0"),
-        (dict(entropy_top_k=1), "entropy_top_k (K) must be >= 2, got 1"),
+        (dict(threshold=-0.5), "threshold must be >= 0, got -0.5"),
+        (dict(max_sequences=0), "max_sequences must be >= 1, got 0"),
+        (dict(entropy_top_k=1), "entropy_top_k must be >= 2, got 1"),
     ],
 )
 def test_bad_config_errors_name_the_value(cfg, message):
@@ -137,3 +138,52 @@ def test_branches_vetoed_for_lack_of_rows_do_not_reset_the_window():
                 result = ev.result
     assert result.num_sequences == 1
     assert result.info["branches_skipped_full"] == 1  # step 1 only: at step 5 branching was closed
+
+
+# ---- the dynamic threshold: over the request's earlier steps only (hand-built histories) -------
+def dynamic_policy(**cfg):
+    return BranchPolicy(EagerConfig(threshold=2.0, dynamic_threshold=True, **cfg))
+
+
+def step(policy, *entropies):
+    chosen = policy.decide([BranchCandidate(i, h, False) for i, h in enumerate(entropies)])
+    policy.end_step(bool(chosen))
+    return chosen
+
+
+def test_dynamic_threshold_can_branch_at_step_0():
+    # No earlier step: theta alone. (Counting the step's own 3.0 would give p99 = 3.0: no branch.)
+    p = dynamic_policy()
+    assert p.effective_threshold() == 2.0
+    assert step(p, 3.0, 2.9) == [0, 1]  # both rows: the step's own entropies are not in the threshold
+
+
+def test_dynamic_threshold_lets_a_row_below_the_maximum_branch():
+    p = dynamic_policy()
+    for _ in range(50):
+        assert step(p, 1.0) == []
+    assert step(p, 2.6) == [0]
+    # History: fifty 1.0 and one 2.6: p99 = 1.0 + 0.5 * 1.6 = 1.8 < theta, so 2.5 > theta branches
+    # although an earlier step had more. (With 2.5 itself counted, p99 = 2.549 and it would not.)
+    assert p.effective_threshold() == pytest.approx(2.0)
+    assert step(p, 2.5) == [0]
+
+
+def test_dynamic_threshold_rises_with_the_history():
+    p = dynamic_policy()
+    assert step(p, 2.8) == [0]
+    assert p.effective_threshold() == pytest.approx(2.8)
+    assert step(p, 2.7, 2.9) == [1]  # only the row above the earlier 2.8
+    assert p.effective_threshold() == pytest.approx(np.percentile([2.8, 2.7, 2.9], 99))
+
+
+def test_fixed_threshold_keeps_no_history():
+    p = BranchPolicy(EagerConfig(threshold=2.0))
+    assert step(p, 3.0) == [0] and step(p, 2.1) == [0]
+    assert p.effective_threshold() == 2.0
+
+
+def test_engine_branches_at_step_0_with_the_dynamic_threshold():
+    branches, _ = run({0: "high", 4: "high"}, dynamic_threshold=True)
+    # Step 0: no history, theta = 1.0. Step 4: history {3.0, ~0 x 6}: p99 ~ 2.82 < 3.0, both rows branch.
+    assert branches == [(0, 1, 0), (0, 2, 4), (1, 3, 4)]

@@ -24,12 +24,11 @@ from eager_mlx.adaptive.calibrate import (
     write_preset_threshold,
 )
 from eager_mlx.api import solve
-from eager_mlx.cli import eval as cli_eval
 from eager_mlx.cli.main import cli
 from eager_mlx.models import ModelError
 from eager_mlx.models.preset import PresetCalibration, get_preset, list_presets, override_path
 
-from fakes import ByteTokenizer, ScriptedModel
+from fakes import ByteTokenizer, FakeLoaded, ScriptedModel, patch_load
 
 PROMPT = [ord("Q"), ord("?")]
 CFG = EagerConfig(max_sequences=8, max_tokens=12, sampling=SamplingConfig(temperature=0))
@@ -121,11 +120,15 @@ def test_calibrate_measures_on_the_engine():
 
 # ---------------------------------------------------------------- presets and --threshold auto
 
+# Runs here but not calibrated yet: 1.5B at a few tokens/s on this 2-core CPU (issue 12 item 2 is open for it).
+NOT_YET_CALIBRATED = {"qwen2.5-coder-1.5b"}
+
+
 def test_shipped_presets_say_how_theta_was_obtained():
     for preset in list_presets():
         rec = preset.calibration
-        if preset.hub_id is not None:
-            assert rec is None and preset.threshold == 2.0  # the paper's theta: no hub here to calibrate on
+        if preset.hub_id is not None or preset.name in NOT_YET_CALIBRATED:
+            assert rec is None and preset.threshold == 2.0  # the paper's theta (hub: no hub here to calibrate on)
             continue
         assert rec is not None, preset.name
         assert rec.data == "gsm8k-train" and rec.mean_sequences <= rec.target_sequences <= rec.max_sequences
@@ -161,14 +164,11 @@ def test_cli_calibrate(tmp_path, monkeypatch):
     data = tmp_path / "q.jsonl"
     data.write_text("".join(json.dumps({"question": q, "answer": "1"}) + "\n" for q in ("Q?", "Q!")))
     tok = ByteTokenizer()
-    built = []
-
-    def build(model, max_rows, seed, chat=True, **kw):
-        built.append(max_rows)
-        engine = Engine(ScriptedModel(len(PROMPT), {2: "high", 5: "high", 7: "mid"}), tok, max_rows=max_rows, seed=0)
-        return engine, tok.encode, get_preset("smollm2-135m"), "scripted"
-
-    monkeypatch.setattr(cli_eval, "build_runner", build)
+    schedule = {2: "high", 5: "high", 7: "mid"}
+    loaded = FakeLoaded(lambda config, events: Engine(ScriptedModel(len(PROMPT), schedule), tok, max_rows=config.max_rows,
+                                                      seed=0), tok.encode, preset=get_preset("smollm2-135m"),
+                        name="scripted", tokenizer=tok)
+    asked = patch_load(monkeypatch, loaded)
     png, saved = tmp_path / "hist.png", tmp_path / "traces.json"
     r = CliRunner().invoke(cli, ["calibrate", "--data", str(data), "--template", "{question}", "--no-chat",
                                  "--max-tokens", "10", "--samples", "2", "-M", "8", "--target-sequences", "4",
@@ -182,7 +182,7 @@ def test_cli_calibrate(tmp_path, monkeypatch):
     assert get_preset("smollm2-135m").threshold == 2.1 and rec.data == str(data) and rec.samples == 2
     assert f"--data {data}" in rec.command and "--target-sequences 4 " in rec.command and "--no-chat" in rec.command
     for bad, msg in ((["--target-sequences", "9"], "target mean #S must be in [1, M=8], got 9"),
-                     (["--samples", "20"], "--samples must be in [1, --max-rows=16], got 20")):
+                     (["--samples", "20"], "--samples 20 needs --max-rows >= 20 (got 16)")):
         r = CliRunner().invoke(cli, ["calibrate", "--data", str(data), *bad])
-        assert r.exit_code == 1 and msg in r.output, r.output
-    assert len(built) == 1  # the bad settings were refused before any model was built
+        assert r.exit_code in (1, 2) and msg in r.output, r.output
+    assert len(asked) == 1  # the bad settings were refused before any model was loaded

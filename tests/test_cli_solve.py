@@ -1,6 +1,6 @@
 """`eager-mlx solve` through click's CliRunner, on a tiny random model."""
 import json
-from types import SimpleNamespace
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -8,13 +8,14 @@ from click.testing import CliRunner
 import eager_mlx
 from eager_mlx.cli.main import cli
 
-from fakes import ByteTokenizer, tiny_model
+from eager_mlx.models import LoadedModel
+from fakes import patch_load, ByteTokenizer, tiny_model
 
 
 @pytest.fixture
 def fake_load(monkeypatch):
-    loaded = SimpleNamespace(model=tiny_model(), tokenizer=ByteTokenizer(), preset=None, path=None)
-    monkeypatch.setattr(eager_mlx, "load", lambda ref=None, progress=None: loaded)
+    loaded = LoadedModel(tiny_model(), ByteTokenizer(), None, Path("."), "tiny")
+    patch_load(monkeypatch, loaded)
     return loaded
 
 
@@ -52,16 +53,19 @@ def test_text_view_prints_summary(fake_load):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--threshold", "-1"], "threshold (theta) must be >= 0, got -1.0"),
-        (["-M", "0"], "max_sequences (M) must be >= 1, got 0"),
-        (["--entropy-k", "1"], "entropy_top_k (K) must be >= 2, got 1"),
-        (["--top-p", "0"], "top_p must be in (0, 1], got 0.0"),
+        (["--threshold", "-1"], "Invalid value for '--threshold' / '-t': threshold must be >= 0, got -1.0"),
+        (["-M", "0"], "Invalid value for '--max-sequences' / '-M': max_sequences must be >= 1, got 0"),
+        (["--entropy-k", "1"], "Invalid value for '--entropy-top-k' / '--entropy-k': entropy_top_k must be >= 2, "
+                               "got 1"),
+        (["--top-p", "0"], "Invalid value for '--top-p': top_p must be > 0, <= 1, got 0.0"),
+        (["--temperature", "nan"], "Invalid value for '--temperature' / '--temp': temperature must be a finite "
+                                   "number, got nan"),
     ],
 )
 def test_bad_values_are_one_line_errors(fake_load, args, message):
     res = CliRunner().invoke(cli, ["solve", Q, *args])
-    assert res.exit_code == 1
-    assert res.output.strip() == f"Error: {message}"
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines()[-1] == f"Error: {message}"
 
 
 def test_unknown_model_is_one_line_error():
@@ -79,7 +83,7 @@ def test_max_kv_memory_option(fake_load):
 
 
 def test_parse_size():
-    from eager_mlx.cli.progress import parse_size
+    from eager_mlx.cli.options import parse_size
 
     assert parse_size("512MB") == 512 * 2**20
     assert parse_size("1.5g") == int(1.5 * 2**30)

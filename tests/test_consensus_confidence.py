@@ -12,8 +12,8 @@ from eager_mlx.adaptive.confidence import (
     lowest_group_confidence,
     sequence_confidence,
     token_confidences,
-    weighted_vote,
 )
+from eager_mlx.answers import majority_vote
 from eager_mlx.adaptive.consensus import ConsensusConfig, beta_mode_probability, beta_stop, consensus_reached, window_stop
 
 
@@ -53,7 +53,7 @@ def test_consensus_config():
     assert consensus_reached(["5"] * 4, ConsensusConfig("beta"))
     assert consensus_reached(["5"] * 3, ConsensusConfig("window", window=3))
     assert not consensus_reached(["5"] * 3, ConsensusConfig("window", window=4))
-    with pytest.raises(ValueError, match="unknown consensus rule"):
+    with pytest.raises(ValueError, match="consensus must be one of beta, window"):
         ConsensusConfig("vote").validate()
     with pytest.raises(ValueError, match="window"):
         ConsensusConfig("window", window=1).validate()
@@ -93,21 +93,21 @@ def test_window_confidence_matches_offline():
     assert w.current == -1.0 and c.current == -2.0 and c.lowest == -2.0
 
 
-def test_weighted_vote():
+def test_majority_vote():
     # majority says 3 (x3), weights say 5: 0.9 + 0.8 = 1.7 > 0.2 * 3
-    assert weighted_vote(["3", "5", "3", "5", "3"], [0.2, 0.9, 0.2, 0.8, 0.2]) == "5"
-    assert weighted_vote(["3", "5"], [0.5, 0.5]) == "3"  # tie: first seen
-    assert weighted_vote([None, "4", " 4"], [9.0, 0.1, 0.1]) == "4"  # no answer, no vote; normalised
-    assert weighted_vote([None], [1.0]) is None
+    assert majority_vote(["3", "5", "3", "5", "3"], [0.2, 0.9, 0.2, 0.8, 0.2]) == "5"
+    assert majority_vote(["3", "5"], [0.5, 0.5]) == "3"  # tie: first seen
+    assert majority_vote([None, "4", " 4"], [9.0, 0.1, 0.1]) == "4"  # no answer, no vote; normalised
+    assert majority_vote([None], [1.0]) is None
     with pytest.raises(ValueError):
-        weighted_vote(["1"], [])
+        majority_vote(["1"], [])
 
 
 def test_confidence_config_validate():
     ConfidenceConfig(prune_percentile=10).validate()
     with pytest.raises(ValueError, match="entropy signal"):
         ConfidenceConfig(signal="logprob", prune_percentile=10).validate()
-    with pytest.raises(ValueError, match="percentile"):
+    with pytest.raises(ValueError, match="prune_confidence must be > 0, < 100, got 100"):
         ConfidenceConfig(prune_percentile=100).validate()
 
 

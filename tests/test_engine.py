@@ -156,7 +156,8 @@ def _branchy(engine, rid="a", m=16):
 
 
 def test_memory_guard_stops_forks_and_generation_goes_on():
-    free = Engine(tiny_model(), TOK, max_rows=32, seed=1)
+    # seed 0: no row ends by EOS here (one would free its slot for another fork)
+    free = Engine(tiny_model(), TOK, max_rows=32, seed=0)
     _branchy(free)
     unguarded = run_all(free)["a"]
     assert unguarded.num_sequences > 8
@@ -164,7 +165,7 @@ def test_memory_guard_stops_forks_and_generation_goes_on():
     per_cell = 2 * 2 * 2 * 16 * 4  # layers * (k+v) * kv_heads * head_dim * fp32 bytes
     prompt = 2 * len(TOK.encode("Hello")) * per_cell
     limit = prompt + 8 * 48 * per_cell
-    guarded = Engine(tiny_model(), TOK, max_rows=32, seed=1, max_kv_memory=limit)
+    guarded = Engine(tiny_model(), TOK, max_rows=32, seed=0, max_kv_memory=limit)
     _branchy(guarded)
     peak = 0
     result = None

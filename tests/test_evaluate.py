@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eager_mlx.config import EagerConfig
+from eager_mlx.config import EagerConfig, EngineConfig
 from eager_mlx.evaluation.data import Dataset, Example
 from eager_mlx.evaluation.evaluate import (
     JOURNAL,
@@ -33,6 +33,8 @@ class FakeEngine:
     One step finishes the oldest request; rows in use = sequences of the active requests.
     """
 
+    context_length = None
+
     def __init__(self, script, max_rows=64, crash_after=None):
         self.script, self.max_rows, self.crash_after = script, max_rows, crash_after
         self.active: list[tuple[str, list[int], EagerConfig, list]] = []
@@ -44,8 +46,12 @@ class FakeEngine:
         return bool(self.active)
 
     @property
+    def num_rows(self):
+        return sum(len(a[3]) for a in self.active)
+
+    @property
     def free_rows(self):
-        return self.max_rows - sum(len(a[3]) for a in self.active)
+        return self.max_rows - self.num_rows
 
     def add(self, request_id, prompt_tokens, config):
         config.validate()
@@ -131,6 +137,10 @@ def test_eager_adapt_end_to_end(tmp_path):
     assert man["dataset"]["hash"] == make_dataset().hash and man["seed"] == 55
     assert man["settings"]["scheduler"]["max_sequences"] == 4
     assert man["versions"]["mlx"] and man["summary"]["pass_at_k"] == 1.0
+    # occupancy: rows in flight after each step (the fake engine finishes one run a step)
+    occ = man["occupancy"]
+    assert occ["steps"] == 6 and occ["max_rows"] == 16 and occ["mean_rows"] == occ["rows"] / 6
+    assert 0 < occ["mean_occupancy"] == occ["mean_rows"] / 16 < 1
     # progress: an initial report, then one per prompt, counting up
     assert [p.done for p in progress] == [0, 1, 2, 3, 4] and progress[-1].pass_at_k == 1.0
     assert progress[-1].sequences == 16
@@ -236,8 +246,9 @@ def test_save_text_off_and_fallbacks(tmp_path):
 # ---------------------------------------------------------------- CLI (CliRunner, fake engine)
 from click.testing import CliRunner  # noqa: E402
 
-import eager_mlx.cli.eval as cli_eval  # noqa: E402
 from eager_mlx.cli.main import cli  # noqa: E402
+
+from fakes import FakeLoaded, patch_load  # noqa: E402
 
 
 @pytest.fixture
@@ -249,15 +260,10 @@ def data_file(tmp_path):
 
 @pytest.fixture
 def fake_runner(monkeypatch):
-    made = []
-
-    def build(model, max_rows, seed, chat=True, max_kv_memory=None):
-        eng = FakeEngine(adapt_script, max_rows=max_rows)
-        made.append((model, max_rows, seed, eng))
-        return eng, encode, None, model or "fake-model"
-
-    monkeypatch.setattr(cli_eval, "build_runner", build)
-    return made
+    """Every model the CLI loads is this FakeLoaded (`.asked`: the model refs, `.made`: the engines)."""
+    loaded = FakeLoaded(lambda config, events: FakeEngine(adapt_script, max_rows=config.max_rows), encode)
+    loaded.asked = patch_load(monkeypatch, loaded)
+    return loaded
 
 
 def test_cli_eval_and_report(tmp_path, data_file, fake_runner):
@@ -266,7 +272,7 @@ def test_cli_eval_and_report(tmp_path, data_file, fake_runner):
     r = runner.invoke(cli, ["eval", "--model", "fake", "--data", str(data_file), "--method", "eager-adapt",
                             "--max-sequences", "4", "--max-rows", "16", "--out", str(out), "--k", "2"])
     assert r.exit_code == 0, r.output
-    assert fake_runner[0][:3] == ("fake", 16, 55)
+    assert fake_runner.asked == ["fake"] and fake_runner.made[0][0] == EngineConfig(max_rows=16, seed=55)
     assert "Pass@k" in r.output and "eager-adapt" in r.output and "1.000" in r.output
     man = json.loads((out / MANIFEST).read_text())
     assert man["settings"]["scheduler"]["method"] == "eager-adapt" and man["settings"]["ks"] == [2]
@@ -292,7 +298,7 @@ def test_cli_resume(tmp_path, data_file, fake_runner):
     assert r.exit_code == 1 and "--resume" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(cli, args + ["--resume"])
     assert r.exit_code == 0, r.output
-    assert fake_runner[-1][3].added == []  # nothing redone
+    assert fake_runner.made[-1][2].added == []  # nothing redone
     assert len((out / RESULTS).read_text().splitlines()) == 4
 
 
@@ -316,9 +322,10 @@ def test_cli_eval_errors_are_one_line(tmp_path, data_file, fake_runner, args, me
     args = [paths.get(a, a) for a in args]
     r = CliRunner().invoke(cli, ["eval", *args, "--out", str(tmp_path / "o")] if "--resume" not in args
                            else ["eval", *args])
-    assert r.exit_code == 2 if "Invalid value" in message else r.exit_code == 1
+    usage = ("Invalid value", "--resume needs --out", "token budget")
+    assert r.exit_code == (2 if any(u in message for u in usage) else 1)
     assert message in r.output and "Traceback" not in r.output
-    assert not fake_runner  # errors come before the model is loaded
+    assert not fake_runner.asked  # errors come before the model is loaded
 
 
 def test_cli_report_bad_dir(tmp_path):

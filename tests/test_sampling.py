@@ -1,10 +1,21 @@
-"""In-graph statistics against numpy references."""
+"""In-graph statistics against numpy references; the per-sequence sampler's distribution and determinism."""
 import mlx.core as mx
 import numpy as np
 import pytest
 
 from eager_mlx.config import SamplingConfig
-from eager_mlx.engine.sampling import STAT_FIELDS, RowSampling, entropy, token_stats
+from eager_mlx.engine.sampling import (
+    STAT_FIELDS,
+    RowSampling,
+    child_key,
+    entropy,
+    gumbel_noise,
+    key_array,
+    request_key,
+    row_seeds,
+    sequence_key,
+    token_stats,
+)
 
 
 def np_entropy(logits, k=None):
@@ -14,6 +25,26 @@ def np_entropy(logits, k=None):
     p = np.exp(x - x.max())
     p /= p.sum()
     return -(p * np.log(p)).sum()
+
+
+def seeds_for(n, step=0, base=7):
+    """Seeds of n rows with distinct keys at one step."""
+    keys = key_array([sequence_key(request_key(base, "r"), i) for i in range(n)])
+    return row_seeds(keys, mx.full((n,), step, dtype=mx.int32))
+
+
+def draw(logits_row, configs, steps=64, rows=64, top_k=2):
+    """Tokens sampled for `rows` rows x `steps` steps from one distribution (each row its own key)."""
+    logits = mx.broadcast_to(mx.array(logits_row, dtype=mx.float32)[None], (rows, len(logits_row)))
+    s = RowSampling.from_configs(configs if isinstance(configs, list) else [configs] * rows)
+    keys = key_array([sequence_key(request_key(3, "stat"), i) for i in range(rows)])
+    out = [token_stats(logits, s, row_seeds(keys, mx.full((rows,), t, dtype=mx.int32)), top_k)[:, 0]
+           for t in range(steps)]
+    return np.array(mx.stack(out)).astype(int).ravel()
+
+
+def frequencies(tokens, n):
+    return np.bincount(tokens, minlength=n) / len(tokens)
 
 
 @pytest.mark.parametrize("k", [2, 20, None])
@@ -26,11 +57,20 @@ def test_entropy_matches_numpy(k):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("k", [20, None])
+def test_entropy_is_bitwise_the_token_stats_column(k):
+    # The engine computes a second entropy kind with entropy(): it must equal what token_stats gives.
+    logits = mx.array(np.random.default_rng(5).normal(size=(6, 500)).astype(np.float32) * 2)
+    s = RowSampling.from_configs([SamplingConfig(top_p=0.9)] * 6)
+    col = np.array(token_stats(logits, s, seeds_for(6), k))[:, STAT_FIELDS.index("entropy")]
+    np.testing.assert_array_equal(col, np.array(entropy(logits, k)))
+
+
 def test_stats_columns():
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(3, 50)).astype(np.float32)
     s = RowSampling.from_configs([SamplingConfig(temperature=0)] * 3)
-    out = np.array(token_stats(mx.array(logits), s, mx.random.key(0), 20))
+    out = np.array(token_stats(mx.array(logits), s, seeds_for(3), 20))
     col = {name: out[:, i] for i, name in enumerate(STAT_FIELDS)}
     order = np.argsort(-logits, axis=1)
     lp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
@@ -41,24 +81,109 @@ def test_stats_columns():
     np.testing.assert_allclose(col["entropy"], [np_entropy(r, 20) for r in logits], atol=1e-5)
 
 
+def _fmix32(h):
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
+def test_row_seeds_are_murmur_mixes_with_wrapping_uint32():
+    # A pure-Python rendering (explicit mod 2**32): MLX's uint32 multiply must wrap the same way.
+    keys = [0, 1, 2**64 - 1, 0x0123456789ABCDEF]
+    steps = [0, 1, 5, 2**31 + 3]
+    got = np.array(row_seeds(key_array(keys), mx.array(steps, dtype=mx.uint32))).tolist()
+    want = []
+    for k, t in zip(keys, steps):
+        h = _fmix32((t * 0x9E3779B9 + 0x7F4A7C15) & 0xFFFFFFFF)
+        h = _fmix32(h ^ (k & 0xFFFFFFFF))
+        want.append(_fmix32(h ^ (k >> 32)))
+    assert got == want
+
+
+def test_keys_are_stable_and_distinct():
+    # A pinned value: keys never depend on the process (Python's hash() of a str would, by PYTHONHASHSEED).
+    assert request_key(55, "p0-r0") == 0xA1C9B204F97BB2AC
+    r = request_key(55, "p0-r0")
+    keys = {r, request_key(55, "p1-r0"), request_key(56, "p0-r0"), request_key(55), sequence_key(r, 0),
+            sequence_key(r, 1), child_key(sequence_key(r, 0), 3), child_key(sequence_key(r, 0), 4)}
+    assert len(keys) == 8 and all(0 <= k < 2**64 for k in keys)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_sampled_frequencies_follow_the_tempered_distribution(temperature):
+    p = np.array([0.5, 0.25, 0.15, 0.1])
+    logits = np.log(p)
+    want = p ** (1 / temperature) / (p ** (1 / temperature)).sum()
+    got = frequencies(draw(logits, SamplingConfig(temperature=temperature)), 4)  # 4096 draws
+    np.testing.assert_allclose(got, want, atol=0.025)  # about 3 standard deviations
+
+
+def test_top_k_top_p_and_min_p_frequencies():
+    p = np.array([0.4, 0.3, 0.2, 0.1, 0.0])
+    logits = np.log(p + 1e-12)
+    got = frequencies(draw(logits, SamplingConfig(temperature=1.0, top_k=2)), 5)
+    np.testing.assert_allclose(got, [4 / 7, 3 / 7, 0, 0, 0], atol=0.025)
+    got = frequencies(draw(logits, SamplingConfig(temperature=1.0, top_p=0.8)), 5)  # mass above 0.2 is 0.7 < 0.8
+    np.testing.assert_allclose(got, [4 / 9, 3 / 9, 2 / 9, 0, 0], atol=0.025)
+    got = frequencies(draw(logits, SamplingConfig(temperature=1.0, min_p=0.6)), 5)  # keeps p >= 0.24
+    np.testing.assert_allclose(got, [4 / 7, 3 / 7, 0, 0, 0], atol=0.025)
+
+
+def test_draws_of_neighbouring_steps_and_keys_are_independent():
+    # Uniform over 4 tokens: the pair (token at step t, token at step t+1) of a row, and the pair
+    # (row i, row i+1) at one step, must be uniform over the 16 pairs (chi-square, 15 dof).
+    tokens = draw(np.zeros(4), SamplingConfig(temperature=1.0), steps=64, rows=64).reshape(64, 64)
+    for a, b in ((tokens[:-1], tokens[1:]), (tokens[:, :-1], tokens[:, 1:])):
+        counts = np.bincount((4 * a + b).ravel(), minlength=16)
+        expected = counts.sum() / 16
+        chi2 = ((counts - expected) ** 2 / expected).sum()
+        assert chi2 < 37.7  # p = 0.001 for 15 degrees of freedom
+
+
+def test_a_rows_draw_does_not_depend_on_the_batch():
+    rng = np.random.default_rng(2)
+    logits = mx.array(rng.normal(size=(8, 400)).astype(np.float32) * 2)
+    configs = [SamplingConfig(temperature=0.6), SamplingConfig(temperature=0.6, top_p=0.9),
+               SamplingConfig(temperature=0), SamplingConfig(temperature=1.0, top_k=5),
+               SamplingConfig(temperature=0.6, min_p=0.1), SamplingConfig(temperature=0.6),
+               SamplingConfig(temperature=0.8, top_k=300, top_p=0.95), SamplingConfig(temperature=1.2)]
+    keys = key_array([sequence_key(request_key(1, "b"), i) for i in range(8)])
+    for step in range(4):
+        seeds = row_seeds(keys, mx.full((8,), step, dtype=mx.int32))
+        together = np.array(token_stats(logits, RowSampling.from_configs(configs), seeds, 20))
+        for i in range(8):
+            one = RowSampling.from_configs([configs[i]])
+            alone = np.array(token_stats(logits[i : i + 1], one, seeds[i : i + 1], 20))
+            np.testing.assert_array_equal(together[i], alone[0])
+
+
+def test_greedy_rows_take_top1_and_noise_is_keyed_on_token_ids():
+    logits = mx.array(np.random.default_rng(4).normal(size=(4, 300)).astype(np.float32))
+    s = RowSampling.from_configs([SamplingConfig(temperature=0)] * 4)
+    out = np.array(token_stats(logits, s, seeds_for(4), 20))
+    np.testing.assert_array_equal(out[:, 0], np.argmax(np.array(logits), axis=1))
+    seeds = seeds_for(2)
+    full = np.array(gumbel_noise(seeds, mx.arange(300)[None]))
+    some = np.array(gumbel_noise(seeds, mx.array([[7, 250], [3, 9]])))
+    np.testing.assert_array_equal(some, [[full[0, 7], full[0, 250]], [full[1, 3], full[1, 9]]])
+
+
 def test_temperature_is_applied_before_top_p():
     # Tempered at 0.5 the top token holds 88% of the mass, so top_p=0.85 keeps it alone;
     # at temperature 1 (filter first, as mlx-lm does) it holds 73% and two tokens survive.
     logits = mx.array([[2.0, 1.0, -5.0, -5.0]] * 64)
     s = RowSampling.from_configs([SamplingConfig(temperature=0.5, top_p=0.85)] * 64)
-    tokens = np.array(token_stats(logits, s, mx.random.key(0), 2))[:, 0]
+    tokens = np.array(token_stats(logits, s, seeds_for(64), 2))[:, 0]
     assert set(tokens.tolist()) == {0.0}
     s = RowSampling.from_configs([SamplingConfig(temperature=1.0, top_p=0.85)] * 64)
-    tokens = np.array(token_stats(logits, s, mx.random.key(0), 2))[:, 0]
+    tokens = np.array(token_stats(logits, s, seeds_for(64), 2))[:, 0]
     assert set(tokens.tolist()) == {0.0, 1.0}
 
 
-def test_min_p_and_rows_draw_their_own_noise():
+def test_identical_rows_with_different_keys_draw_differently():
     logits = mx.zeros((256, 4))
     s = RowSampling.from_configs([SamplingConfig(temperature=1.0)] * 256)
-    tokens = np.array(token_stats(logits, s, mx.random.key(3), 2))[:, 0]
-    assert len(set(tokens.tolist())) == 4  # identical rows, different draws
-    logits = mx.array([[0.0, -1.0, -10.0, -10.0]] * 256)
-    s = RowSampling.from_configs([SamplingConfig(temperature=1.0, min_p=0.2)] * 256)
-    tokens = np.array(token_stats(logits, s, mx.random.key(3), 2))[:, 0]
-    assert set(tokens.tolist()) == {0.0, 1.0}
+    tokens = np.array(token_stats(logits, s, seeds_for(256), 2))[:, 0]
+    assert len(set(tokens.tolist())) == 4

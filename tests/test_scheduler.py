@@ -182,7 +182,7 @@ def test_prompts_done_early_when_they_cannot_get_more():
 
 
 def test_rows_reserved_limit_prompts_in_flight():
-    s = Scheduler(10, SchedulerConfig(method="eager-init", max_sequences=8, max_rows=20))
+    s = Scheduler(10, SchedulerConfig(method="eager-init", max_sequences=8, max_rows=20, reserve_rows=True))
     out = s.schedule()
     assert [r.prompt_index for r in out.runs] == [0, 1]  # 2 x 8 rows reserved, 4 left
     assert s.rows_reserved == 16
@@ -194,9 +194,21 @@ def test_rows_reserved_limit_prompts_in_flight():
     assert len(s.schedule(free_rows=6).runs) == 6
 
 
-def test_reservation_clipped_to_max_rows():
-    s = Scheduler(2, SchedulerConfig(method="eager-init", max_sequences=32, max_rows=8))
-    assert [r.prompt_index for r in s.schedule().runs] == [0]
+def test_m_above_max_rows_is_refused():
+    # a run that could need more rows than the batch has cannot be decided exactly: refused up front
+    with pytest.raises(ValueError, match="max_sequences 32 > max_rows 8"):
+        Scheduler(2, SchedulerConfig(method="eager-init", max_sequences=32, max_rows=8))
+
+
+def test_run_ids_carry_the_prompt_ids():
+    # A shard's prompts keep their place in the whole dataset in their run ids (the engine keys randomness on them).
+    s = Scheduler(3, SchedulerConfig(method="eager-adapt", max_sequences=2, max_rows=4), prompt_ids=[1, 4, 7])
+    reqs = drive(s, lambda r: (2 if r.prompt_index == 0 else 1, 10, None))  # p0 hits M: it gets B = 2 more
+    ids = {r.prompt_index: 3 * r.prompt_index + 1 for r in reqs}
+    assert all(r.request_id == f"p{ids[r.prompt_index]}-r{r.attempt}" for r in reqs)
+    assert any(r.attempt > 0 for r in reqs)
+    with pytest.raises(ValueError, match="2 prompt ids for 3 prompts"):
+        Scheduler(3, SchedulerConfig(), prompt_ids=[0, 1])
 
 
 def test_token_budget_pools_tokens():

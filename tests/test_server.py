@@ -18,7 +18,7 @@ HI = [{"role": "user", "content": "What is 2+2?"}]
 @pytest.fixture(scope="module")
 def server():
     srv = EagerServer(tiny_model(), ByteTokenizer(), ServerConfig(port=0, model_id="tiny", max_rows=32,
-                                                                  temperature=1.0)).start()
+                                                                  defaults={"temperature": 1.0})).start()
     yield srv
     srv.shutdown()
 
@@ -118,6 +118,33 @@ def test_stream_matches_the_non_streamed_result(client):
     assert final is not None and final.usage.completion_tokens == full.usage.completion_tokens
     assert final.model_extra["answer"] == full.model_extra["answer"]
     assert final.model_extra["eager"]["num_sequences"] == len(full.choices)
+
+
+def test_request_seed_decides_the_samples(client):
+    body = dict(model="tiny", prompt="seeded", max_tokens=20, n=2, temperature=1.0)
+    texts = [[c.text for c in client.completions.create(seed=seed, **body).choices] for seed in (42, 42, 43)]
+    assert texts[0] == texts[1] != texts[2]
+    assert texts[0][0] != texts[0][1]  # the n samples of one request still differ
+
+
+def test_a_seeded_request_gives_the_same_text_alone_and_beside_another_client(client, server):
+    text = dict(model="tiny", prompt="seeded", max_tokens=24, n=2, temperature=1.0, seed=7)
+    eager = dict(model="tiny", messages=HI, max_tokens=24, temperature=1.0, seed=7,
+                 extra_body={"eager": {"threshold": 2.5, "max_sequences": 4}})
+
+    def run() -> tuple:
+        return ([c.text for c in client.completions.create(**text).choices],
+                [c.message.content for c in client.chat.completions.create(**eager).choices])
+
+    alone = run()
+    assert len(alone[1]) > 1  # the eager request branched: its children's draws are seeded too
+    other = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Go on"}],
+                                           max_tokens=2000, n=4, stream=True)
+    next(iter(other))  # the other client's rows are decoding
+    beside = run()
+    assert health(server)["rows"] >= 1  # ... and still were while the seeded requests ran
+    other.close()
+    assert beside == alone
 
 
 def test_text_stream_n2(client):
@@ -245,23 +272,60 @@ def test_engine_failure_is_a_500_and_the_server_goes_on():
 
 
 def test_cli_serve_passes_flags(monkeypatch):
-    from types import SimpleNamespace
+    from pathlib import Path
 
     from click.testing import CliRunner
 
-    import eager_mlx
     from eager_mlx import server as srv
     from eager_mlx.cli.main import cli
+    from eager_mlx.models import LoadedModel
 
-    loaded = SimpleNamespace(model=None, tokenizer=ByteTokenizer(), preset=None, path="/models/tiny")
-    monkeypatch.setattr(eager_mlx, "load", lambda ref=None, progress=None: loaded)
+    from fakes import patch_load
+
+    patch_load(monkeypatch, LoadedModel(None, ByteTokenizer(), None, Path("/models/tiny"), "/models/tiny"))
     seen = {}
     monkeypatch.setattr(srv, "serve", lambda lm, config: seen.update(loaded=lm, config=config))
     res = CliRunner().invoke(cli, ["serve", "--port", "0", "--temp", "0.7", "-M", "4", "--threshold", "1.5",
                                    "--chat-template-args", '{"enable_thinking": false}'])
     assert res.exit_code == 0, res.output
     cfg = seen["config"]
-    assert (cfg.host, cfg.port, cfg.temperature, cfg.max_sequences, cfg.threshold) == ("127.0.0.1", 0, 0.7, 4, 1.5)
+    assert (cfg.host, cfg.port, cfg.max_rows, cfg.seed) == ("127.0.0.1", 0, 16, 55)
+    assert {k: cfg.defaults[k] for k in ("temperature", "max_sequences", "threshold")} == \
+        {"temperature": 0.7, "max_sequences": 4, "threshold": 1.5}
     assert cfg.chat_template_args == {"enable_thinking": False} and cfg.model_id == "/models/tiny"
     res = CliRunner().invoke(cli, ["serve", "--chat-template-args", "{bad"])
-    assert res.exit_code == 1 and res.output.startswith("Error: --chat-template-args is not JSON")
+    assert res.exit_code == 2 and "Invalid value for --chat-template-args: not JSON" in res.output
+    res = CliRunner().invoke(cli, ["serve", "--temp", "-1"])
+    assert res.exit_code == 2 and "temperature must be >= 0, got -1.0" in res.output
+    res = CliRunner().invoke(cli, ["serve", "--port", "70000"])
+    assert res.exit_code == 2 and "70000 is not in the range 0<=x<=65535" in res.output
+    assert cfg.cors_origins == () and cfg.api_key is None  # no web page, no key unless asked
+
+
+def test_cli_serve_access_flags(monkeypatch):
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from eager_mlx import server as srv
+    from eager_mlx.cli.main import cli
+    from eager_mlx.models import LoadedModel
+
+    from fakes import patch_load
+
+    patch_load(monkeypatch, LoadedModel(None, ByteTokenizer(), None, Path("/models/tiny"), "/models/tiny"))
+    seen = {}
+    monkeypatch.setattr(srv, "serve", lambda lm, config: seen.update(config=config))
+    run = CliRunner().invoke
+    res = run(cli, ["serve", "--cors-origin", "http://localhost:3000/", "--cors-origin", "https://app.example",
+                    "--api-key", "k1", "--idle-timeout", "5", "--max-connections", "9"])
+    assert res.exit_code == 0, res.output
+    cfg = seen["config"]
+    assert cfg.cors_origins == ("http://localhost:3000", "https://app.example") and cfg.api_key == "k1"
+    assert (cfg.timeout, cfg.max_connections) == (5.0, 9)
+    assert run(cli, ["serve"], env={"EAGER_MLX_API_KEY": "k2"}).exit_code == 0 and seen["config"].api_key == "k2"
+    for args, words in [(["--cors-origin", "localhost:3000"], "'localhost:3000' is not an origin"),
+                        (["--allowed-origins", "*"], "Did you mean '--cors-origin'"),
+                        (["--idle-timeout", "0"], "not in the range x>0"), (["--max-connections", "0"], "x>=1")]:
+        res = run(cli, ["serve", *args])
+        assert res.exit_code == 2 and words in res.output, res.output

@@ -30,9 +30,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from eager_mlx.config import EagerConfig
+from eager_mlx.config import EagerConfig, EngineConfig
 from eager_mlx.engine.branching import BranchCandidate, BranchPolicy
 from eager_mlx.results import RunFinished
+from eager_mlx.settings import SettingError
 
 __all__ = [
     "DEFAULT_SAMPLES",
@@ -55,6 +56,7 @@ __all__ = [
     "write_preset_threshold",
     "stored_threshold",
     "auto_threshold",
+    "auto_threshold_for",
 ]
 
 DEFAULT_SAMPLES = 4  # unbranched samples per prompt
@@ -99,7 +101,7 @@ def resolve_target(target: Optional[float], max_sequences: int) -> float:
     if target is None:
         return max(1.0, max_sequences * DEFAULT_SHARE)
     if not 1 <= target <= max_sequences:
-        raise ValueError(f"target mean #S must be in [1, M={max_sequences}], got {target:g}")
+        raise SettingError(f"target mean #S must be in [1, M={max_sequences}], got {target:g}")
     return float(target)
 
 
@@ -335,3 +337,13 @@ def auto_threshold(engine: Any, prompts: Sequence[list[int]], config: EagerConfi
     cal = calibrate(engine, prompts, config, samples=min(DEFAULT_SAMPLES, engine.max_rows), seed=seed)
     return cal.threshold, (f"calibrated now on {cal.prompts} prompt(s) x {cal.samples} samples, {cal.tokens} tokens, "
                            f"simulated mean #S {cal.mean_sequences:.2f} for {cal.target}")
+
+
+def auto_threshold_for(loaded: Any, prompts: Sequence[list[int]], config: EagerConfig, *,
+                       seed: int = EngineConfig.seed) -> tuple[float, str]:
+    """``--threshold auto`` for a LoadedModel: an engine is made only when the preset stores no theta."""
+    engine = None
+    if stored_threshold(loaded.preset) is None:
+        rows = min(16, DEFAULT_SAMPLES * max(1, len(prompts)))  # DEFAULT_SAMPLES rows per prompt
+        engine = loaded.engine(EngineConfig(max_rows=rows, seed=seed), token_events=False)
+    return auto_threshold(engine, prompts, config, loaded.preset, seed=seed)

@@ -32,7 +32,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from eager_mlx.answers import normalize_answer
+from eager_mlx.answers import majority_vote, normalize_answer
+from eager_mlx.results import NATURAL_FINISHES
+from eager_mlx.settings import SettingError, setting, validate
 
 __all__ = [
     "SIGNALS",
@@ -41,7 +43,6 @@ __all__ = [
     "lowest_group_confidence",
     "sequence_confidence",
     "confidence_weight",
-    "weighted_vote",
     "weighted_vote_record",
     "confidence_vote",
     "WindowConfidence",
@@ -49,31 +50,27 @@ __all__ = [
 ]
 
 SIGNALS = ("entropy", "logprob")
-NATURAL_FINISHES = ("eos", "stop", "length")  # ended by itself: not pruned, not aborted (only these vote)
 
 
 @dataclass(frozen=True)
 class ConfidenceConfig:
     """How confidence is measured, and whether low-confidence rows are pruned while they run."""
 
-    window: int = 64  # tokens per group
+    window: int = setting(64, "Tokens per confidence group.", key="confidence_window", lo=1)
     signal: str = "entropy"  # "entropy" (c_t = -H_t) | "logprob" (c_t = log p of the sampled token)
-    prune_percentile: Optional[float] = None  # prune a row whose group confidence < this percentile (None: off)
-    warmup: int = 4  # finished sequences of the prompt needed before any pruning
+    prune_percentile: Optional[float] = setting(
+        None, "Prune a running row whose window confidence falls below this percentile of its prompt's finished "
+              "sequences (off by default).", key="prune_confidence", lo=0, lo_open=True, hi=100, hi_open=True,
+        optional=True)
+    warmup: int = setting(4, "Finished sequences of a prompt needed before pruning starts.", key="prune_warmup", lo=1)
 
     def validate(self) -> None:
-        """Raise ValueError naming the first bad value."""
-        if self.window < 1:
-            raise ValueError(f"confidence window must be >= 1, got {self.window}")
+        """Raise SettingError (a ValueError) naming the first bad value."""
+        validate(self)
         if self.signal not in SIGNALS:
-            raise ValueError(f"unknown confidence signal {self.signal!r}; choose one of {', '.join(SIGNALS)}")
-        if self.prune_percentile is not None:
-            if not 0 < self.prune_percentile < 100:
-                raise ValueError(f"prune percentile must be in (0, 100), got {self.prune_percentile}")
-            if self.signal != "entropy":
-                raise ValueError("pruning needs the entropy signal (TokenEvents carry entropies only)")
-        if self.warmup < 1:
-            raise ValueError(f"warmup must be >= 1, got {self.warmup}")
+            raise SettingError(f"unknown confidence signal {self.signal!r}; choose one of {', '.join(SIGNALS)}")
+        if self.prune_percentile is not None and self.signal != "entropy":
+            raise SettingError("pruning needs the entropy signal (TokenEvents carry entropies only)")
 
 
 def token_confidences(entropies: Sequence[float], logprobs: Sequence[float], signal: str = "entropy") -> list[float]:
@@ -110,24 +107,6 @@ def confidence_weight(confidence: Optional[float]) -> float:
     return 0.0 if confidence is None else math.exp(confidence)
 
 
-def weighted_vote(answers: Sequence[Optional[str]], weights: Sequence[float]) -> Optional[str]:
-    """Answer with the largest summed weight (normalised as in majority_vote); ties go to the first seen."""
-    if len(answers) != len(weights):
-        raise ValueError("answers and weights must have the same length")
-    seen: dict[str, str] = {}
-    totals: dict[str, float] = {}
-    for a, w in zip(answers, weights):
-        if a is None:
-            continue
-        key = normalize_answer(a)
-        seen.setdefault(key, a)
-        totals[key] = totals.get(key, 0.0) + w
-    if not totals:
-        return None
-    best = max(totals.values())
-    return next(seen[k] for k in seen if totals[k] == best)
-
-
 def weighted_vote_record(
     answers: Sequence[Optional[str]], correct: Sequence[bool], confidences: Sequence[Optional[float]]
 ) -> dict:
@@ -136,7 +115,7 @@ def weighted_vote_record(
     Correct is that of the first voter giving the winning answer (as cons@k in metrics.py).
     """
     voters = [i for i, c in enumerate(confidences) if c is not None]
-    answer = weighted_vote([answers[i] for i in voters], [confidence_weight(confidences[i]) for i in voters])
+    answer = majority_vote([answers[i] for i in voters], [confidence_weight(confidences[i]) for i in voters])
     ok = False
     if answer is not None:
         key = normalize_answer(answer)
@@ -149,7 +128,7 @@ def confidence_vote(result, config: Optional[ConfidenceConfig] = None) -> Option
     config = config or ConfidenceConfig()
     voters = [s for s in result.sequences if s.finish_reason in NATURAL_FINISHES]
     weights = [confidence_weight(sequence_confidence(s.entropies, s.logprobs, config)) for s in voters]
-    return weighted_vote([s.answer for s in voters], weights)
+    return majority_vote([s.answer for s in voters], weights)
 
 
 class WindowConfidence:

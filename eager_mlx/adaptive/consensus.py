@@ -23,6 +23,7 @@ from math import comb
 from typing import Optional, Sequence
 
 from eager_mlx.answers import normalize_answer
+from eager_mlx.settings import SettingError, setting, validate
 
 __all__ = ["RULES", "ConsensusConfig", "beta_mode_probability", "beta_stop", "window_stop", "consensus_reached"]
 
@@ -33,18 +34,17 @@ RULES = ("beta", "window")
 class ConsensusConfig:
     """Which rule stops a prompt, and its parameter."""
 
-    rule: str = "beta"  # "beta" | "window"
-    confidence: float = 0.95  # beta: stop when P(leading answer is the mode) > confidence
-    window: int = 4  # window: stop when the last `window` answers agree
+    rule: str = setting("beta", "Stop a prompt once its answers agree: beta (Adaptive-Consistency) or window (ESC).",
+                        key="consensus", choices=RULES, optional=True)
+    confidence: float = setting(0.95, "beta: stop when P(leading answer is the mode) exceeds this.",
+                                key="consensus_confidence", lo=0.5, hi=1, hi_open=True)
+    window: int = setting(4, "window: stop when this many last answers agree.", key="consensus_window", lo=2)
 
     def validate(self) -> None:
-        """Raise ValueError naming the first bad value."""
-        if self.rule not in RULES:
-            raise ValueError(f"unknown consensus rule {self.rule!r}; choose one of {', '.join(RULES)}")
-        if not 0.5 <= self.confidence < 1:
-            raise ValueError(f"consensus confidence must be in [0.5, 1), got {self.confidence}")
-        if self.window < 2:
-            raise ValueError(f"consensus window must be >= 2, got {self.window}")
+        """Raise SettingError (a ValueError) naming the first bad value."""
+        if self.rule is None:
+            raise SettingError("consensus must be one of " + ", ".join(RULES) + ", got None")
+        validate(self)
 
 
 def _top2(answers: Sequence[Optional[str]]) -> tuple[int, int]:

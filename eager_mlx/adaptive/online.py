@@ -33,7 +33,8 @@ import numpy as np
 from eager_mlx.answers import extract_boxed
 from eager_mlx.adaptive.confidence import NATURAL_FINISHES, ConfidenceConfig, WindowConfidence
 from eager_mlx.adaptive.consensus import ConsensusConfig, consensus_reached
-from eager_mlx.results import BranchEvent, Event, RunFinished, SequenceFinished, TokenEvent
+from eager_mlx.engine.protocol import EngineLike
+from eager_mlx.results import BranchEvent, Event, RunFinished, RunPreempted, SequenceFinished, TokenEvent
 
 __all__ = ["OnlineMonitor"]
 
@@ -46,9 +47,14 @@ class _Row:
 
 @dataclass
 class _PromptState:
-    answers: list[Optional[str]] = field(default_factory=list)
-    confidences: list[float] = field(default_factory=list)
+    answers: list[tuple[str, Optional[str]]] = field(default_factory=list)  # (request id, answer)
+    confidences: list[tuple[str, float]] = field(default_factory=list)  # (request id, lowest group confidence)
     runs: set[str] = field(default_factory=set)  # request ids in flight
+
+    def forget(self, request_id: str) -> None:
+        """Drop what a preempted run contributed: it runs again and contributes it again."""
+        self.answers = [a for a in self.answers if a[0] != request_id]
+        self.confidences = [c for c in self.confidences if c[0] != request_id]
 
 
 class OnlineMonitor:
@@ -56,7 +62,7 @@ class OnlineMonitor:
 
     def __init__(
         self,
-        engine,
+        engine: EngineLike,
         *,
         confidence: Optional[ConfidenceConfig] = None,
         consensus: Optional[ConsensusConfig] = None,
@@ -89,7 +95,7 @@ class OnlineMonitor:
         st = self._prompts.get(prompt)
         if not self.prunes or st is None or len(st.confidences) < self.confidence.warmup:
             return None
-        return float(np.percentile(st.confidences, self.confidence.prune_percentile))
+        return float(np.percentile([c for _, c in st.confidences], self.confidence.prune_percentile))
 
     def feed(self, events: list[Event]) -> list[Event]:
         """Track `events`, then prune / abort as configured; returns the events those actions produced."""
@@ -134,13 +140,17 @@ class OnlineMonitor:
             prompt = self.prompt_of(ev.request_id)
             st = self._prompts.setdefault(prompt, _PromptState())
             if row.window.lowest is not None:
-                st.confidences.append(row.window.lowest)
-            st.answers.append(self.extract(row.text))
+                st.confidences.append((ev.request_id, row.window.lowest))
+            st.answers.append((ev.request_id, self.extract(row.text)))
             if self.consensus is not None and ev.request_id not in self._agreed:
-                if consensus_reached(st.answers, self.consensus):
+                if consensus_reached([a for _, a in st.answers], self.consensus):
                     self._agreed.add(ev.request_id)  # even if this was the run's last row
                     to_abort.add(prompt)
-        elif isinstance(ev, RunFinished):
-            self._prompts.get(self.prompt_of(ev.request_id), _PromptState()).runs.discard(ev.request_id)
+        elif isinstance(ev, (RunFinished, RunPreempted)):
+            st = self._prompts.get(self.prompt_of(ev.request_id), _PromptState())
+            if isinstance(ev, RunPreempted):
+                st.forget(ev.request_id)
+            else:
+                st.runs.discard(ev.request_id)
             for key in [k for k in self._rows if k[0] == ev.request_id]:
                 del self._rows[key]

@@ -26,23 +26,35 @@ from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from eager_mlx.answers import extract_boxed, majority_vote
 from eager_mlx.engine.branching import BranchCandidate, BranchPolicy
-from eager_mlx.config import EagerConfig
+from eager_mlx.config import EagerConfig, EngineConfig
 from eager_mlx.engine.kv import PassLayout, PromptGroup, SharedPrefixKV, install_attention
 from eager_mlx.results import (
     BranchEvent,
     Event,
+    FinishReason,
     RunFinished,
+    RunPreempted,
     RunResult,
     SequenceFinished,
     SequenceResult,
     TokenEvent,
 )
-from eager_mlx.engine.sampling import RowSampling, entropy, token_stats
+from eager_mlx.engine.sampling import (
+    RowSampling,
+    Stat,
+    child_key,
+    entropy,
+    key_array,
+    request_key,
+    row_seeds,
+    sequence_key,
+    token_stats,
+)
 
 __all__ = ["Engine"]
 
 _PREFILL_CHUNK = 512
-_TOKEN, _TOP1, _TOP2, _ENT, _LP, _LP1, _LP2 = range(7)
+_TOKEN, _TOP1, _TOP2, _ENT, _LP, _LP1, _LP2 = Stat  # the columns of token_stats
 
 
 @dataclass(eq=False)
@@ -52,13 +64,23 @@ class _Request:
     prompt: list[int]
     policy: BranchPolicy
     started: float
+    key: int  # 64-bit: every sequence's randomness derives from it (sampling.request_key)
     rows: list["_Row"] = field(default_factory=list)  # every row ever created, by sequence index
     generated: int = 0  # token productions: shared prefixes counted once
     branch_points: int = 0
     skipped_full: int = 0
     skipped_memory: int = 0
+    preempted: int = 0  # times its rows were taken for an older request's branch
+    admitted: int = 0  # admission number: the most recently admitted request is preempted first
     aborted: bool = False
     done: bool = False
+
+    def reset(self) -> None:
+        """Back to the state before its first step (preempted: it runs again from its prompt)."""
+        initial = self.config.max_sequences if self.config.parallel else 1
+        self.policy = BranchPolicy(self.config, num_sequences=initial)
+        self.rows, self.generated, self.branch_points = [], 0, 0
+        self.skipped_full = self.skipped_memory = 0
 
 
 @dataclass(eq=False)
@@ -67,6 +89,7 @@ class _Row:
     sequence: int
     start: int  # absolute KV column of its first generated token
     detok: object
+    key: int  # 64-bit: its sampling noise at step t is a hash of (key, t) (sampling.row_seeds)
     parent: Optional[int] = None
     branch_step: Optional[int] = None
     tokens: list[int] = field(default_factory=list)
@@ -74,7 +97,7 @@ class _Row:
     logprobs: list[float] = field(default_factory=list)
     text: str = ""
     think_done: bool = False
-    finish: Optional[str] = None
+    finish: Optional[FinishReason] = None
 
 
 class Engine:
@@ -89,14 +112,17 @@ class Engine:
         model,
         tokenizer,
         *,
-        max_rows: int = 64,
-        seed: int = 0,
+        max_rows: int = EngineConfig.max_rows,
+        seed: int = EngineConfig.seed,
         context_length: Optional[int] = None,
         token_events: bool = True,
         max_kv_memory: Optional[int] = None,
+        preempt: bool = False,
     ):
         """`max_kv_memory` (bytes): a fork is skipped (generation goes on) when the rows, run to
-        their max_tokens, would then need more KV than this."""
+        their max_tokens, would then need more KV than this. `preempt`: when a due branch finds
+        every row taken, the most recently admitted requests give their rows up and run again
+        later (RunPreempted), so every branch decision is made; otherwise the branch is skipped."""
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         caches = make_prompt_cache(model)
@@ -109,16 +135,19 @@ class Engine:
         self.max_rows = max_rows
         self.token_events = token_events
         self.max_kv_memory = max_kv_memory
+        self.preempt = preempt
+        self._admissions = 0
         self.context_length = context_length or _context_length(model)
         self.eos = set(tokenizer.eos_token_ids or ())
         self._kv = SharedPrefixKV(len(caches), max_slots=max_rows)
-        self._key = mx.random.key(seed)
+        self.seed = seed
         self._requests: dict[str, _Request] = {}
         self._waiting: list[_Request] = []
         self._rows: list[_Row] = []  # active rows, in slot order
         self._pending: Optional[mx.array] = None  # (rows, 7) stats of the last pass, not yet read
         self._column = 0  # absolute column the next pass writes
         self._sampling_cache: Optional[tuple[tuple, RowSampling]] = None
+        self._keys_cache: Optional[tuple[tuple, mx.array]] = None
 
     # ---- public -----------------------------------------------------------
     @property
@@ -138,8 +167,13 @@ class Engine:
         """Bytes of KV held now (prompts once, plus the row buffers)."""
         return self._kv.nbytes()
 
-    def add(self, request_id: str, prompt_tokens: list[int], config: EagerConfig) -> None:
-        """Queue a request; it is prefilled on the next `step()`."""
+    def add(self, request_id: str, prompt_tokens: list[int], config: EagerConfig,
+            seed: Optional[int] = None) -> None:
+        """Queue a request; it is prefilled on the next `step()`.
+
+        Its random draws are a pure function of `seed` (None: of the engine's seed and
+        `request_id`), never of the other requests in the batch.
+        """
         config.validate()
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already in use")
@@ -153,7 +187,8 @@ class Engine:
         if initial > self.max_rows:
             raise ValueError(f"parallel sampling needs {initial} rows but the engine has max_rows={self.max_rows}")
         policy = BranchPolicy(config, num_sequences=initial)
-        req = _Request(request_id, config, list(prompt_tokens), policy, time.perf_counter())
+        key = request_key(self.seed, request_id) if seed is None else request_key(seed)
+        req = _Request(request_id, config, list(prompt_tokens), policy, time.perf_counter(), key)
         self._requests[request_id] = req
         self._waiting.append(req)
 
@@ -165,9 +200,9 @@ class Engine:
         req.aborted = True
         if req in self._waiting:
             self._waiting.remove(req)
-        return self._stop_rows([row for row in req.rows if row.finish is None], "aborted")
+        return self._stop_rows([row for row in req.rows if row.finish is None], FinishReason.ABORTED)
 
-    def finish_sequence(self, request_id: str, sequence: int, reason: str = "pruned") -> list[Event]:
+    def finish_sequence(self, request_id: str, sequence: int, reason: str = FinishReason.PRUNED) -> list[Event]:
         """Stop one running sequence now (e.g. pruned for low confidence); its row is freed."""
         req = self._requests.get(request_id)
         if req is None or req.done:
@@ -177,7 +212,7 @@ class Engine:
     def _stop_rows(self, rows: list[_Row], reason: str) -> list[Event]:
         events: list[Event] = []
         for row in rows:
-            row.finish = reason
+            row.finish = FinishReason(reason)
             events.append(SequenceFinished(row.request.id, row.sequence, reason))
         self._remove_finished()
         events.extend(self._finish_requests())
@@ -186,24 +221,21 @@ class Engine:
     def step(self) -> list[Event]:
         """Advance every row by one token; returns what happened."""
         events: list[Event] = []
+        self._admit()  # requests added since the last step join this one's pass
         if self._pending is None:
-            self._admit()
-            if self._pending is None:
-                return events
+            return events
         read = self._pending
-        n_read = len(self._rows)
         # 1. Dispatch the next pass with the sampled tokens, before reading anything.
         nxt = self._forward(read[:, _TOKEN].astype(mx.int32), None, self._column)
         mx.async_eval(nxt)
         # 2. Read this pass's statistics (the one host sync of the step).
         stats = np.asarray(read)
         # 3. Decide: tokens, branches, finishes; then fork and repair the forked rows.
-        repairs, forks = self._decide(stats, events)
+        repairs, forks = self._decide(stats, events)  # children are in self._rows already
         if forks:
-            self._rows.extend(child for _, child in forks)
             self._kv.reserve(len(self._rows), self._column, min(r.start for r in self._rows))
-            for i, (parent_slot, child) in enumerate(forks):
-                self._kv.copy_row(parent_slot, n_read + i, child.start, self._column)
+            for parent_slot, child_slot in forks:
+                self._kv.copy_row(parent_slot, child_slot, self._rows[child_slot].start, self._column)
         if repairs:
             nxt = self._repair(nxt, repairs)
         self._column += 1
@@ -238,23 +270,25 @@ class Engine:
             inverse=inverse,
         )
         logits = self.model(tokens[:, None], cache=self._kv.layers)[:, -1, :]
-        return self._stats(logits, rows)
+        return self._stats(logits, rows, column + 1 - starts)  # the generation step each row samples
 
-    def _stats(self, logits: mx.array, rows: list[_Row]) -> mx.array:
+    def _stats(self, logits: mx.array, rows: list[_Row], steps: mx.array) -> mx.array:
         configs = tuple(r.request.config.sampling for r in rows)
         if self._sampling_cache is None or self._sampling_cache[0] != configs:
             self._sampling_cache = (configs, RowSampling.from_configs(configs))
-        self._key, key = mx.random.split(self._key)
+        keys = tuple(r.key for r in rows)
+        if self._keys_cache is None or self._keys_cache[0] != keys:
+            self._keys_cache = (keys, key_array(keys))
+        seeds = row_seeds(self._keys_cache[1], steps)
         # Requests may differ in K or full entropy: compute each kind once, pick per row.
         kinds = [None if r.request.config.full_entropy else r.request.config.entropy_top_k for r in rows]
         vocab = logits.shape[-1]
         kinds = [None if k is None or k >= vocab else k for k in kinds]
         unique = list(dict.fromkeys(kinds))
-        out = token_stats(logits, self._sampling_cache[1], key, unique[0])
-        if len(unique) > 1:
+        out = token_stats(logits, self._sampling_cache[1], seeds, unique[0])
+        if len(unique) > 1:  # entropy() gives bitwise what token_stats gives for the same kind
             logits = logits.astype(mx.float32)
-            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-            per_kind = mx.stack([entropy(logprobs, k) for k in unique])  # (kinds, rows)
+            per_kind = mx.stack([entropy(logits, k) for k in unique])  # (kinds, rows)
             which = mx.array([unique.index(k) for k in kinds], dtype=mx.int32)
             h = per_kind[which, mx.arange(len(rows))]
             out = mx.concatenate([out[:, :_ENT], h[:, None], out[:, _ENT + 1 :]], axis=1)
@@ -282,16 +316,22 @@ class Engine:
             if len(self._rows) + initial > self.max_rows:
                 break
             self._waiting.pop(0)
+            self._admissions += 1
+            req.admitted = self._admissions
             logits = self._prefill(req)
             rows = [self._new_row(req, parent=None) for _ in range(initial)]
-            stats = self._stats(mx.repeat(logits, initial, axis=0), rows)
+            stats = self._stats(mx.repeat(logits, initial, axis=0), rows, mx.zeros((initial,), dtype=mx.int32))
             self._rows.extend(rows)
             self._pending = stats if self._pending is None else mx.concatenate([self._pending, stats])
 
     def _new_row(self, req: _Request, parent: Optional[_Row]) -> _Row:
         detok = self.tokenizer.detokenizer
         detok.reset()
-        row = _Row(req, len(req.rows), self._column, detok)
+        if parent is None:
+            key = sequence_key(req.key, len(req.rows))
+        else:
+            key = child_key(parent.key, len(parent.tokens))
+        row = _Row(req, len(req.rows), self._column, detok, key)
         if parent is not None:
             row.start = parent.start
             row.parent = parent.sequence
@@ -320,52 +360,95 @@ class Engine:
         return mx.concatenate([nxt, fixed])[mx.array(select, dtype=mx.int32)]
 
     # ---- decisions ------------------------------------------------------------
-    def _decide(self, stats: np.ndarray, events: list[Event]) -> tuple[list[tuple[int, int]], list[tuple[int, _Row]]]:
+    def _decide(self, stats: np.ndarray, events: list[Event]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """Apply the read statistics to every row.
 
-        Returns the repairs (slot, token to feed) and the forks (parent slot, child row);
-        children get the slots after the current rows, in order.
+        Requests are visited in the order they were added and a request's rows in sequence
+        (creation) order, so children are numbered, and the M cap taken, independently of
+        batch slots. When the branches due need more rows than the engine has, `preempt` frees
+        the rows of the most recently admitted requests first (else the branches that do not
+        fit are skipped). Returns the repairs (slot, token to feed) and the forks (parent slot,
+        child slot); a child takes a preempted row's slot, else a slot after the current rows.
         """
-        by_request: dict[str, list[int]] = {}
+        slots_of: dict[_Request, list[int]] = {}
         for slot, row in enumerate(self._rows):
-            by_request.setdefault(row.request.id, []).append(slot)
+            slots_of.setdefault(row.request, []).append(slot)
+        due: dict[_Request, tuple[list[int], set[int]]] = {}
+        for req in self._requests.values():
+            slots = sorted(slots_of.get(req, ()), key=lambda s: self._rows[s].sequence)
+            if slots:
+                cands = [BranchCandidate(self._rows[s].sequence, float(stats[s, _ENT]), self._rows[s].think_done)
+                         for s in slots]
+                due[req] = (slots, set(req.policy.decide(cands)))
+        victims = self._preempt_for(due, events) if self.preempt else []
+        spare = sorted(s for v in victims for s in due[v][0])  # their slots, for the children
         repairs: list[tuple[int, int]] = []
-        forks: list[tuple[int, _Row]] = []
-        for rid, slots in by_request.items():
-            req = self._requests[rid]
-            cands = [
-                BranchCandidate(self._rows[s].sequence, float(stats[s, _ENT]), self._rows[s].think_done)
-                for s in slots
-            ]
-            branching = set(req.policy.decide(cands))
+        forks: list[tuple[int, int]] = []
+        for req, (slots, branching) in due.items():
+            if req in victims:
+                continue
             made_before = req.branch_points
             for s in slots:
                 row, st = self._rows[s], stats[s]
                 token, lp = int(st[_TOKEN]), float(st[_LP])
-                if row.sequence in branching:
-                    if len(self._rows) + len(forks) >= self.max_rows:
-                        req.skipped_full += 1
-                        req.policy.veto()
-                    elif self._over_memory(len(self._rows) + len(forks) + 1):
-                        req.skipped_memory += 1
-                        req.policy.veto()
-                    else:
-                        child = self._new_row(req, parent=row)
-                        forks.append((s, child))
-                        top1, top2 = int(st[_TOP1]), int(st[_TOP2])
-                        repairs.append((len(self._rows) + len(forks) - 1, top2))
-                        if token != top1:
-                            repairs.append((s, top1))
-                        token, lp = top1, float(st[_LP1])
-                        req.branch_points += 1
-                        events.append(
-                            BranchEvent(rid, row.sequence, child.sequence, len(row.tokens), float(st[_ENT]), top1, top2)
-                        )
-                        self._append(child, top2, float(st[_ENT]), float(st[_LP2]), events)
+                if row.sequence in branching and self._fork(s, st, spare, forks, repairs, events):
+                    token, lp = int(st[_TOP1]), float(st[_LP1])
                 self._append(row, token, float(st[_ENT]), lp, events)
             req.policy.end_step(req.branch_points > made_before)
         repairs.sort()
         return repairs, forks
+
+    def _preempt_for(self, due: dict[_Request, tuple[list[int], set[int]]], events: list[Event]) -> list[_Request]:
+        """Preempt the most recently admitted requests until every branch due has a row; returns them.
+
+        The oldest request always keeps its rows (it needs at most M <= max_rows), so every request
+        finishes eventually; a preempted one waits at the head of the queue and runs again from its prompt.
+        """
+        need = len(self._rows) + sum(len(b) for _, b in due.values())
+        victims: list[_Request] = []
+        for req in sorted(due, key=lambda r: r.admitted, reverse=True):
+            if need <= self.max_rows:
+                break
+            slots, branching = due[req]
+            need -= len(slots) + len(branching)
+            victims.append(req)
+            for s in slots:
+                self._rows[s].finish = FinishReason.PREEMPTED
+            events.append(RunPreempted(req.id, req.generated))
+            self._kv.drop_prompt(req.id)
+            req.preempted += 1
+            req.reset()
+        self._waiting[:0] = sorted(victims, key=lambda r: r.admitted)  # the oldest of them first
+        return victims
+
+    def _fork(self, slot: int, st: np.ndarray, spare: list[int], forks: list[tuple[int, int]],
+              repairs: list[tuple[int, int]], events: list[Event]) -> bool:
+        """Branch the row in `slot` (its child takes top-2) unless rows or memory run out; True if it branched."""
+        row = self._rows[slot]
+        req = row.request
+        if not spare and len(self._rows) >= self.max_rows:
+            req.skipped_full += 1
+            req.policy.veto()
+            return False
+        if self._over_memory(len(self._rows) + (0 if spare else 1)):
+            req.skipped_memory += 1
+            req.policy.veto()
+            return False
+        child = self._new_row(req, parent=row)
+        child_slot = spare.pop(0) if spare else len(self._rows)
+        if child_slot == len(self._rows):
+            self._rows.append(child)
+        else:
+            self._rows[child_slot] = child
+        forks.append((slot, child_slot))
+        top1, top2 = int(st[_TOP1]), int(st[_TOP2])
+        repairs.append((child_slot, top2))
+        if int(st[_TOKEN]) != top1:
+            repairs.append((slot, top1))
+        req.branch_points += 1
+        events.append(BranchEvent(req.id, row.sequence, child.sequence, len(row.tokens), float(st[_ENT]), top1, top2))
+        self._append(child, top2, float(st[_ENT]), float(st[_LP2]), events)
+        return True
 
     def _over_memory(self, slots: int) -> bool:
         """Would `slots` rows, each run to its max_tokens, need more KV than max_kv_memory?"""
@@ -381,7 +464,7 @@ class Engine:
         row.entropies.append(entropy)
         row.logprobs.append(lp)
         if token in self.eos:
-            row.finish = "eos"
+            row.finish = FinishReason.EOS
         else:
             row.tokens.append(token)
             before = len(row.text)
@@ -394,13 +477,13 @@ class Engine:
                 row.think_done = True
             for stop in cfg.stop:
                 if stop in tail:
-                    row.finish = "stop"
+                    row.finish = FinishReason.STOP
                     break
             if row.finish is None and (
                 len(row.tokens) >= cfg.max_tokens
                 or (self.context_length and len(req.prompt) + len(row.tokens) >= self.context_length)
             ):
-                row.finish = "length"
+                row.finish = FinishReason.LENGTH
         if row.finish is not None:
             events.append(SequenceFinished(req.id, row.sequence, row.finish))
 
@@ -439,7 +522,7 @@ class Engine:
         seqs = []
         for row in req.rows:
             text = self.tokenizer.decode(row.tokens)
-            if row.finish == "stop":
+            if row.finish == FinishReason.STOP:
                 cut = min((text.find(s) for s in row.request.config.stop if s in text), default=-1)
                 text = text[:cut] if cut >= 0 else text
             seqs.append(
@@ -447,7 +530,7 @@ class Engine:
                     index=row.sequence,
                     token_ids=row.tokens,
                     text=text,
-                    finish_reason=row.finish or "aborted",
+                    finish_reason=row.finish or FinishReason.ABORTED,
                     parent=row.parent,
                     branch_step=row.branch_step,
                     entropies=row.entropies,

@@ -2,62 +2,66 @@
 
 Shaped like vLLM's scheduler: ``schedule(free_rows)`` returns a plain
 ``SchedulerOutput`` listing the runs to start now, and
-``update_from_output(outcomes)`` takes finished runs back. Decisions depend only
-on the outcomes, never on timing, so a run can be replayed exactly on resume
-(``replay``).
+``update_from_output(outcomes)`` takes finished runs back. Every decision is a
+function of the runs' outcomes alone, never of timing: which runs a prompt gets
+(their ids, theta and M) is the same whatever the batch, ``max_rows``, the order
+in which runs finish, a resume (``replay``) or sharding.
 
-Methods (docs/../shared/reference/eager-method.md), M = ``max_sequences``,
-|D| = number of prompts:
+Methods (shared/reference/eager-method.md), M = ``max_sequences``, |D| = number of prompts:
 
 * ``parallel``: one run per prompt with M independent rows.
 * ``eager-init``: one branching run per prompt, capped at M sequences.
-* ``eager-adapt`` (no labels): first an eager-init pass over every prompt.
-  Then B = M*|D| - sequences used is split evenly among the prompts whose first
+* ``eager-adapt`` (no labels): first an eager-init run of every prompt. Then
+  B = M*|D| - sequences used is split evenly among the prompts whose first
   run hit the cap M (remainder to the first ones, in prompt order), at most
   ``adapt_cap_factor``*M (3M) extra per prompt. A prompt spends its share on
-  fresh eager-init runs (same theta), each capped at min(M, share left), until
-  the share is spent.
-* ``eager`` (labels): first an eager-init pass. B is split among the prompts
+  fresh eager-init runs (same theta).
+* ``eager`` (labels): first an eager-init run. B is split among the prompts
   with no correct answer yet, at most ``label_cap_factor``*M (M) extra each.
   Retries run until the prompt is solved or its share is spent; try 2 uses
   theta*``retry_decay`` (0.8) for prompts whose first run stayed below M (theta
   for those that hit M, unless ``decay_capped_on_retry``), and every later try
   multiplies the previous theta by ``later_decay`` (0.9).
 
-Choices where the reference is ambiguous (each an option of SchedulerConfig):
+How a share is spent (differs from the paper's one-run-after-another order, see
+docs/evaluation.md): in *generations*. A generation splits what the prompt may
+spend into runs of at most M (``chunks``) launched together; when all of them
+are back, what they left unspent (M of a run minus the sequences it made) is
+split again into the next generation. With a consensus rule, or a token
+budget, a generation is one run, so the prompt can stop after each run.
 
-* B is computed once every first run has finished (a barrier): the paper
-  defines it over the whole dataset. Prompts that can never get extra budget
-  (eager-adapt: below the cap; eager: solved) are done at once.
+The barrier and the early hand-out: B is known once every first run has
+finished. Before that, with F first runs not finished and E prompts already
+known to qualify, B >= M*|D| - used - M*F, and each qualifying prompt's final
+share is at least min(cap, that // (E + F)). So the full-M runs that its final
+first generation is sure to hold start before the barrier; the rest follows at
+the barrier. The runs, and the total handed out, are exactly the barrier rule's.
+
+Further choices (each an option of SchedulerConfig):
+
 * "Stayed below M" is judged on the prompt's first run.
-* ``recycle_unused`` (default on, ``eager`` only): a prompt solved before its
-  share is spent returns the rest to the pool, and the pool is split again
-  among the prompts still unsolved with cap left, in further rounds, until the
-  pool or the eligible prompts run out.
+* ``recycle_unused`` (``eager`` only, default on): a prompt solved before its
+  share is spent returns the rest to the pool; once no prompt has anything in
+  flight, the pool is split again among the prompts still unsolved with cap
+  left, in further rounds, until the pool or the eligible prompts run out.
 * ``token_budget``: the pool is counted in generated tokens instead of
-  sequences: B = token_budget - tokens of the first pass (use a parallel run's
-  #T to compare at equal tokens). It is split and capped the same way (the
-  3M / M caps still count sequences). A prompt starts another run while its
-  token share is positive; a run is never cut, so the last run of a prompt may
-  overshoot its share (by at most one run). Only for eager-adapt and eager:
-  parallel and eager-init have no second phase.
+  sequences: B = token_budget - tokens of the first pass. It is split and
+  capped the same way (the 3M / M caps still count sequences). A prompt starts
+  another run while its token share is positive; a run is never cut, so the
+  last run of a prompt may overshoot its share (by at most one run). No early
+  hand-out (a run's tokens are unknown in advance). eager-adapt and eager only.
+* ``consensus`` (None, or a ``ConsensusConfig``): a prompt whose finished
+  answers agree (over its runs' answers in run order, then sequence order;
+  pruned or aborted sequences do not vote) gets no more runs and its unspent
+  share returns to the pool, split again in further rounds (as
+  ``recycle_unused`` does). A run whose outcome says ``consensus=True`` (an
+  online monitor aborted it on agreement) counts as agreement too.
 
-* ``consensus`` (None, or a ``ConsensusConfig``: eager_mlx/adaptive/consensus.py): a
-  prompt whose finished answers agree (Beta-posterior or window rule, over
-  its runs' answers in run order then sequence order; sequences pruned or
-  aborted do not vote) gets no more runs: after its first run it takes no
-  share of B; after an extra run it stops and its unspent share goes back to
-  the pool. With consensus on, the pool is split again (further rounds, as
-  ``recycle_unused`` does for ``eager``) among the prompts that may still get
-  more (eager-adapt: hit M, no consensus, cap left). A run whose outcome says
-  ``consensus=True`` (an online monitor found agreement and aborted it) counts
-  as agreement too. parallel and eager-init have one run per prompt, so
-  consensus changes nothing here: there it works only through that online abort.
-
-Rows: by default each run reserves ``max_sequences`` rows (min with max_rows),
-so the engine never has to skip a branch (the paper's decisions exactly). With
-``reserve_rows=False`` a branching run is admitted when one row is free (more
-prompts in flight; branches may then be skipped by a full engine).
+Rows: a branching run is admitted when one row is free; the engine must then
+preempt a younger run when a due branch finds the batch full
+(``Engine(preempt=True)``, docs/evaluation.md), which keeps every decision
+exact while filling the batch. With ``reserve_rows`` each branching run instead
+reserves min(M, max_rows) rows (exact without preemption, most rows idle).
 """
 from __future__ import annotations
 
@@ -65,6 +69,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from eager_mlx.adaptive.consensus import ConsensusConfig, consensus_reached
+from eager_mlx.settings import SettingError
+
 __all__ = [
     "METHODS",
     "SchedulerConfig",
@@ -73,6 +79,9 @@ __all__ = [
     "RunOutcome",
     "Scheduler",
     "split_evenly",
+    "chunks",
+    "run_id",
+    "prompt_of_run",
 ]
 
 METHODS = ("parallel", "eager-init", "eager-adapt", "eager")
@@ -83,10 +92,10 @@ class SchedulerConfig:
     """Budget settings shared by every prompt of a dataset."""
 
     method: str = "eager-adapt"
-    max_sequences: int = 32  # M
+    max_sequences: int = 8  # M
     threshold: float = 2.0  # theta of every first run
-    max_rows: int = 64  # rows the engine decodes per step
-    reserve_rows: bool = True  # reserve max_sequences rows per run (exact decisions)
+    max_rows: int = 16  # rows the engine decodes per step
+    reserve_rows: bool = False  # reserve max_sequences rows per branching run (else the engine preempts)
     token_budget: Optional[int] = None  # pool in tokens instead of M*|D| sequences
     adapt_cap_factor: int = 3  # eager-adapt: at most 3M extra sequences per prompt
     label_cap_factor: int = 1  # eager: at most M extra sequences per prompt
@@ -97,26 +106,25 @@ class SchedulerConfig:
     consensus: Optional[ConsensusConfig] = None  # stop a prompt once its answers agree (see above)
 
     def validate(self) -> None:
-        """Raise ValueError naming the first bad value."""
+        """Raise SettingError naming the first bad value."""
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+            raise SettingError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.max_sequences < 1:
-            raise ValueError(f"max_sequences (M) must be >= 1, got {self.max_sequences}")
+            raise SettingError(f"max_sequences must be >= 1, got {self.max_sequences}")
         if self.max_rows < 1:
-            raise ValueError(f"max_rows must be >= 1, got {self.max_rows}")
+            raise SettingError(f"max_rows must be >= 1, got {self.max_rows}")
         if self.threshold < 0:
-            raise ValueError(f"threshold must be >= 0, got {self.threshold}")
+            raise SettingError(f"threshold must be >= 0, got {self.threshold}")
         if self.token_budget is not None:
             if self.method not in ("eager-adapt", "eager"):
-                raise ValueError("a token budget applies to eager-adapt and eager only")
+                raise SettingError("a token budget applies to eager-adapt and eager only")
             if self.token_budget < 0:
-                raise ValueError(f"token_budget must be >= 0, got {self.token_budget}")
-        if self.method == "parallel" and self.max_sequences > self.max_rows:
-            raise ValueError(
-                f"parallel needs M rows at once: max_sequences {self.max_sequences} > max_rows {self.max_rows}"
-            )
+                raise SettingError(f"token_budget must be >= 0, got {self.token_budget}")
+        if self.max_sequences > self.max_rows:
+            raise SettingError(f"max_sequences {self.max_sequences} > max_rows {self.max_rows}: a prompt's M rows "
+                               "must fit in one batch")
         if not (0 < self.retry_decay <= 1 and 0 < self.later_decay <= 1):
-            raise ValueError("retry_decay and later_decay must be in (0, 1]")
+            raise SettingError("retry_decay and later_decay must be in (0, 1]")
         if self.consensus is not None:
             self.consensus.validate()
 
@@ -130,7 +138,7 @@ class RunRequest:
     threshold: float
     max_sequences: int
     parallel: bool
-    attempt: int  # 0: the prompt's first run; 1, 2, ...: extra runs
+    attempt: int  # 0: the prompt's first run; 1, 2, ...: extra runs, in a fixed order
 
 
 @dataclass
@@ -153,6 +161,16 @@ class RunOutcome:
     consensus: bool = False  # an online monitor found agreement during the run
 
 
+def run_id(prompt_index: int, attempt: int) -> str:
+    """The request id of a prompt's run: ``p{prompt_index}-r{attempt}`` (attempt 0: its first run)."""
+    return f"p{prompt_index}-r{attempt}"
+
+
+def prompt_of_run(request_id: str) -> int:
+    """The prompt index of a run id made by `run_id`."""
+    return int(request_id[1:].rsplit("-r", 1)[0])
+
+
 def split_evenly(budget: int, caps: list[int]) -> list[int]:
     """Split budget evenly over len(caps) takers, each at most its cap; remainder to the first ones."""
     shares = [0] * len(caps)
@@ -168,31 +186,47 @@ def split_evenly(budget: int, caps: list[int]) -> list[int]:
     return shares
 
 
+def chunks(amount: int, m: int) -> list[int]:
+    """`amount` sequences as runs of at most `m`: full runs first, then the remainder."""
+    full, rest = divmod(max(0, amount), m)
+    return [m] * full + ([rest] if rest else [])
+
+
 @dataclass
 class _Prompt:
-    runs: list[RunOutcome] = field(default_factory=list)
-    in_flight: Optional[RunRequest] = None
-    rows: int = 0  # rows reserved by the run in flight
+    runs: list[RunOutcome] = field(default_factory=list)  # finished, in the order they came back
+    in_flight: dict[str, tuple[RunRequest, int]] = field(default_factory=dict)  # id -> (run, rows reserved)
+    first_done: bool = False
     first_hit_cap: bool = False
+    first_qualified: bool = False  # the first run's outcome alone makes it a taker of B (round 0)
     solved: bool = False
-    extra_sequences: int = 0  # sequences of runs after the first
-    share: int = 0  # allocated budget (sequences or tokens) not yet spent
-    theta: float = 0.0  # theta of the last run
-    done: bool = False
-    answers: list[Optional[str]] = field(default_factory=list)
     agreed: bool = False  # consensus reached
-    replay: list[RunOutcome] = field(default_factory=list)
+    done: bool = False
+    granted: int = 0  # share granted over all rounds (sequences or tokens)
+    spent: int = 0  # what its finished extra runs used of it
+    extra_sequences: int = 0  # sequences of runs after the first
+    attempts: int = 1  # runs planned so far, the first included (the next attempt number)
+    plan: list[RunRequest] = field(default_factory=list)  # runs of the current generation not yet started
+    generation: list[str] = field(default_factory=list)  # run ids of the current generation
+    early: int = 0  # full-M runs of the first generation started before the barrier
+    theta: float = 0.0  # theta of the last generation
+    replay: dict[str, RunOutcome] = field(default_factory=dict)
 
 
 class Scheduler:
     """Decides the runs for ``num_prompts`` prompts under one SchedulerConfig."""
 
-    def __init__(self, num_prompts: int, config: SchedulerConfig) -> None:
+    def __init__(self, num_prompts: int, config: SchedulerConfig, prompt_ids: Optional[list[int]] = None) -> None:
+        """`prompt_ids`: the number each prompt's run ids carry (`run_id`), e.g. its index in the whole
+        dataset when this is one shard of it (default 0 .. num_prompts - 1)."""
         config.validate()
         if num_prompts < 0:
             raise ValueError("num_prompts must be >= 0")
+        self._ids = list(range(num_prompts)) if prompt_ids is None else list(prompt_ids)
+        if len(self._ids) != num_prompts:
+            raise ValueError(f"{len(self._ids)} prompt ids for {num_prompts} prompts")
         self.config = config
-        self._p = [_Prompt() for _ in range(num_prompts)]
+        self._p = [_Prompt(theta=config.threshold) for _ in range(num_prompts)]
         self._next_first = 0  # next prompt whose first run has not started
         self._first_pending = num_prompts  # first runs not yet finished
         self._pool: Optional[int] = None  # None until the barrier
@@ -220,6 +254,11 @@ class Scheduler:
         """Rows reserved by runs in flight."""
         return self._reserved
 
+    @property
+    def has_ready_run(self) -> bool:
+        """True when a run could start now if rows were free."""
+        return self._peek() is not None
+
     def is_prompt_done(self, i: int) -> bool:
         """True once prompt i will never get another run."""
         return self._p[i].done
@@ -234,7 +273,7 @@ class Scheduler:
         return out
 
     def runs_of(self, i: int) -> list[RunOutcome]:
-        """The finished runs of prompt i, in order."""
+        """The finished runs of prompt i, in the order they finished."""
         return list(self._p[i].runs)
 
     def sequences_used(self) -> int:
@@ -246,12 +285,16 @@ class Scheduler:
     # ---------------------------------------------------------------- schedule
     def replay(self, i: int, outcomes: list[RunOutcome]) -> None:
         """Feed back recorded runs of prompt i (resume); they are consumed instead of being run again."""
-        if self._p[i].runs or self._p[i].in_flight:
+        p = self._p[i]
+        if p.runs or p.in_flight:
             raise ValueError(f"prompt {i} already has runs")
-        self._p[i].replay = list(outcomes)
+        p.replay = {o.request_id: o for o in outcomes}
 
     def schedule(self, free_rows: Optional[int] = None) -> SchedulerOutput:
-        """Runs to start now, given the engine's free rows (None: limited by max_rows only)."""
+        """Runs to start now, given the engine's free rows (None: limited by max_rows only).
+
+        Extra runs come first (they finish prompts), then first runs in prompt order.
+        """
         out = SchedulerOutput()
         cap = self.config.max_rows - self._reserved
         if free_rows is not None:
@@ -261,16 +304,13 @@ class Scheduler:
             if req is None:
                 break
             p = self._p[req.prompt_index]
-            if p.replay:  # recorded on an earlier run: consume it instead of running it
-                rec = p.replay.pop(0)
-                if rec.request_id != req.request_id:
-                    raise ValueError(
-                        f"resume: prompt {req.prompt_index} recorded run {rec.request_id}, "
-                        f"the settings now ask for {req.request_id}"
-                    )
+            if req.request_id in p.replay:  # recorded by an earlier session: consume it instead of running it
                 self._commit(req, rows=0)
-                self.update_from_output([rec])
+                self.update_from_output([p.replay.pop(req.request_id)])
                 continue
+            if p.replay and req.attempt == 0:
+                raise ValueError(f"resume: prompt {req.prompt_index} recorded runs "
+                                 f"{', '.join(sorted(p.replay))}, the settings now ask for {req.request_id}")
             rows = self._rows_needed(req)
             if rows > cap:
                 break
@@ -283,31 +323,22 @@ class Scheduler:
         """Take finished runs back and update the budget."""
         for o in outcomes:
             p = self._p[o.prompt_index]
-            req = p.in_flight
-            if req is None or req.request_id != o.request_id:
+            if o.request_id not in p.in_flight:
                 raise ValueError(f"unexpected outcome {o.request_id} for prompt {o.prompt_index}")
             if self.config.method == "eager" and o.any_correct is None:
                 raise ValueError("method 'eager' needs labels: outcome any_correct is None")
-            p.in_flight = None
-            self._reserved -= p.rows
-            p.rows = 0
+            req, rows = p.in_flight.pop(o.request_id)
+            self._reserved -= rows
             p.runs.append(o)
             p.solved = p.solved or bool(o.any_correct)
-            p.answers += o.answers
-            consensus = self.config.consensus
-            p.agreed = p.agreed or o.consensus or (consensus is not None and consensus_reached(p.answers, consensus))
+            p.agreed = p.agreed or o.consensus
             if req.attempt == 0:
-                self._first_pending -= 1
-                p.first_hit_cap = o.num_sequences >= self.config.max_sequences
-                if self.config.method in ("parallel", "eager-init"):
-                    self._finish(o.prompt_index)
-                elif self._pool is None and not self._may_get_more(p):
-                    self._finish(o.prompt_index)
+                self._first_finished(o.prompt_index, o)
             else:
                 p.extra_sequences += o.num_sequences
-                p.share -= max(1, o.generated_tokens) if self._tokens else o.num_sequences
-                if self._share_over(p):
-                    self._close(o.prompt_index)
+                p.spent += max(1, o.generated_tokens) if self._tokens else o.num_sequences
+                if not p.in_flight and not p.plan and self._pool is not None:
+                    self._generation_over(o.prompt_index)
         self._advance()
 
     # ----------------------------------------------------------------- helpers
@@ -320,19 +351,33 @@ class Scheduler:
         f = self.config.adapt_cap_factor if self.config.method == "eager-adapt" else self.config.label_cap_factor
         return f * self.config.max_sequences
 
-    def _rows_needed(self, req: RunRequest) -> int:
-        if req.parallel:
-            return req.max_sequences
-        return min(req.max_sequences, self.config.max_rows) if self.config.reserve_rows else 1
+    @property
+    def _one_run_per_generation(self) -> bool:
+        """Token shares and consensus need the outcome of each run before the next."""
+        return self._tokens or self.config.consensus is not None
 
     @property
     def _recycling(self) -> bool:
         """Unspent shares go back to the pool and are split again in later rounds."""
         return (self.config.method == "eager" and self.config.recycle_unused) or self.config.consensus is not None
 
-    def _may_get_more(self, p: _Prompt) -> bool:
-        """Could this prompt (first run finished) be given extra budget?"""
-        if p.done or p.agreed or p.extra_sequences >= self._extra_cap:
+    def _rows_needed(self, req: RunRequest) -> int:
+        if req.parallel:
+            return req.max_sequences
+        return min(req.max_sequences, self.config.max_rows) if self.config.reserve_rows else 1
+
+    def _answers(self, p: _Prompt) -> list[Optional[str]]:
+        """The prompt's answers in run order (attempt), then sequence order: what consensus reads."""
+        order = sorted(p.runs, key=lambda o: int(o.request_id.rsplit("-r", 1)[1]))
+        return [a for o in order for a in o.answers]
+
+    def _check_consensus(self, p: _Prompt) -> None:
+        if self.config.consensus is not None and not p.agreed:
+            p.agreed = consensus_reached(self._answers(p), self.config.consensus)
+
+    def _qualifies(self, p: _Prompt) -> bool:
+        """After its first run: could this prompt be given extra budget at all?"""
+        if p.agreed or p.extra_sequences >= self._extra_cap:
             return False
         if self.config.method == "eager-adapt":
             return p.first_hit_cap
@@ -340,87 +385,171 @@ class Scheduler:
             return not p.solved
         return False
 
-    def _share_over(self, p: _Prompt) -> bool:
-        return (p.share <= 0 or p.extra_sequences >= self._extra_cap or p.agreed
-                or (self.config.method == "eager" and p.solved))
-
-    def _finish(self, i: int) -> None:
-        if self._p[i].replay:
-            raise ValueError(f"resume: prompt {i} has more recorded runs than the settings now give it")
-        if not self._p[i].done:
-            self._p[i].done = True
-            self._new_done.append(i)
-
-    def _close(self, i: int) -> None:
-        """Prompt i's share is over: return what is left, finish it unless a later round may serve it."""
+    def _first_finished(self, i: int, o: RunOutcome) -> None:
         p = self._p[i]
-        if p.share > 0 and self._recycling:
-            self._pool += p.share
-        p.share = 0
-        if not self._recycling or not self._may_get_more(p):
+        self._first_pending -= 1
+        p.first_done = True
+        p.first_hit_cap = o.num_sequences >= self.config.max_sequences
+        self._check_consensus(p)
+        p.first_qualified = self.config.method in ("eager-adapt", "eager") and self._qualifies(p)
+        if not p.first_qualified:
             self._finish(i)
 
+    def _finish(self, i: int) -> None:
+        p = self._p[i]
+        if p.replay:
+            raise ValueError(f"resume: prompt {i} has more recorded runs than the settings now give it")
+        if not p.done:
+            p.done = True
+            self._new_done.append(i)
+
+    def _generation_over(self, i: int) -> None:
+        """Every run of the prompt's generation is back: plan the next one, or close its share."""
+        p = self._p[i]
+        self._check_consensus(p)
+        left = p.granted - p.spent
+        stop = p.agreed or (self.config.method == "eager" and p.solved)
+        if not stop and left > 0 and p.extra_sequences < self._extra_cap:
+            self._plan(i, left)
+            return
+        if left > 0 and self._recycling:
+            self._pool += left
+            p.granted -= left
+        if not self._recycling or not self._qualifies(p) or stop:
+            self._finish(i)
+
+    def _plan(self, i: int, amount: int) -> None:
+        """Plan the prompt's next generation: `amount` (sequences or tokens) as runs of at most M."""
+        p = self._p[i]
+        cap_left = self._extra_cap - p.extra_sequences
+        m = min(self.config.max_sequences, cap_left)
+        if self._tokens:
+            sizes = [m]
+        else:
+            sizes = chunks(min(amount, cap_left), m)
+            if self._one_run_per_generation:
+                sizes = sizes[:1]
+        theta = self._next_theta(p)
+        p.theta = theta
+        p.plan = [RunRequest(self._run_id(i, p.attempts + k), i, theta, size, False, p.attempts + k)
+                  for k, size in enumerate(sizes)]
+        p.attempts += len(sizes)
+        p.generation = [r.request_id for r in p.plan]
+
+    def _next_theta(self, p: _Prompt) -> float:
+        """eager-adapt keeps theta; eager decays it per generation (see the module docstring)."""
+        cfg = self.config
+        if cfg.method != "eager":
+            return cfg.threshold
+        if p.attempts == 1:  # the first retry
+            decay = not p.first_hit_cap or cfg.decay_capped_on_retry
+            return cfg.threshold * cfg.retry_decay if decay else cfg.threshold
+        return p.theta * cfg.later_decay
+
+    def _grant(self, i: int, share: int) -> None:
+        """Give prompt i `share` more; its first generation may already have started early (full-M runs)."""
+        p = self._p[i]
+        p.granted += share
+        if share <= 0 and not p.in_flight and not p.plan:
+            self._finish(i)
+            return
+        if p.early and not self._tokens:  # the barrier part of a generation that started early
+            sizes = chunks(min(p.granted, self._extra_cap), self.config.max_sequences)[p.early:]
+            p.plan += [RunRequest(self._run_id(i, p.attempts + k), i, p.theta, size, False, p.attempts + k)
+                       for k, size in enumerate(sizes)]
+            p.attempts += len(sizes)
+            p.generation += [r.request_id for r in p.plan]
+            p.early = 0
+            if not p.in_flight and not p.plan:
+                self._generation_over(i)
+        elif not p.in_flight and not p.plan:
+            self._plan(i, p.granted - p.spent)
+
+    def _hand_out_early(self) -> None:
+        """Before the barrier: start the full-M runs that the final shares are sure to hold."""
+        cfg = self.config
+        if self._tokens or self._one_run_per_generation or cfg.method not in ("eager-adapt", "eager"):
+            return
+        known = [i for i, p in enumerate(self._p) if p.first_qualified]
+        takers = len(known) + self._first_pending
+        if not known or not takers:
+            return
+        used = sum(p.runs[0].num_sequences for p in self._p if p.first_done)
+        lower = cfg.max_sequences * (self.num_prompts - self._first_pending) - used
+        sure = min(self._extra_cap, max(0, lower) // takers) // cfg.max_sequences  # full runs sure to come
+        for i in known:
+            p = self._p[i]
+            if sure > p.early:
+                if not p.early:
+                    p.theta = self._next_theta(p)
+                    p.generation = []
+                new = [RunRequest(self._run_id(i, p.attempts + k), i, p.theta, cfg.max_sequences, False, p.attempts + k)
+                       for k in range(sure - p.early)]
+                p.plan += new
+                p.generation += [r.request_id for r in new]
+                p.attempts += len(new)
+                p.early = sure
+
     def _advance(self) -> None:
-        """Hand out budget at the barrier and in later rounds; finish prompts nothing more can serve."""
-        if self.config.method in ("parallel", "eager-init") or self._first_pending > 0:
+        """Hand out budget early, at the barrier and in later rounds; finish prompts nothing more can serve."""
+        if self.config.method in ("parallel", "eager-init"):
+            return
+        if self._first_pending > 0:
+            self._hand_out_early()
             return
         if self._pool is None:
-            if self._tokens:
-                self._pool = max(0, self.config.token_budget - self.tokens_used())
-            else:
-                self._pool = max(0, self.config.max_sequences * self.num_prompts - self.sequences_used())
-        busy = any(p.share > 0 or p.in_flight for p in self._p if not p.done)
-        if busy:
+            self._pool = self._barrier_pool()
+            self._hand_out()
             return
-        eligible = [i for i, p in enumerate(self._p) if self._may_get_more(p)]
-        another_round = self.rounds == 0 or self._recycling
-        if not (eligible and self._pool > 0 and another_round):
+        busy = any(p.in_flight or p.plan for p in self._p if not p.done)
+        if not busy and self._recycling:
+            self._hand_out()
+
+    def _barrier_pool(self) -> int:
+        if self._tokens:
+            return max(0, self.config.token_budget - self.tokens_used())
+        first = sum(p.runs[0].num_sequences for p in self._p if p.runs)
+        return max(0, self.config.max_sequences * self.num_prompts - first)
+
+    def _hand_out(self) -> None:
+        """One round: split the pool among the prompts that may still get more."""
+        if self.rounds == 0:  # judged on first runs alone, even where early runs came back since
+            eligible = [i for i, p in enumerate(self._p) if p.first_qualified]
+        else:
+            eligible = [i for i, p in enumerate(self._p) if not p.done and self._qualifies(p)]
+        if not (eligible and self._pool > 0 and (self.rounds == 0 or self._recycling)):
             for i in eligible:
-                self._finish(i)
+                if not self._p[i].in_flight and not self._p[i].plan:
+                    self._finish(i)
             return
         if self._tokens:
             caps = [self._pool] * len(eligible)  # the sequence cap is enforced per run
-        else:
-            caps = [self._extra_cap - self._p[i].extra_sequences for i in eligible]
+        else:  # round 0: as at the barrier rule's barrier, before any extra run (early ones included)
+            caps = [self._extra_cap - (self._p[i].extra_sequences if self.rounds else 0) for i in eligible]
         self.rounds += 1
         for i, share in zip(eligible, split_evenly(self._pool, caps)):
             self._pool -= share
-            self._p[i].share = share
-            if share <= 0:
-                self._finish(i)
+            self._grant(i, share)
 
     def _peek(self) -> Optional[RunRequest]:
         """The next run the policy wants (extra runs first, then first runs in prompt order); no state change."""
-        for i, p in enumerate(self._p):
-            if not p.done and p.in_flight is None and p.share > 0:
-                return self._extra_request(i, p)
+        for p in self._p:
+            if not p.done and p.plan:
+                return p.plan[0]
         if self._next_first >= self.num_prompts:
             return None
         i = self._next_first
         parallel = self.config.method == "parallel"
-        return RunRequest(f"p{i}-r0", i, self.config.threshold, self.config.max_sequences, parallel, 0)
+        return RunRequest(self._run_id(i, 0), i, self.config.threshold, self.config.max_sequences, parallel, 0)
+
+    def _run_id(self, i: int, attempt: int) -> str:
+        return run_id(self._ids[i], attempt)
 
     def _commit(self, req: RunRequest, rows: int) -> None:
         p = self._p[req.prompt_index]
         if req.attempt == 0:
             self._next_first += 1
-        p.theta = req.threshold
-        p.in_flight = req
-        p.rows = rows
+        else:
+            p.plan.remove(req)
+        p.in_flight[req.request_id] = (req, rows)
         self._reserved += rows
-
-    def _extra_request(self, i: int, p: _Prompt) -> RunRequest:
-        """Extra run for prompt i: eager-adapt keeps theta; eager decays it (see the module docstring)."""
-        theta = p.theta
-        attempt = len(p.runs)
-        if self.config.method == "eager":
-            if attempt == 1:
-                if not p.first_hit_cap or self.config.decay_capped_on_retry:
-                    theta = self.config.threshold * self.config.retry_decay
-            else:
-                theta = p.theta * self.config.later_decay
-        cap_left = self._extra_cap - p.extra_sequences
-        max_seq = min(self.config.max_sequences, cap_left)
-        if not self._tokens:
-            max_seq = min(max_seq, p.share)
-        return RunRequest(f"p{i}-r{attempt}", i, theta, max_seq, False, attempt)

@@ -1,125 +1,25 @@
-"""The branch-tree view: one self-contained HTML page (inline CSS and SVG, no network).
+"""The branch-tree view: self-contained HTML pages (inline CSS and SVG, no network).
 
-It shows the branch tree (where each sequence forked from its parent, on which
-token, at which entropy), each sequence's entropy trace with theta drawn in,
-the answer each leaf reached and the vote. `render_tree_html(result, tokenizer)`
-renders a RunResult (`eager-mlx solve --html`); `tree_from_result` keeps what the
-page needs as a JSON-able `Tree` (eval runs store them with `--save-trace`), and
-`tree_from_record` rebuilds trees from a results.jsonl record (without a saved
-trace the tree has no fork tokens or entropies, only its shape and answers).
+A page shows the branch tree (where each sequence forked from its parent, on which
+token, at which entropy), each sequence's entropy trace with theta drawn in, the
+answer each leaf reached and the vote. `render_tree_html(result, tokenizer)`
+renders a RunResult (`eager-mlx solve --html`); `render_html` renders the trees of
+eager_mlx/trees/tree.py; `page` is the skeleton every page shares.
 """
 from __future__ import annotations
 
 import html
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from eager_mlx.results import RunResult
+from eager_mlx.trees.tree import Tree, TreeSequence, tree_from_result
 
-__all__ = ["Tree", "TreeSequence", "tree_from_result", "tree_from_dict", "tree_from_record", "render_html",
-           "render_tree_html"]
+__all__ = ["page", "render_html", "render_tree_html"]
 
 _W, _LANE, _LEFT, _RIGHT = 760, 26, 60, 220  # tree drawing: plot width, lane height, margins
 _CW, _CH = 760, 90  # entropy chart size
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
-
-
-@dataclass
-class TreeSequence:
-    """One sequence as the page draws it."""
-
-    index: int
-    parent: Optional[int]
-    branch_step: Optional[int]  # position of its first own token (None: a root)
-    length: int  # generated tokens, the inherited prefix included
-    finish_reason: str
-    answer: Optional[str]
-    entropies: list[float] = field(default_factory=list)  # its own positions only (from branch_step, or 0)
-    fork_token: Optional[str] = None  # the text of its first own token (top-2 at the fork)
-    parent_token: Optional[str] = None  # what the parent took there (top-1)
-    fork_entropy: Optional[float] = None
-    text: Optional[str] = None
-    correct: Optional[bool] = None
-
-
-@dataclass
-class Tree:
-    """The sequences of one run, its theta and its vote."""
-
-    threshold: float
-    sequences: list[TreeSequence]
-    answer: Optional[str]
-    label: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def tree_from_dict(d: dict) -> Tree:
-    """The inverse of `Tree.to_dict`."""
-    return Tree(d["threshold"], [TreeSequence(**s) for s in d["sequences"]], d.get("answer"), d.get("label", ""))
-
-
-def _piece(tokenizer, ids: list[int], pos: int) -> Optional[str]:
-    if pos >= len(ids):
-        return "<eos>"
-    if tokenizer is None:
-        return f"#{ids[pos]}"
-    return tokenizer.decode([ids[pos]])
-
-
-def tree_from_result(result: RunResult, tokenizer=None, label: str = "", keep_text: bool = True) -> Tree:
-    """The Tree of a RunResult; `tokenizer` decodes the fork tokens (None: token ids)."""
-    by_index = {s.index: s for s in result.sequences}
-    seqs = []
-    for s in result.sequences:
-        start = s.branch_step or 0
-        fork = parent_tok = None
-        if s.parent is not None and s.branch_step is not None:
-            fork = _piece(tokenizer, s.token_ids, start)
-            parent = by_index.get(s.parent)
-            parent_tok = _piece(tokenizer, parent.token_ids, start) if parent is not None else None
-        seqs.append(TreeSequence(
-            index=s.index, parent=s.parent, branch_step=s.branch_step, length=len(s.token_ids),
-            finish_reason=s.finish_reason, answer=s.answer,
-            entropies=[round(float(h), 3) for h in s.entropies[start:]],
-            fork_token=fork, parent_token=parent_tok,
-            fork_entropy=round(float(s.entropies[start]), 3) if fork is not None and start < len(s.entropies) else None,
-            text=s.text if keep_text else None,
-        ))
-    return Tree(result.threshold, seqs, result.answer, label)
-
-
-def tree_from_record(record: dict, traces: Optional[dict[str, dict]] = None) -> list[Tree]:
-    """The trees of an eval record (one per run); `traces` maps request ids to saved Tree dicts."""
-    trees = []
-    for run in record.get("runs", []):
-        rid = run["request_id"]
-        seqs = [s for s in record.get("sequences", []) if s.get("run") == rid]
-        label = (f"run {rid}: {'parallel' if run.get('parallel') else 'eager'}, theta {run.get('threshold', 0):g}, "
-                 f"M {run.get('max_sequences')}, {run.get('generated_tokens')} tokens")
-        saved = (traces or {}).get(rid)
-        if saved is not None:
-            tree = tree_from_dict(saved)
-            correct = {s["index"]: s.get("correct") for s in seqs}
-            for t in tree.sequences:
-                t.correct = correct.get(t.index)
-            tree.label = label
-        else:
-            tree = Tree(run.get("threshold", 0.0), [
-                TreeSequence(index=s["index"], parent=s.get("parent"), branch_step=s.get("branch_step"),
-                             length=s.get("tokens", 0), finish_reason=s.get("finish_reason", ""),
-                             answer=s.get("answer"), text=s.get("text"), correct=s.get("correct"))
-                for s in seqs], _vote([s.get("answer") for s in seqs]), label)
-        trees.append(tree)
-    return trees
-
-
-def _vote(answers: list[Optional[str]]) -> Optional[str]:
-    from eager_mlx.answers import majority_vote
-
-    return majority_vote(answers)
 
 
 # ---- drawing -------------------------------------------------------------------------------------
@@ -291,6 +191,7 @@ svg text{font:11px Menlo,monospace;fill:#333} text.axis{fill:#888} line.axis{str
 .forkmark{stroke:#999;stroke-dasharray:2 2} .chart{display:flex;align-items:center;gap:6px}
 .votes{border-collapse:collapse} .votes td,.votes th{border:1px solid #ddd;padding:2px 10px;text-align:left}
 .votes tr.win td{font-weight:bold;background:#e8f6ec} pre{white-space:pre-wrap;background:#f6f6f6;padding:8px}
+table.index{border-collapse:collapse} .index td,.index th{border:1px solid #ddd;padding:3px 8px;text-align:left}
 """
 
 
@@ -304,7 +205,11 @@ def render_html(trees: list[Tree], title: str = "eager-mlx branch tree", *, ques
         head.append(f'<div class="question">{_e(question)}</div>')
     if gold is not None:
         head.append(f'<p class="meta">gold answer: <b>{_e(gold)}</b></p>')
-    body = "".join(head) + "".join(_tree_section(t) for t in trees)
+    return page(title, "".join(head) + "".join(_tree_section(t) for t in trees))
+
+
+def page(title: str, body: str) -> str:
+    """The one page skeleton (inline CSS, no network) around `body`, with `title` as the page title."""
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
             f"<style>{_CSS}</style></head><body>{body}</body></html>\n")
 

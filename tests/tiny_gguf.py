@@ -80,6 +80,30 @@ def _encode(w: np.ndarray, qtype: str, rng: np.random.Generator) -> tuple[np.nda
     return data, dequantize(data, T[qtype]).reshape(w.shape)
 
 
+def _header(writer: Any, config: dict, pre: str, vocab: tuple) -> None:
+    """The GGUF metadata of a tiny model: its shape and its tokenizer."""
+    tokens, types, merges = vocab
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(config["num_attention_heads"])
+    writer.add_head_count_kv(config["num_key_value_heads"])
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_rope_freq_base(config["rope_theta"])
+    if config["model_type"] == "qwen3":
+        writer.add_key_length(config["head_dim"])
+        writer.add_value_length(config["head_dim"])
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_chat_template(TINY_CHAT_TEMPLATE)
+
+
 def write_tiny_gguf(path: str | Path, arch: str = "llama", qtype: str = "F32", *, seed: int = 0,
                     layers: int = 2, hidden: int = 256, heads: int = 4, kv_heads: int = 2,
                     intermediate: int = 256, tied: bool = True, pre: str | None = None) -> TinyGGUF:
@@ -100,25 +124,8 @@ def write_tiny_gguf(path: str | Path, arch: str = "llama", qtype: str = "F32", *
               "rope_theta": 10000.0, "max_position_embeddings": 512, "vocab_size": len(tokens),
               "tie_word_embeddings": tied}
     writer = gguf.GGUFWriter(path, arch)
-    writer.add_block_count(layers)
-    writer.add_context_length(512)
-    writer.add_embedding_length(hidden)
-    writer.add_feed_forward_length(intermediate)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_freq_base(10000.0)
-    if arch == "qwen3":
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre or {"llama": "smollm", "qwen2": "qwen2", "qwen3": "qwen2"}.get(arch, "default"))
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_chat_template(TINY_CHAT_TEMPLATE)
+    _header(writer, config, pre or {"llama": "smollm", "qwen2": "qwen2", "qwen3": "qwen2"}.get(arch, "default"),
+            (tokens, types, merges))
 
     out = TinyGGUF(path, config)
 

@@ -4,19 +4,20 @@ import json
 import re
 import shutil
 import subprocess
-from types import SimpleNamespace
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 import eager_mlx
 from eager_mlx import EagerConfig
-from eager_mlx.cli import eval as cli_eval
+from eager_mlx.models import LoadedModel
 from eager_mlx.cli.main import cli
 from eager_mlx.engine.engine import Engine
-from eager_mlx.trees.html import render_tree_html, tree_from_dict, tree_from_result
+from eager_mlx.trees.html import render_tree_html
+from eager_mlx.trees.tree import tree_from_dict, tree_from_result
 
-from fakes import ByteTokenizer, ScriptedModel, tiny_model
+from fakes import ByteTokenizer, ScriptedModel, patch_load, tiny_model
 
 PROMPT = list(b"Q: 2+2?")
 
@@ -83,8 +84,8 @@ def test_page_renders_in_headless_chromium(tmp_path):
 
 @pytest.fixture
 def fake_load(monkeypatch):
-    loaded = SimpleNamespace(model=tiny_model(), tokenizer=ByteTokenizer(), preset=None, path=None)
-    monkeypatch.setattr(eager_mlx, "load", lambda ref=None, progress=None: loaded)
+    loaded = LoadedModel(tiny_model(), ByteTokenizer(), None, Path("."), "tiny")
+    patch_load(monkeypatch, loaded)
     return loaded
 
 
@@ -98,11 +99,7 @@ def test_cli_solve_html(tmp_path, fake_load):
 
 
 def test_eval_save_trace_then_report_html(tmp_path, monkeypatch):
-    def build(model, max_rows, seed, chat=True, **kwargs):
-        tok = ByteTokenizer()
-        return Engine(tiny_model(), tok, max_rows=max_rows, seed=seed), tok.encode, None, "tiny"
-
-    monkeypatch.setattr(cli_eval, "build_runner", build)
+    patch_load(monkeypatch, LoadedModel(tiny_model(), ByteTokenizer(), None, Path("."), "tiny"))
     data = tmp_path / "toy.jsonl"
     data.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": str(i + 1)}) + "\n" for i in range(3)))
     out, bare = tmp_path / "run", tmp_path / "bare"

@@ -1,0 +1,49 @@
+"""`ServerConfig`: what the server binds, serves and lets in."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from eager_mlx.config import EngineConfig
+
+from .access import valid_origin
+
+__all__ = ["ServerConfig", "API_KEY_ENV"]
+
+API_KEY_ENV = "EAGER_MLX_API_KEY"  # `serve --api-key` also reads it
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Server settings.
+
+    `defaults`: setting values (docs/settings.md) that requests which give none get (the
+    `serve` command's options); settings absent from both come from the preset, then the
+    schema. `cors_origins`: the web origins whose pages may call the server (none: no
+    page may). `api_key`: when set, every route but /health needs ``Authorization: Bearer KEY``.
+    `timeout`: seconds a connection may sit idle on a read or write before it is closed.
+    `max_connections`: open connections at once; past it a new one gets a 503 at once.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    model_id: str = "default_model"
+    max_rows: int = EngineConfig.max_rows
+    seed: int = EngineConfig.seed
+    defaults: dict = field(default_factory=dict)
+    chat_template_args: dict = field(default_factory=dict)
+    cors_origins: tuple[str, ...] = ()
+    api_key: Optional[str] = field(default=None, repr=False)
+    timeout: float = 30.0
+    max_connections: int = 128
+
+    def __post_init__(self) -> None:
+        bad = next((o for o in self.cors_origins if not valid_origin(o)), None)
+        if bad is not None:
+            raise ValueError(f"CORS origin {bad!r} is not an origin such as http://localhost:3000 (or '*')")
+        if not self.timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {self.timeout}")
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("the API key is empty")
