@@ -16,7 +16,8 @@ __all__ = ["calibrate"]
 @click.command()
 @click.option("--model", "-m", default=None, help="Preset name, mlx-lm folder, .gguf file or hub id.")
 @click.option("--data", "-d", required=True,
-              help="gsm8k-train (not an eval set), gsm8k, math500, svamp, hf:NAME[:CONFIG], or a .jsonl/.json/.csv file.")
+              help="gsm8k-train (not an eval set), gsm8k, math500, svamp, hf:NAME[:CONFIG], or a .jsonl/.json/.csv "
+                   "file.")
 @click.option("--limit", type=click.IntRange(min=1), default=8, show_default=True,
               help="Prompts to sample (the first ones).")
 @click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True,
@@ -31,7 +32,8 @@ __all__ = ["calibrate"]
 @click.option("--write-preset", is_flag=True,
               help="Store theta and how it was obtained as the preset's user override "
                    "(~/.cache/eager-mlx/presets/NAME.toml).")
-@click.option("--save-traces", default=None, callback=output_file, help="Write the measured entropy traces here (JSON).")
+@click.option("--save-traces", default=None, callback=output_file,
+              help="Write the measured entropy traces here (JSON).")
 @click.option("--plot", default=None, callback=output_file, help="PNG histogram with theta drawn.")
 def calibrate(model: Optional[str], data: str, limit: int, samples: int, target_sequences: Optional[float],
               question_field, template, no_chat: bool, write_preset: bool, save_traces: Optional[Path],

@@ -149,7 +149,8 @@ def test_write_preset_round_trips_and_auto_uses_it(tmp_path, monkeypatch):
     assert got.threshold == cal.threshold == 2.1
     assert got.calibration == PresetCalibration(
         data="gsm8k-train", prompts=1, samples=1, max_tokens=12, max_sequences=8, target_sequences=4.0,
-        mean_sequences=4.0, tokens=8, seed=0, date=got.calibration.date, command="eager-mlx calibrate --data gsm8k-train")
+        mean_sequences=4.0, tokens=8, seed=0, date=got.calibration.date,
+        command="eager-mlx calibrate --data gsm8k-train")
     theta, how = auto_threshold(None, [], CFG, got)  # stored: no engine needed
     assert theta == 2.1 and "calibrated value of preset smollm2-135m (on gsm8k-train, 1 prompts x 1)" in how
     path.write_text("threshold = 1.5\n")  # a bare theta: the shipped record no longer describes it
@@ -165,9 +166,11 @@ def test_cli_calibrate(tmp_path, monkeypatch):
     data.write_text("".join(json.dumps({"question": q, "answer": "1"}) + "\n" for q in ("Q?", "Q!")))
     tok = ByteTokenizer()
     schedule = {2: "high", 5: "high", 7: "mid"}
-    loaded = FakeLoaded(lambda config, events: Engine(ScriptedModel(len(PROMPT), schedule), tok, max_rows=config.max_rows,
-                                                      seed=0), tok.encode, preset=get_preset("smollm2-135m"),
-                        name="scripted", tokenizer=tok)
+
+    def make_engine(config, events):
+        return Engine(ScriptedModel(len(PROMPT), schedule), tok, max_rows=config.max_rows, seed=0)
+
+    loaded = FakeLoaded(make_engine, tok.encode, preset=get_preset("smollm2-135m"), name="scripted", tokenizer=tok)
     asked = patch_load(monkeypatch, loaded)
     png, saved = tmp_path / "hist.png", tmp_path / "traces.json"
     r = CliRunner().invoke(cli, ["calibrate", "--data", str(data), "--template", "{question}", "--no-chat",
