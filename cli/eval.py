@@ -9,7 +9,9 @@ import click
 
 from eager_mlx.evaluation.scheduler import METHODS
 
-from .options import ADAPTIVE, ENGINE, GENERATION, fail, output_file, pop_settings, setting_options
+from .interrupt import stop_on_signals
+from .options import (ADAPTIVE, ENGINE, GENERATION, fail, output_dir, pop_settings, setting_options, writable_dir,
+                      writable_file)
 from .progress import EvalBar, load_model
 
 __all__ = ["eval_cmd", "report"]
@@ -22,11 +24,13 @@ def _default_out(data: str, method: str, m: int) -> Path:
     return Path("runs") / f"{stem}-{method}-M{m}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _run_dir(ctx: click.Context, param: click.Parameter, value: Optional[Path]) -> Optional[Path]:
-    """--out must be a folder we can create or write, checked before any work."""
-    if value is not None and value.exists() and not value.is_dir():
-        raise click.BadParameter(f"{value} exists and is not a directory")
-    return value
+def _resume_hint(out: Optional[Path], run_dir: Optional[Path]) -> str:
+    """What to do after an interrupt: resume when the evaluation had begun (its manifest is written)."""
+    from eager_mlx.evaluation.evaluate import MANIFEST
+
+    if out is None or run_dir is None or not (run_dir / MANIFEST).exists():
+        return "stopped before the evaluation began, nothing was written"
+    return f"what is written in {out} is kept; to continue, run the same command with --resume --out {out}"
 
 
 @click.command("eval")
@@ -41,7 +45,7 @@ def _run_dir(ctx: click.Context, param: click.Parameter, value: Optional[Path]) 
                    "batch full (both exact; reserving leaves most rows idle).")
 @click.option("--token-budget", type=click.IntRange(min=0), default=None,
               help="eager-adapt / eager: pool this many generated tokens instead of M x |D| sequences.")
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None, callback=_run_dir,
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None, callback=output_dir,
               help="Run directory (default: runs/...).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
 @click.option("--question-field", default=None, help="Question field of a data file.")
@@ -59,39 +63,63 @@ def _run_dir(ctx: click.Context, param: click.Parameter, value: Optional[Path]) 
 @setting_options(*ADAPTIVE)
 def eval_cmd(model, data, limit, method, reserve_rows, token_budget, out, resume, question_field, answer_field,
              template, split, fallbacks, ks, no_save_text, save_trace, no_chat, **settings: Any) -> None:
-    """Evaluate a method on a dataset; one JSONL record per problem in the run directory."""
+    """Evaluate a method on a dataset; one JSONL record per problem in the run directory.
+
+    SIGINT / SIGTERM stop it and say how to continue it (--resume); exit code 130 / 143."""
     from eager_mlx.adaptive.options import AdaptiveOptions
-    from eager_mlx.evaluation.data import load_dataset
-    from eager_mlx.evaluation.evaluate import EvalError, evaluate_model
-    from eager_mlx.evaluation.scheduler import SchedulerConfig
-    from eager_mlx.evaluation.shards import barrier, current_shard, shard_run
+    from eager_mlx.evaluation.evaluate import EvalError
+    from eager_mlx.evaluation.shards import barrier
 
     if resume and out is None:
         raise click.UsageError("--resume needs --out RUN_DIR")
     generation, engine = pop_settings(settings, *GENERATION), pop_settings(settings, *ENGINE)
-    try:
-        options = AdaptiveOptions.from_settings(pop_settings(settings, *ADAPTIVE))
-        SchedulerConfig(method=method, max_sequences=generation["max_sequences"], max_rows=engine["max_rows"],
-                        token_budget=token_budget).validate()  # before any work
-        dataset = load_dataset(data, question_field=question_field, answer_field=answer_field,
-                               template=template, limit=limit, split=split)
-        loaded = load_model(model)
-        eval_settings, extra = _settings(loaded, dataset, generation, engine, options, method=method,
-                                         reserve_rows=reserve_rows, token_budget=token_budget, ks=ks,
-                                         fallbacks=fallbacks, save_text=not no_save_text, chat=not no_chat)
-        shard = current_shard()  # rank r of n under mlx.launch: prompts i % n == r, results in RUN_DIR/rank-r
-        default = _default_out(data, method, eval_settings.eager.max_sequences) if shard.size == 1 else None
-        run_dir, dataset = shard_run(out or default, dataset, shard)
-        bar = EvalBar()
+    where: dict[str, Any] = {"out": out, "run_dir": None}  # for the interrupt message
+    with stop_on_signals(lambda: _resume_hint(where["out"], where["run_dir"])):
         try:
-            evaluate_model(loaded, dataset, eval_settings, run_dir, max_kv_memory=engine["max_kv_memory"],
-                           chat=not no_chat, save_trace=save_trace, extra_manifest=extra, resume=resume,
-                           progress=bar)
-        finally:
-            bar.close()
-    except (EvalError, ValueError) as e:  # ModelError, DataError and SettingError are ValueErrors
-        raise fail(e) from None
-    _print_results(run_dir, shard, barrier)
+            options = AdaptiveOptions.from_settings(pop_settings(settings, *ADAPTIVE))
+            dataset, shard, where["out"], where["run_dir"] = _prepare(
+                data, out, resume, method, generation, engine, token_budget,
+                dict(question_field=question_field, answer_field=answer_field, template=template, limit=limit,
+                     split=split))
+            loaded = load_model(model)
+            eval_settings, extra = _settings(loaded, dataset, generation, engine, options, method=method,
+                                             reserve_rows=reserve_rows, token_budget=token_budget, ks=ks,
+                                             fallbacks=fallbacks, save_text=not no_save_text, chat=not no_chat)
+            _evaluate(loaded, dataset, eval_settings, where["run_dir"], max_kv_memory=engine["max_kv_memory"],
+                      chat=not no_chat, save_trace=save_trace, extra_manifest=extra, resume=resume)
+        except (EvalError, ValueError, OSError) as e:  # ModelError, DataError, SettingError; a full disk
+            raise fail(e) from None
+    _print_results(where["run_dir"], shard, barrier)
+
+
+def _prepare(data: str, out: Optional[Path], resume: bool, method: str, generation: dict, engine: dict,
+             token_budget: Optional[int], data_options: dict) -> tuple[Any, Any, Path, Path]:
+    """Everything checked before the model loads: the scheduler settings, the data, the run directory.
+    Returns (this rank's dataset, the shard, the --out folder, this rank's run directory)."""
+    from eager_mlx.evaluation.data import load_dataset
+    from eager_mlx.evaluation.rundir import check_run_dir
+    from eager_mlx.evaluation.scheduler import SchedulerConfig
+    from eager_mlx.evaluation.shards import current_shard, shard_run
+
+    SchedulerConfig(method=method, max_sequences=generation["max_sequences"], max_rows=engine["max_rows"],
+                    token_budget=token_budget).validate()
+    dataset = load_dataset(data, **data_options)
+    shard = current_shard()  # rank r of n under mlx.launch: prompts i % n == r, results in RUN_DIR/rank-r
+    if out is None and shard.size == 1:
+        out = _default_out(data, method, generation["max_sequences"])
+    run_dir, dataset = shard_run(out, dataset, shard)
+    check_run_dir(run_dir, resume)
+    return dataset, shard, out, run_dir
+
+
+def _evaluate(loaded: Any, dataset: Any, settings: Any, run_dir: Path, **kwargs: Any) -> None:
+    from eager_mlx.evaluation.evaluate import evaluate_model
+
+    bar = EvalBar()
+    try:
+        evaluate_model(loaded, dataset, settings, run_dir, progress=bar, **kwargs)
+    finally:
+        bar.close()
 
 
 def _settings(loaded: Any, dataset: Any, generation: dict, engine: dict, options: Any, *, chat: bool,
@@ -125,7 +153,11 @@ def _print_results(run_dir: Path, shard: Any, barrier: Any) -> None:
     from eager_mlx.evaluation.report import format_table, run_summary
     from eager_mlx.evaluation.shards import rank_dirs
 
-    click.echo(format_table([run_summary(run_dir)]))
+    row = run_summary(run_dir)
+    click.echo(format_table([row]))
+    if row["skipped"]:
+        click.echo(f"note: {row['skipped']} prompts were skipped, too long for the model's context "
+                   f"(their records in results.jsonl say why); the metrics are over the others")
     click.echo(f"results: {run_dir}")
     if shard.size > 1:
         barrier()
@@ -135,8 +167,7 @@ def _print_results(run_dir: Path, shard: Any, barrier: Any) -> None:
 
 @click.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--plot", "plot", default="pass_at_k_vs_tokens.png", show_default=True, callback=output_file,
-              help="Where to write the PNG.")
+@click.option("--plot", "plot", default="pass_at_k_vs_tokens.png", show_default=True, help="Where to write the PNG.")
 @click.option("--no-plot", is_flag=True, help="Only print the table.")
 @click.option("--html", "html", is_flag=True, help="Write a branch-tree page per prompt: RUN_DIR/trees/pN.html.")
 def report(run_dirs: tuple[Path, ...], plot: Path, no_plot: bool, html: bool) -> None:
@@ -144,6 +175,9 @@ def report(run_dirs: tuple[Path, ...], plot: Path, no_plot: bool, html: bool) ->
     from eager_mlx.evaluation.evaluate import EvalError
     from eager_mlx.evaluation.report import format_table, plot_runs, run_summary
 
+    # output paths first: nothing is computed for a plot or pages that cannot be written
+    plot = None if no_plot else writable_file(plot, "'--plot'")
+    pages = [writable_dir(Path(d) / "trees", "'--html'") for d in run_dirs] if html else []
     try:
         rows = [run_summary(d) for d in run_dirs]
     except (EvalError, KeyError) as e:
@@ -151,14 +185,14 @@ def report(run_dirs: tuple[Path, ...], plot: Path, no_plot: bool, html: bool) ->
     click.echo(format_table(rows))
     if len({r["hash"] for r in rows}) > 1:
         click.echo("note: the runs used different data (dataset hashes differ)")
-    if not no_plot:
-        try:
+    try:
+        if plot is not None:
             plot_runs(rows, plot)
-        except RuntimeError as e:
-            raise fail(e) from None
-        click.echo(f"plot: {plot}")
-    if html:
-        from eager_mlx.trees.pages import write_tree_pages
+            click.echo(f"plot: {plot}")
+        if pages:
+            from eager_mlx.trees.pages import write_tree_pages
 
-        for d in run_dirs:
-            click.echo(f"trees: {write_tree_pages(d)}")
+            for d in run_dirs:
+                click.echo(f"trees: {write_tree_pages(d)}")
+    except (EvalError, RuntimeError, OSError) as e:
+        raise fail(e) from None

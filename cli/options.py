@@ -5,6 +5,7 @@ default and range: the option is made from the setting's one declaration.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -19,7 +20,7 @@ from eager_mlx.config import EagerConfig, EngineConfig, SamplingConfig
 from eager_mlx.settings import Setting, SettingError, check, settings_of
 
 __all__ = ["GENERATION", "ADAPTIVE", "ENGINE", "setting_options", "pop_settings", "parse_size", "ThresholdType",
-           "fail", "output_file"]
+           "fail", "output_file", "output_dir", "writable_file", "writable_dir", "FiniteFloatRange"]
 
 GENERATION = (EagerConfig, SamplingConfig)
 ADAPTIVE = (ConsensusConfig, AdaptiveOptions, ConfidenceConfig)
@@ -36,16 +37,41 @@ def fail(error: Exception) -> click.ClickException:
 
 def output_file(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     """Click callback: an output file's folder must exist and be writable, checked before any work."""
-    if value is None:
-        return value
+    return None if value is None else writable_file(value)
+
+
+def writable_file(value: Any, param_hint: Optional[str] = None) -> Path:
+    """`value` as a path to a file we can write (its folder exists and is writable); else click.BadParameter."""
     path = Path(value).expanduser()
     if path.is_dir():
-        raise click.BadParameter(f"{path} is a directory")
+        raise click.BadParameter(f"{path} is a directory", param_hint=param_hint)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise click.BadParameter(f"{folder} does not exist")
+        problem = "is not a directory" if folder.exists() else "does not exist"
+        raise click.BadParameter(f"{folder} {problem}", param_hint=param_hint)
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise click.BadParameter(f"{path} is not writable")
+        raise click.BadParameter(f"{path} is not writable", param_hint=param_hint)
+    return path
+
+
+def output_dir(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Click callback: a folder that exists and is writable, or can be created, checked before any work."""
+    return None if value is None else writable_dir(value)
+
+
+def writable_dir(value: Any, param_hint: Optional[str] = None) -> Path:
+    """`value` as a folder that is writable or can be created; else click.BadParameter."""
+    path = Path(value).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = "exists and is not a directory" if existing == path else f"cannot be created: {existing} is a file"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
+    if problem:
+        raise click.BadParameter(f"{path} {problem}", param_hint=param_hint)
     return path
 
 
@@ -60,6 +86,16 @@ def parse_size(text: Optional[str]) -> Optional[int]:
     if not m or float(m.group(1)) <= 0:
         raise click.BadParameter(f"{text!r} is not a size such as 512MB or 2GB")
     return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses nan and inf (nan passes every range comparison)."""
+
+    def convert(self, value: Any, param, ctx) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
 
 
 class ThresholdType(click.ParamType):

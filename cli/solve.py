@@ -52,7 +52,10 @@ def solve(question: str, model: Optional[str], system: Optional[str], no_chat: b
     if html_path:
         from eager_mlx.trees.html import render_tree_html
 
-        html_path.write_text(render_tree_html(result, loaded.tokenizer, question=question), encoding="utf-8")
+        try:
+            html_path.write_text(render_tree_html(result, loaded.tokenizer, question=question), encoding="utf-8")
+        except OSError as e:  # checked before the run; the disk can still fill up
+            raise fail(e) from None
     weighted = None
     if options.confidence_vote:
         from eager_mlx.adaptive.confidence import confidence_vote

@@ -1,7 +1,7 @@
 """Rebuild a Hugging Face tokenizer (tokenizer.json + tokenizer_config.json) from GGUF metadata.
 
 Only byte-level BPE vocabularies (`tokenizer.ggml.model == "gpt2"`) are
-supported: SmolLM, Qwen2/2.5/3 and Llama 3 use them. The pre-tokenizer follows
+supported: SmolLM, Qwen2/2.5/3, DeepSeek-R1-Distill-Qwen and Llama 3 use them. The pre-tokenizer follows
 `tokenizer.ggml.pre`, mirroring llama.cpp's rules, so token ids match the
 model's own tokenizer.
 """
@@ -27,13 +27,14 @@ _QWEN2_SPLIT = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _GPT2_NAMES = ("gpt2", "default", "gpt-2")
+_QWEN2_NAMES = ("qwen2", "deepseek-r1-qwen")  # llama.cpp gives DeepSeek-R1-Distill-Qwen the Qwen2 rules
 
 
 def _pre_tokenizer(pre: str):
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if pre == "smollm":  # digits one by one, then the GPT-2 regex
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    split = {"qwen2": _QWEN2_SPLIT, "llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT}.get(pre)
+    split = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT}.get(pre, _QWEN2_SPLIT if pre in _QWEN2_NAMES else None)
     if split is not None:
         return pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
@@ -58,7 +59,7 @@ def build_tokenizer(gguf: GGUFModel) -> tuple[Tokenizer, dict]:
     bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges],
                      fuse_unk=False, byte_fallback=False)
     tokenizer = Tokenizer(bpe)
-    if pre == "qwen2":
+    if pre in _QWEN2_NAMES:
         tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = _pre_tokenizer(pre)
     tokenizer.decoder = decoders.ByteLevel()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx_lm.models.base import scaled_dot_product_attention
 
 __all__ = ["ByteTokenizer", "MarkovModel", "ScriptedModel", "tiny_model"]
 
@@ -87,6 +88,13 @@ def tiny_model(kind: str = "llama", vocab_size: int = 300, seed: int = 0, layers
     return model
 
 
+def _attention(layer, batch: int, length: int) -> None:
+    """Write a cache entry and attend like a real layer (the engine routes it; the output is unused)."""
+    kv = mx.zeros((batch, 1, length, 2))
+    keys, values = layer.update_and_fetch(kv, kv)
+    scaled_dot_product_attention(kv, keys, values, cache=layer, scale=1.0, mask=None)
+
+
 class ScriptedModel(nn.Module):
     """A fake model whose next-token distribution depends only on the generation step.
 
@@ -124,7 +132,7 @@ class ScriptedModel(nn.Module):
         batch, length = inputs.shape
         layer = cache[0]
         offset = layer.offset
-        layer.update_and_fetch(mx.zeros((batch, 1, length, 2)), mx.zeros((batch, 1, length, 2)))
+        _attention(layer, batch, length)
         if isinstance(offset, int):  # prefill: only the last position matters
             steps = [offset + length - self.prompt_len] * batch
         else:
@@ -162,7 +170,7 @@ class MarkovModel(nn.Module):
 
     def __call__(self, inputs: mx.array, cache=None):
         batch, length = inputs.shape
-        cache[0].update_and_fetch(mx.zeros((batch, 1, length, 2)), mx.zeros((batch, 1, length, 2)))
+        _attention(cache[0], batch, length)
         return self.table[inputs]
 
 

@@ -142,11 +142,11 @@ def test_requests_queue_when_rows_are_full():
 def test_unsupported_cache_is_a_clear_error():
     class Odd:
         def make_cache(self):
-            from mlx_lm.models.cache import RotatingKVCache
+            from mlx_lm.models.cache import ChunkedKVCache
 
-            return [RotatingKVCache(max_size=8)]
+            return [ChunkedKVCache(chunk_size=8)]
 
-    with pytest.raises(ValueError, match="unsupported model"):
+    with pytest.raises(ValueError, match="unsupported model: layer 0 uses ChunkedKVCache"):
         Engine(Odd(), TOK)
 
 

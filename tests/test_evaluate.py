@@ -33,6 +33,8 @@ class FakeEngine:
     One step finishes the oldest request; rows in use = sequences of the active requests.
     """
 
+    context_length = None
+
     def __init__(self, script, max_rows=64, crash_after=None):
         self.script, self.max_rows, self.crash_after = script, max_rows, crash_after
         self.active: list[tuple[str, list[int], EagerConfig, list]] = []

@@ -97,7 +97,7 @@ def test_presets_are_well_formed():
     assert presets[0].name == "smollm2-135m"
     for p in presets:
         assert p.source and p.context_length > 0 and 0 < p.top_p <= 1 and p.note
-        assert p.think_end in (None, "</think>")
+        assert p.think_end in (None, "</think>", "<|end|>")  # <|end|>: gpt-oss's analysis channel ends
         if p.hub_id is None:  # every registry file pinned
             assert len(p.sha256) == len(p.source) and all(len(d) == 64 for d in p.sha256)
             assert (p.gguf_sha256 is not None) == (len(p.source) > 1)
@@ -107,6 +107,7 @@ def test_presets_are_well_formed():
     assert get_preset("smollm2-135m").sha256 == ("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",)
     assert get_preset("qwen3-4b").hub_id == "mlx-community/Qwen3-4B-4bit"
     assert get_preset("qwen3-4b").chat_template_kwargs == {"enable_thinking": True}
+    assert get_preset("gpt-oss-20b").think_end == "<|end|>"
 
 
 # --- SHA-256 pins of registry files -------------------------------------------------------------

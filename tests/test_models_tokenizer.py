@@ -32,6 +32,7 @@ def test_round_trip_and_merges(tmp_path, pre):
 @pytest.mark.parametrize("pre, pieces", [
     ("smollm", ["1", "2", "3", "4", "5"]),     # digits one by one
     ("qwen2", ["1", "2", "3", "4", "5"]),
+    ("deepseek-r1-qwen", ["1", "2", "3", "4", "5"]),  # llama.cpp: the Qwen2 rules
     ("llama-bpe", ["12", "3", "4", "5"]),     # groups of up to three, then BPE
 ])
 def test_digit_rules(tmp_path, pre, pieces):

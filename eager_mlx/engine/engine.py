@@ -22,12 +22,14 @@ from typing import Optional
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models.cache import KVCache, make_prompt_cache
+from mlx_lm.models.cache import make_prompt_cache
 
 from eager_mlx.answers import extract_boxed, majority_vote
 from eager_mlx.engine.branching import BranchCandidate, BranchPolicy
-from eager_mlx.config import EagerConfig
+from eager_mlx.config import EagerConfig, EngineConfig
+from eager_mlx.engine.cache_kinds import cache_arrays, leaf_specs
 from eager_mlx.engine.kv import PassLayout, PromptGroup, SharedPrefixKV, install_attention
+from eager_mlx.engine.probe import check_model
 from eager_mlx.results import (
     BranchEvent,
     Event,
@@ -103,8 +105,9 @@ class _Row:
 class Engine:
     """Batched generation with entropy-aware branching over an mlx-lm model.
 
-    Works with models whose caches are plain `KVCache`s (llama, qwen2, qwen3, ...).
-    See docs/architecture.md for the contract: `add`, `step`, `abort`, `has_work`.
+    Works with mlx-lm models whose layers keep plain, sliding-window or latent KV caches or
+    recurrent state (see cache_kinds.py); any other model is refused at construction with a
+    one-line reason (probe.py). See docs/architecture.md for the contract: `add`, `step`, `abort`, `has_work`.
     """
 
     def __init__(
@@ -112,8 +115,8 @@ class Engine:
         model,
         tokenizer,
         *,
-        max_rows: int = 64,
-        seed: int = 0,
+        max_rows: int = EngineConfig.max_rows,
+        seed: int = EngineConfig.seed,
         context_length: Optional[int] = None,
         token_events: bool = True,
         max_kv_memory: Optional[int] = None,
@@ -125,11 +128,9 @@ class Engine:
         later (RunPreempted), so every branch decision is made; otherwise the branch is skipped."""
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
-        caches = make_prompt_cache(model)
-        if not all(type(c) is KVCache for c in caches):
-            kinds = sorted({type(c).__name__ for c in caches})
-            raise ValueError(f"unsupported model: the engine needs plain KV caches, this model uses {kinds}")
+        specs, nesting = leaf_specs(make_prompt_cache(model))
         install_attention(model)
+        mla = check_model(model, specs, nesting)
         self.model = model
         self.tokenizer = tokenizer
         self.max_rows = max_rows
@@ -139,7 +140,7 @@ class Engine:
         self._admissions = 0
         self.context_length = context_length or _context_length(model)
         self.eos = set(tokenizer.eos_token_ids or ())
-        self._kv = SharedPrefixKV(len(caches), max_slots=max_rows)
+        self._kv = SharedPrefixKV(specs, nesting, max_slots=max_rows, mla=mla)
         self.seed = seed
         self._requests: dict[str, _Request] = {}
         self._waiting: list[_Request] = []
@@ -254,12 +255,13 @@ class Engine:
         n = len(rows)
         lo = min(r.start for r in self._rows)
         self._kv.reserve(len(self._rows), column, lo)
-        offsets = mx.array([len(r.request.prompt) + column - r.start for r in rows], dtype=mx.int32)
+        positions = [len(r.request.prompt) + column - r.start for r in rows]
+        offsets = mx.array(positions, dtype=mx.int32)
         starts = mx.array([r.start for r in rows], dtype=mx.int32)
         mask = mx.arange(lo, column + 1)[None] >= starts[:, None]
-        groups, order = _groups(rows)
+        groups, order = _groups(rows, positions)
         inverse = None if order is None else mx.array(np.argsort(order), dtype=mx.int32)
-        self._kv.layout = PassLayout(
+        layout = PassLayout(
             slots=None if slots is None else mx.array(slots, dtype=mx.int32),
             n=n,
             column=column,
@@ -268,8 +270,13 @@ class Engine:
             mask=mask,
             groups=groups,
             inverse=inverse,
+            starts=starts,
         )
-        logits = self.model(tokens[:, None], cache=self._kv.layers)[:, -1, :]
+        caches = self._kv.begin_pass(layout)
+        try:
+            logits = self.model(tokens[:, None], cache=caches)[:, -1, :]
+        finally:
+            self._kv.end_pass()
         return self._stats(logits, rows, column + 1 - starts)  # the generation step each row samples
 
     def _stats(self, logits: mx.array, rows: list[_Row], steps: mx.array) -> mx.array:
@@ -300,12 +307,8 @@ class Engine:
         for i in range(0, len(req.prompt), _PREFILL_CHUNK):
             logits = self.model(prompt[:, i : i + _PREFILL_CHUNK], cache=cache)
             if i + _PREFILL_CHUNK < len(req.prompt):
-                mx.eval([c.state for c in cache])
-        plen = len(req.prompt)
-        # Compact copies: a slice would keep mlx-lm's 256-step buffer alive.
-        self._kv.add_prompt(
-            req.id, [(mx.contiguous(c.keys[:, :, :plen, :]), mx.contiguous(c.values[:, :, :plen, :])) for c in cache]
-        )
+                mx.eval(cache_arrays(cache))
+        self._kv.add_prompt(req.id, cache, len(req.prompt))
         return logits[:, -1, :]
 
     def _admit(self) -> None:
@@ -322,6 +325,7 @@ class Engine:
             rows = [self._new_row(req, parent=None) for _ in range(initial)]
             stats = self._stats(mx.repeat(logits, initial, axis=0), rows, mx.zeros((initial,), dtype=mx.int32))
             self._rows.extend(rows)
+            self._kv.add_rows(req.id, initial)
             self._pending = stats if self._pending is None else mx.concatenate([self._pending, stats])
 
     def _new_row(self, req: _Request, parent: Optional[_Row]) -> _Row:
@@ -500,6 +504,7 @@ class Engine:
             self._kv.copy_row(src, hole, self._rows[src].start, self._column)
             select[hole] = src
         self._rows = [self._rows[i] for i in select]
+        self._kv.truncate(n)
         if self._pending is not None:
             self._pending = self._pending[mx.array(select, dtype=mx.int32)] if n else None
 
@@ -555,15 +560,18 @@ class Engine:
         )
 
 
-def _groups(rows: list[_Row]) -> tuple[list[PromptGroup], Optional[list[int]]]:
-    """Group pass positions by request; `order` is the concatenation order (None if already grouped)."""
+def _groups(rows: list[_Row], offsets: list[int]) -> tuple[list[PromptGroup], Optional[list[int]]]:
+    """Group pass positions by request; `order` is the concatenation order (None if already grouped).
+
+    A request's rows are in lockstep, so they share one rope offset (`offsets` is per row).
+    """
     positions: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         positions.setdefault(r.request.id, []).append(i)
     if len(positions) == 1:
-        return [PromptGroup(rows[0].request.id, None)], None
+        return [PromptGroup(rows[0].request.id, None, offsets[0])], None
     order = [i for pos in positions.values() for i in pos]
-    groups = [PromptGroup(rid, mx.array(pos, dtype=mx.int32)) for rid, pos in positions.items()]
+    groups = [PromptGroup(rid, mx.array(pos, dtype=mx.int32), offsets[pos[0]]) for rid, pos in positions.items()]
     return groups, (None if order == list(range(len(rows))) else order)
 
 

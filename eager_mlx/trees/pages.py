@@ -31,6 +31,10 @@ def write_tree_pages(run_dir: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for rec in records:
+        if "skipped" in rec:  # too long for the model's context: no runs, no page
+            rows.append(f'<tr><td>p{rec["index"]}</td><td>{_cell(rec.get("question"))}</td>'
+                        f'<td>{_cell(rec.get("gold"), 20)}</td><td colspan="4">skipped: {_cell(rec["skipped"])}</td></tr>')
+            continue
         trees = tree_from_record(rec, traces.get(rec.get("rank")))
         name = f"p{rec['index']}.html"
         title = f"prompt {rec['index']} ({rec.get('id', '')})"

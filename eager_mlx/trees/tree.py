@@ -8,20 +8,17 @@ or entropies, only its shape and answers).
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from eager_mlx.answers import majority_vote
-from eager_mlx.evaluation.evaluate import read_records
+from eager_mlx.evaluation.rundir import TRACES, Journal, read_records
 from eager_mlx.results import RunResult
 
 __all__ = ["TRACES", "Tree", "TreeSequence", "tree_from_result", "tree_from_dict", "tree_from_record",
            "TraceRecorder", "read_traces"]
 
-TRACES = "trees.jsonl"
 
 
 @dataclass
@@ -119,16 +116,12 @@ class TraceRecorder:
     """Appends the Tree of each finished run to `path` (JSONL, fsynced): pass it as an evaluation's `on_run`."""
 
     def __init__(self, path: Path, tokenizer: Any = None):
-        self.path = Path(path)
+        self.journal = Journal(Path(path))  # a run journal: a resume repairs it with the others (rundir.py)
         self.tokenizer = tokenizer
 
     def __call__(self, result: RunResult) -> None:
         tree = tree_from_result(result, self.tokenizer, keep_text=False)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"request_id": result.request_id, "tree": tree.to_dict()}, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self.journal.append({"request_id": result.request_id, "tree": tree.to_dict()})
 
 
 def read_traces(run_dir: Path) -> dict[str, dict]:

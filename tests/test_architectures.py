@@ -1,0 +1,192 @@
+"""Every architecture module of the installed mlx-lm, as a tiny random model (tiny_archs.py):
+either every branched sequence's log-probs equal a plain forward pass over the same tokens
+(forks early and late, two requests, one joining late, chunked prefill), or the engine refuses
+the model at construction with its one-line reason. No architecture may run and be wrong.
+"""
+import re
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from mlx_lm.models.base import scaled_dot_product_attention
+
+import eager_mlx.engine.engine as engine_module
+from eager_mlx import EagerConfig, Engine, SamplingConfig
+from eager_mlx.engine.branching import BranchPolicy
+from eager_mlx.results import RunFinished, RunPreempted
+
+from fakes import ByteTokenizer
+from tiny_archs import REFUSED, SKIPPED, architectures, build, skip_reason, status
+
+ARCHS = architectures()
+TOK = ByteTokenizer()
+TOK.eos_token_ids = set()  # no row ends early: every planned fork happens
+
+PROMPTS = {"a": list(range(40, 51)), "b": list(range(60, 67))}  # longer than the sliding windows (4)
+# (sequence, step) pairs that branch: early forks, and late ones once the suffix is past the window.
+PLANS = {"a": {(0, 0), (0, 1), (1, 3), (0, 9)}, "b": {(0, 0), (1, 6)}}
+MAX_TOKENS = {"a": 12, "b": 14}
+JOIN_AT = 5  # request b is added after this many steps
+
+
+class _Scheduled(BranchPolicy):
+    """Branches the planned (sequence, step) pairs, whatever the entropy."""
+
+    def __init__(self, config, plan):
+        super().__init__(config)
+        self.plan, self.step = plan, 0
+
+    def decide(self, rows):
+        chosen = [r.sequence for r in rows if (r.sequence, self.step) in self.plan]
+        self.num_sequences += len(chosen)
+        self.step += 1
+        return chosen
+
+
+def _run(engine):
+    results, steps = {}, 0
+
+    def add(rid):
+        config = EagerConfig(max_sequences=8, max_tokens=MAX_TOKENS[rid], sampling=SamplingConfig(temperature=1.0))
+        engine.add(rid, PROMPTS[rid], config)
+        engine._requests[rid].policy = _Scheduled(config, PLANS[rid])
+
+    add("a")
+    while engine.has_work:
+        if steps == JOIN_AT:
+            add("b")
+        for ev in engine.step():
+            if isinstance(ev, RunFinished):
+                results[ev.request_id] = ev.result
+        steps += 1
+    return results
+
+
+def _reference(model, prompt, sequences):
+    """Log-probs of each sequence's tokens from one plain forward pass (right-padded batch, causal)."""
+    rows = [prompt + s for s in sequences]
+    width = max(map(len, rows))
+    logits = model(mx.array([r + [0] * (width - len(r)) for r in rows])).astype(mx.float32)
+    logprobs = np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+    p = len(prompt)
+    return [logprobs[i, p - 1 + np.arange(len(s)), s] for i, s in enumerate(sequences)]
+
+
+def _context_matters(model) -> float:
+    """How much the last token's logits change with the tokens before it (0: the check is void)."""
+    a = model(mx.array([PROMPTS["a"]]))[0, -1]
+    b = model(mx.array([PROMPTS["b"][:-1] + PROMPTS["a"][-1:]]))[0, -1]
+    return float(mx.abs(a - b).max())
+
+
+@pytest.mark.parametrize("name,import_error", ARCHS, ids=[name for name, _ in ARCHS])
+def test_architecture_is_fork_correct_or_refused(name, import_error, monkeypatch):
+    if skip_reason(name, import_error):
+        pytest.skip(skip_reason(name, import_error))
+    model = build(name)
+    monkeypatch.setattr(engine_module, "_PREFILL_CHUNK", 4)  # the prompts prefill in several chunks
+    if name in REFUSED:
+        with pytest.raises(ValueError, match="^unsupported model: .*" + re.escape(REFUSED[name])):
+            Engine(model, TOK, max_rows=8)
+        return
+    assert _context_matters(model) > 1e-3, "the tiny model ignores its context: the comparison would prove nothing"
+    results = _run(Engine(model, TOK, max_rows=8, seed=1))
+    assert [len(results[r].sequences) for r in "ab"] == [5, 3], "every planned fork happens"
+    for rid, result in results.items():
+        tokens = [s.token_ids for s in result.sequences]
+        assert all(len(t) == MAX_TOKENS[rid] for t in tokens)
+        for seq, ref in zip(result.sequences, _reference(model, PROMPTS[rid], tokens)):
+            np.testing.assert_allclose(seq.logprobs, ref, atol=1e-4, err_msg=f"{name} request {rid} seq {seq.index}")
+
+
+def test_the_table_covers_every_architecture_module():
+    """REFUSED and SKIPPED name only architectures that exist, and every module is listed."""
+    names = {name for name, _ in ARCHS}
+    assert set(REFUSED) <= names and set(SKIPPED) <= names
+    assert {"gpt_oss", "gemma3", "olmo3", "qwen3_next", "qwen3_5", "lfm2", "deepseek_v3", "glm4_moe_lite"} <= names - set(
+        REFUSED
+    )
+
+
+def test_readme_support_table_lists_every_architecture():
+    """The README's table (tests/support_table.py prints it) has one row per architecture, with its status."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("<!-- support-table -->")[1].split("<!-- /support-table -->")[0]
+    rows = [line.split("|")[1:3] for line in table.strip().splitlines()[2:]]
+    listed = {cells[0].strip(): cells[1].strip() for cells in rows}
+    assert listed == {name: status(name, error) for name, error in ARCHS}, "rerun tests/support_table.py"
+
+
+def test_sliding_layers_keep_only_their_window():
+    """Layer 0 of llama:sliding has a window of 4: it keeps 3 prompt positions and a ring of 4
+    columns per row however long the rows get; the global layer keeps everything. Rows stay
+    exact across many turns of the ring and a fork made long after the window moved on."""
+    model = build("llama:sliding")
+    engine = Engine(model, TOK, max_rows=4, seed=2)
+    config = EagerConfig(max_sequences=2, max_tokens=40, sampling=SamplingConfig(temperature=1.0))
+    engine.add("a", PROMPTS["a"], config)
+    engine._requests["a"].policy = _Scheduled(config, {(0, 30)})
+    sliding, full = engine._kv.attention
+    results, widths, full_width = {}, set(), 0
+    while engine.has_work:
+        for ev in engine.step():
+            if isinstance(ev, RunFinished):
+                results[ev.request_id] = ev.result
+        if "a" in engine._kv.prompts:
+            assert engine._kv.prompts["a"][0][0].shape[2] == 3 and engine._kv.prompts["a"][1][0].shape[2] == 11
+            widths.add(sliding.keys.shape[2])
+            full_width = full.keys.shape[2]
+    assert widths == {4} and full_width >= 40
+    tokens = [s.token_ids for s in results["a"].sequences]
+    assert len(tokens) == 2
+    for seq, ref in zip(results["a"].sequences, _reference(model, PROMPTS["a"], tokens)):
+        np.testing.assert_allclose(seq.logprobs, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["qwen3_next", "gpt_oss", "deepseek_v3"])
+def test_preempted_rows_hand_their_slots_to_children(name):
+    """With 4 rows, request a's third fork preempts request b: the child takes b's slot (its
+    recurrent state and window ring are copied there) and b runs again later; both stay exact."""
+    model = build(name)
+    engine = Engine(model, TOK, max_rows=4, seed=1, preempt=True)
+    results, preempted = {}, []
+    for rid, threshold in (("a", 0.0), ("b", 100.0)):  # b never branches
+        config = EagerConfig(threshold=threshold, max_sequences=4, max_tokens=8,
+                             sampling=SamplingConfig(temperature=1.0))
+        engine.add(rid, PROMPTS[rid], config)
+    engine._requests["a"].policy = _Scheduled(engine._requests["a"].config, {(0, 0), (0, 1), (1, 3)})
+    while engine.has_work:
+        for ev in engine.step():
+            if isinstance(ev, RunFinished):
+                results[ev.request_id] = ev.result
+            preempted += [ev.request_id] if isinstance(ev, RunPreempted) else []
+    assert preempted == ["b"]
+    assert [len(results[r].sequences) for r in "ab"] == [4, 1]
+    for rid, result in results.items():
+        tokens = [s.token_ids for s in result.sequences]
+        for seq, ref in zip(result.sequences, _reference(model, PROMPTS[rid], tokens)):
+            np.testing.assert_allclose(seq.logprobs, ref, atol=1e-4, err_msg=f"{name} request {rid}")
+
+
+class _SideAttention(nn.Module):
+    """One layer that writes its cache but attends to keys it made itself (cache=None)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = [None]  # make_prompt_cache builds one KVCache
+        self.embed = nn.Embedding(300, 8)
+
+    def __call__(self, inputs, cache=None):
+        h = self.embed(inputs)[:, None]  # (B, 1 head, L, 8)
+        if cache is not None:
+            cache[0].update_and_fetch(h, h)
+        k = h * 2  # not what the cache returned
+        out = scaled_dot_product_attention(h, k, k, cache=None, scale=1.0, mask=None)
+        return out[:, 0] @ self.embed.weight.T
+
+
+def test_attention_on_keys_no_cache_returned_is_refused():
+    with pytest.raises(ValueError, match="^unsupported model: a layer attends to keys that did not come from its cache$"):
+        Engine(_SideAttention(), TOK)
