@@ -80,7 +80,7 @@ done
 for libs in "$TARGET"/*.libs; do [ -d "$libs" ] && libpath="$libpath:$libs"; done
 export LD_LIBRARY_PATH="$libpath${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PYTHONPATH="$TARGET:$REPO${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONNOUSERSITE=1
+export PYTHONNOUSERSITE=1 PYTHONUNBUFFERED=1
 
 # ---- what this machine is; MLX must see the GPU (else the table would be the CPU's)
 {

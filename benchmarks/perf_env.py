@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import platform
 import re
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-__all__ = ["header_lines", "available_memory", "load_average", "on_gpu"]
+__all__ = ["header_lines", "available_memory", "load_average", "on_gpu", "versions"]
 
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -89,6 +90,7 @@ def _gpu() -> str:
     return f"{name}" + (f", {mem / 2**30:.0f} GiB" if mem else "") + extra
 
 
+@functools.lru_cache(maxsize=None)  # read once, at the start: the code measured is the code then
 def _versions() -> str:
     import mlx_lm
 
@@ -103,6 +105,11 @@ def _versions() -> str:
     dirty = " +local changes" if commit and _run(["git", "status", "--porcelain", "--untracked-files=no"]) else ""
     at = f", commit {commit}{dirty}" if commit else ""
     return f"mlx {mx.__version__}, mlx-lm {mlx_lm.__version__}, eager-mlx {ours}{at}"
+
+
+def versions() -> str:
+    """mlx, mlx-lm and eager-mlx versions and the git commit (with '+local changes' when the tree differs)."""
+    return _versions()
 
 
 def _blas() -> str:
