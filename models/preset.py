@@ -2,8 +2,12 @@
 
 A user override ``~/.cache/eager-mlx/presets/NAME.toml`` (``$EAGER_MLX_CACHE``
 honoured), written by ``eager-mlx calibrate --write-preset``, replaces the
-preset's settings it names (threshold, temperature, top_p, context_length).
-Delete the file to go back to the shipped values.
+preset's settings it names (threshold, calibration, temperature, top_p,
+context_length). Delete the file to go back to the shipped values.
+
+A preset's ``calibration.*`` keys (dotted, so they may sit among the top-level
+keys) say how its theta was obtained; a preset without them uses an
+uncalibrated theta (the paper's 2.0).
 """
 from __future__ import annotations
 
@@ -23,10 +27,34 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["DEFAULT_MODEL", "Preset", "get_preset", "list_presets", "override_path", "preset_override"]
+__all__ = ["DEFAULT_MODEL", "Preset", "PresetCalibration", "get_preset", "list_presets", "override_path",
+           "preset_override"]
 
 DEFAULT_MODEL = "smollm2-135m"
-OVERRIDABLE = ("threshold", "temperature", "top_p", "context_length")
+OVERRIDABLE = ("threshold", "calibration", "temperature", "top_p", "context_length")
+
+
+@dataclass(frozen=True)
+class PresetCalibration:
+    """How a preset's theta was obtained (``eager-mlx calibrate``, docs/beyond.md section 1).
+
+    theta is the one whose simulated mean number of sequences per prompt, at M =
+    `max_sequences` and `max_tokens`, is the largest not above `target_sequences`;
+    the simulation ran on `samples` unbranched samples of each of `prompts` prompts
+    of `data` (never an evaluation set).
+    """
+
+    data: str  # dataset name or file, e.g. "gsm8k-train" (its first `prompts` questions)
+    prompts: int
+    samples: int  # unbranched samples per prompt
+    max_tokens: int  # per sample, and the simulated runs' length
+    max_sequences: int  # M
+    target_sequences: float  # the mean #S aimed at
+    mean_sequences: float  # the mean #S simulated at the chosen theta
+    tokens: int  # entropies measured
+    seed: int
+    date: str  # ISO date of the calibration
+    command: str  # the command that produced it
 
 
 @dataclass(frozen=True)
@@ -58,6 +86,7 @@ class Preset:
     top_p: float = 0.95
     context_length: int = 4096
     note: str = ""
+    calibration: PresetCalibration | None = None  # None: theta is not calibrated (e.g. the paper's value)
 
     def __post_init__(self) -> None:
         _check_pins(self)
@@ -97,7 +126,21 @@ def _from_toml(name: str, text: str) -> Preset:
     data["sha256"] = _as_tuple(data.get("sha256", ()))
     data["think_end"] = data.get("think_end") or None  # "" means: no thinking section
     data.setdefault("name", name)
+    if "calibration" in data:
+        data["calibration"] = _calibration(data["calibration"], f"preset {name}")
     return Preset(**data)
+
+
+def _calibration(table: Any, where: str) -> PresetCalibration:
+    """The ``calibration.*`` keys of a preset or override as a PresetCalibration (ModelError if malformed)."""
+    if not isinstance(table, dict):
+        raise ModelError(f"{where}: calibration must be a table of calibration.* keys")
+    names = {f.name for f in dataclasses.fields(PresetCalibration)}
+    missing, unknown = sorted(names - set(table)), sorted(set(table) - names)
+    if missing or unknown:
+        raise ModelError(f"{where}: calibration keys missing: {', '.join(missing) or '-'}; "
+                         f"unknown: {', '.join(unknown) or '-'}")
+    return PresetCalibration(**table)
 
 
 def override_path(name: str) -> Path:
@@ -117,6 +160,10 @@ def preset_override(name: str) -> dict[str, Any]:
     unknown = sorted(set(data) - set(OVERRIDABLE))
     if unknown:
         raise ModelError(f"{path}: cannot override {', '.join(unknown)} (only {', '.join(OVERRIDABLE)})")
+    if "calibration" in data:
+        data["calibration"] = _calibration(data["calibration"], str(path))
+    elif "threshold" in data:
+        data["calibration"] = None  # the shipped record does not describe this theta
     return data
 
 

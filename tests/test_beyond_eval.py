@@ -1,29 +1,18 @@
-"""Consensus, confidence voting and calibration through the eval loop and the CLI (fake and scripted engines)."""
+"""Consensus and confidence voting through the eval loop and the CLI (fake and scripted engines)."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 from click.testing import CliRunner
 
-from eager_mlx import EagerConfig, Engine, SamplingConfig
 from eager_mlx.evaluation import report
-from eager_mlx.adaptive.calibrate import (
-    auto_threshold,
-    branching_rate,
-    calibrate,
-    threshold_for_percentile,
-    threshold_for_rate,
-    write_preset_threshold,
-)
 from eager_mlx.cli.main import cli
 from eager_mlx.adaptive.consensus import ConsensusConfig
 from eager_mlx.evaluation.evaluate import EvalError, evaluate, read_records
-from eager_mlx.models.preset import get_preset, override_path
 from eager_mlx.results import RunFinished
 
-from fakes import ByteTokenizer, FakeLoaded, ScriptedModel, patch_load
+from fakes import FakeLoaded, patch_load
 from test_evaluate import Crash, FakeEngine, adapt_script, boxed, encode, make_dataset, settings
 
 
@@ -115,78 +104,3 @@ def test_cli_eval_with_consensus_and_confidence_vote(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "consensus_abort needs a consensus rule" in r.output
     r = CliRunner().invoke(cli, ["eval", "--data", str(data), "--out", str(tmp_path / "y"), "--threshold", "high"])
     assert r.exit_code == 2 and "neither a number nor 'auto'" in r.output
-
-
-# ---------------------------------------------------------------- calibration
-
-def test_threshold_selection_hand_values():
-    values = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5]
-    assert threshold_for_rate(values, 0.2) == 3.5  # 4.0 and 4.5 above: 20%
-    assert branching_rate(values, 3.5) == 0.2
-    assert threshold_for_rate(values, 0.25) == 3.5  # floor(2.5) = 2 above
-    assert threshold_for_rate(values, 0.0) == 4.5  # nothing above
-    assert threshold_for_percentile(values, 50) == pytest.approx(2.25)
-    assert threshold_for_percentile(values, 90) == pytest.approx(4.05)
-    with pytest.raises(ValueError):
-        threshold_for_rate([], 0.1)
-    with pytest.raises(ValueError):
-        threshold_for_rate(values, 1.0)
-
-
-PROMPT = [ord("Q"), ord("?")]
-SCHEDULE = {2: "high", 5: "high", 7: "mid"}  # 10 tokens: entropies ln20-ish x2, ln8-ish, 7 x ~0
-
-
-def scripted_engine(rows=4):
-    return Engine(ScriptedModel(len(PROMPT), SCHEDULE), ByteTokenizer(), max_rows=rows, seed=0)
-
-
-def test_calibrate_on_the_engine():
-    cfg = EagerConfig(max_tokens=10, sampling=SamplingConfig(temperature=0))
-    cal = calibrate(scripted_engine(), [PROMPT, PROMPT], cfg, rate=0.25)
-    assert cal.tokens == 20 and cal.prompts == 2
-    # 20 tokens sorted: 4 high (~3.0), 2 mid (ln 8), 14 low; position floor(0.25 * 20) = 5 is a mid
-    assert cal.threshold == pytest.approx(math.log(8), abs=1e-3) and cal.rate == 0.2
-    assert cal.summary["max"] == pytest.approx(math.log(20), abs=1e-2)
-    cal = calibrate(scripted_engine(), [PROMPT], cfg, percentile=50)
-    assert cal.threshold < 1e-3 and cal.target == "percentile 50"
-
-
-def test_preset_override_and_auto_threshold(tmp_path, monkeypatch):
-    monkeypatch.setenv("EAGER_MLX_CACHE", str(tmp_path))
-    preset = get_preset("smollm2-135m")
-    cfg = EagerConfig(max_tokens=10, sampling=SamplingConfig(temperature=0))
-    theta, how = auto_threshold(scripted_engine(), [PROMPT], cfg, preset)  # nothing stored: calibrate now
-    assert theta == pytest.approx(math.log(20), abs=1e-2) and "calibrated now" in how  # rate 0.02 of 10: top value
-    cal = calibrate(scripted_engine(), [PROMPT], cfg, rate=0.25)
-    path = write_preset_threshold("smollm2-135m", cal)
-    assert path == override_path("smollm2-135m") == tmp_path / "presets" / "smollm2-135m.toml"
-    assert get_preset("smollm2-135m").threshold == pytest.approx(math.log(8), abs=1e-3)
-    theta, how = auto_threshold(None, [], cfg, get_preset("smollm2-135m"))  # stored: no engine needed
-    assert theta == cal.threshold and "stored" in how
-    path.write_text("source = 'x'\n")
-    from eager_mlx.models import ModelError
-
-    with pytest.raises(ModelError, match="cannot override source"):
-        get_preset("smollm2-135m")
-
-
-def test_cli_calibrate(tmp_path, monkeypatch):
-    monkeypatch.setenv("EAGER_MLX_CACHE", str(tmp_path / "cache"))
-    data = tmp_path / "q.jsonl"
-    data.write_text("".join(json.dumps({"question": q, "answer": "1"}) + "\n" for q in ("Q?", "Q!")))
-    tok = ByteTokenizer()
-
-    loaded = FakeLoaded(lambda config, events: scripted_engine(config.max_rows), tok.encode,
-                        preset=get_preset("smollm2-135m"), name="scripted")
-    patch_load(monkeypatch, loaded)
-    png = tmp_path / "hist.png"
-    r = CliRunner().invoke(cli, ["calibrate", "--data", str(data), "--template", "{question}", "--no-chat",
-                                 "--max-tokens", "10", "--target-rate", "0.25", "--write-preset", "--plot", str(png)])
-    assert r.exit_code == 0, r.output
-    assert "measured: 20 tokens of 2 prompts" in r.output
-    assert "theta = 2.0794 for rate 0.25 (20.00% of tokens above)" in r.output
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert get_preset("smollm2-135m").threshold == pytest.approx(math.log(8), abs=1e-3)
-    r = CliRunner().invoke(cli, ["calibrate", "--data", str(data), "--target-rate", "0.1", "--percentile", "90"])
-    assert r.exit_code == 2 and "not both" in r.output

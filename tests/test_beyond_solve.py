@@ -31,7 +31,8 @@ def run(*args):
 
 def test_threshold_auto_calibrates_on_the_question(fake_load):
     out = run("--threshold", "auto", "-M", "4")
-    m = re.search(r"theta auto: ([0-9.]+) \(calibrated now on 1 prompt\(s\), \d+ tokens, rate 0.02\)", out)
+    m = re.search(r"theta auto: ([0-9.]+) \(calibrated now on 1 prompt\(s\) x 4 samples, \d+ tokens, "
+                  r"simulated mean #S [0-9.]+ for mean #S 1 at M=4\)", out)
     assert m, out
     used = float(re.search(r"branch points \d+, theta ([0-9.]+)\)", out).group(1))
     assert used == pytest.approx(float(m.group(1)), abs=1e-4)  # the run used the calibrated theta

@@ -212,10 +212,12 @@ def test_report(tmp_path, fake_eval, args, code, message):
 
 # ------------------------------------------------------------------------------------------ calibrate
 CALIBRATE = [
-    (["--target-rate", "0.1", "--percentile", "50"], 2, "give --target-rate or --percentile, not both"),
-    (["--percentile", "nan"], 2, "'nan' is not a finite number"),
-    (["--target-rate", "nan"], 2, "'nan' is not a finite number"),
-    (["--target-rate", "1"], 2, "Invalid value for '--target-rate'"),
+    (["--target-sequences", "nan"], 2, "'nan' is not a finite number"),
+    (["--target-sequences", "0.5"], 2, "Invalid value for '--target-sequences'"),
+    (["--target-sequences", "9"], 2, "target mean #S must be in [1, M=8], got 9"),
+    (["--samples", "0"], 2, "Invalid value for '--samples'"),
+    (["--samples", "20"], 2, "--samples 20 needs --max-rows >= 20 (got 16)"),
+    (["--save-traces", "{d}/adir"], 2, "Invalid value for '--save-traces': {d}/adir is a directory"),
     (["--limit", "0"], 2, "Invalid value for '--limit'"),
     (["--temperature", "nan"], 2, "temperature must be a finite number"),
     (["--max-rows", "0"], 2, "max_rows must be >= 1"),

