@@ -106,15 +106,17 @@ def _assert_fork_correct(name, model):
             np.testing.assert_allclose(seq.logprobs, ref, atol=1e-4, err_msg=f"{name} request {rid} seq {seq.index}")
 
 
-@pytest.mark.parametrize("path", ["split", "joined"])
+@pytest.mark.parametrize("path", ["split", "joined", "copied"])
 @pytest.mark.parametrize("name", ["llama", "llama:sliding", "gpt_oss", "gemma3", "deepseek_v3", "glm4_moe_lite",
                                   "gemma4", "qwen3_next", "falcon_h1"])
 def test_both_attention_paths_are_fork_correct(name, path, monkeypatch):
-    """kv.py attends over [prompt | suffix] as one softmax (short prompts, one request) or as two
-    merged parts: each path alone, on windows, sinks, latent attention, shared KV and recurrent layers."""
+    """kv.py attends over [prompt | suffix] as one softmax (short prompts, one request), as two
+    merged parts, or (GPU) with mx.fast attention over a per-pass copy: each path alone, on windows,
+    sinks, latent attention, shared KV and recurrent layers."""
     monkeypatch.setattr(engine_module, "_PREFILL_CHUNK", 4)
     monkeypatch.setattr(kv, "_SHORT_SCORES", 0 if path == "split" else 1 << 40)
     monkeypatch.setattr(kv, "_SHORT_PROMPT_BYTES", 0 if path == "split" else 1 << 40)
+    monkeypatch.setattr(kv, "_COPY_ON_CPU", path == "copied")  # the GPU path (mx.fast attention)
     _assert_fork_correct(name, build(name))
 
 

@@ -60,6 +60,10 @@ _HIDDEN = -1e9  # score of a key outside the window: finite, so an all-hidden pa
 # re-read the prompt KV from cache; else _attend_split (reads the prompt once for all rows).
 _SHORT_SCORES = 1 << 16  # query heads x (prompt + suffix) columns
 _SHORT_PROMPT_BYTES = 1 << 18  # prompt keys + values of one layer
+# On a GPU, _attend_copied (one fused attention kernel over a per-pass copy of [prompt | suffix])
+# while the copy stays under this per layer; on the CPU (no fused kernel) only when forced (tests).
+_COPY_BYTES = 1 << 20
+_COPY_ON_CPU = False
 _ACTIVE = threading.local()  # .store: the SharedPrefixKV whose pass runs on this thread
 
 
@@ -441,14 +445,39 @@ class LayerCache:
         q = queries.reshape(n, kv_heads, rep, dim) * scale
         if q_pe is not None:
             q_pe = q_pe.reshape(n, kv_heads, rep, -1)
+        ks, vs, visible = self._suffix(lay)
+        if q_pe is None and self._copy_prompt(lay):
+            return self._attend_copied(lay, queries, scale, ks, vs, visible, sinks)
         if sinks is not None:
             sinks = _f32(sinks).reshape(1, kv_heads, rep, 1)
-        ks, vs, visible = self._suffix(lay)
         if self._short(lay, n * heads, ks.shape[2]):
             out = self._attend_joined(lay, q, q_pe, ks, vs, visible, sinks)
         else:
             out = self._attend_split(lay, q, q_pe, ks, vs, visible, sinks)
         return out.reshape(n, heads, 1, -1).astype(queries.dtype)
+
+    def _copy_prompt(self, lay: PassLayout) -> bool:
+        """Whether the pass uses _attend_copied: off on the CPU (no fused kernel there) unless forced."""
+        if len(lay.groups) != 1 or (fastmath.uses_exp2() and not _COPY_ON_CPU):
+            return False
+        kp, vp = self.store.prompts[lay.groups[0].request_id][self.index][:2]
+        return lay.n * (kp.nbytes + vp.nbytes) <= _COPY_BYTES
+
+    def _attend_copied(self, lay, queries, scale, ks, vs, visible, sinks) -> mx.array:
+        """One request, short prompt, on a GPU: [prompt | suffix] KV put together per row for this
+        pass (a copy of at most _COPY_BYTES, never stored) and one fused attention kernel."""
+        g = lay.groups[0]
+        kp, vp, first = self.store.prompts[g.request_id][self.index]
+        n, length = ks.shape[0], kp.shape[2]
+        k = mx.concatenate([mx.broadcast_to(kp, (n,) + kp.shape[1:]), ks], axis=2)
+        v = mx.concatenate([mx.broadcast_to(vp, (n,) + vp.shape[1:]), vs], axis=2)
+        mask = None
+        if self.window or visible is not None:
+            held = mx.arange(first, first + length)
+            seen = held >= g.offset - self.window + 1 if self.window else mx.ones((length,), dtype=mx.bool_)
+            own = mx.ones((n, ks.shape[2]), dtype=mx.bool_) if visible is None else visible
+            mask = mx.concatenate([mx.broadcast_to(seen, (n, length)), own], axis=1)[:, None, None, :]
+        return mx.fast.scaled_dot_product_attention(queries, k, v, scale=scale, mask=mask, sinks=sinks)
 
     def _short(self, lay: PassLayout, queries: int, suffix: int) -> bool:
         """Whether the pass attends over [prompt | suffix] as one softmax (_attend_joined)."""
