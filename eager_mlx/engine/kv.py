@@ -9,12 +9,21 @@ store only what they generated, in one batch buffer per attention layer of shape
 row that joined later simply starts at a later column, and the columns before its start are
 masked out. Recurrent layers (`recurrent.RecurrentLeaf`) keep a fixed-size state per row.
 
-Attention for a row is computed in two parts and merged with their
-log-sum-exps (as in cascade / flash-decoding attention):
+Attention for a row is over [its request's prompt KV | its own suffix columns], computed one of
+three ways, all exact (LayerCache._attend picks by the pass's shape):
 
-* prompt part: the queries of all rows of one request attend to that request's
-  prompt KV together, as one small matmul (rows play the role of query positions);
-* suffix part: each row attends to its own suffix columns.
+* split (any prompt length, several requests): two parts merged by their maxima and sums (as
+  in cascade / flash-decoding attention): the queries of all rows of one request attend to
+  that request's prompt KV together, as one matmul (rows play the role of query positions, so
+  the prompt KV is read once per pass), and each row attends to its own suffix columns;
+* joined (one request, short prompt): the scores against the prompt and the suffix under one
+  softmax; every row multiplies against the prompt KV in place (it stays in cache). Fewer
+  graph nodes, which is what a short-prompt step costs;
+* copied (the same case on a GPU): [prompt | suffix] put together per row for the pass (a
+  small copy, never stored) and one fused `mx.fast.scaled_dot_product_attention` kernel.
+
+Matmuls run in the KV's dtype (float16 on a GPU: the rounding of mlx-lm's unfused attention);
+softmax statistics are float32. On the CPU exp goes through exp2 (fastmath.py).
 
 Sliding-window layers (a `RotatingKVCache(max_size=W)` in the model's `make_cache`) keep only the
 last W - 1 prompt positions and a ring of the last W suffix columns, and hide what lies outside
@@ -251,6 +260,18 @@ def _f32(x: mx.array) -> mx.array:
     return x if x.dtype == mx.float32 else x.astype(mx.float32)
 
 
+_COMPILED: dict = {}
+
+
+def _compiled(fn):
+    """`fn` compiled once per exp flavour (fastmath picks one by device at trace time), shapeless:
+    the suffix grows by one column every step."""
+    key = (fn, fastmath.uses_exp2())
+    if key not in _COMPILED:
+        _COMPILED[key] = mx.compile(fn, shapeless=True)
+    return _COMPILED[key]
+
+
 def _weigh(scores: mx.array, values: mx.array) -> tuple[mx.array, mx.array, mx.array]:
     """One part of a split softmax over the last axis: (e @ values, max, sum of e), e = exp(scores - max).
 
@@ -261,6 +282,17 @@ def _weigh(scores: mx.array, values: mx.array) -> tuple[mx.array, mx.array, mx.a
     peak = scores.max(axis=-1, keepdims=True)
     e = fastmath.exp(scores - peak)
     return _f32(e.astype(values.dtype) @ values), peak, e.sum(axis=-1, keepdims=True)
+
+
+def _exp_sum(scores: mx.array) -> tuple[mx.array, mx.array]:
+    """exp(scores - max) and its sum over the last axis: a softmax before its division."""
+    e = fastmath.exp(scores - scores.max(axis=-1, keepdims=True))
+    return e, e.sum(axis=-1, keepdims=True)
+
+
+def _exp_part(scores: mx.array) -> tuple[mx.array, mx.array]:
+    # mlx 0.32.4 crashes on a shapeless-compiled reduction over an axis of size 1 (one column).
+    return (_exp_sum if scores.shape[-1] == 1 else _compiled(_exp_sum))(scores)
 
 
 def _merge(o1, m1, l1, o2, m2, l2):
@@ -277,20 +309,8 @@ def _merge_sinks(o1, m1, l1, o2, m2, l2, sinks):
     return (o1 * a + o2 * b) / (l1 * a + l2 * b + fastmath.exp(sinks - peak))
 
 
-_COMPILED: dict = {}
-
-
-def _compiled(fn):
-    """`fn` compiled once per exp flavour (fastmath picks one by device at trace time), shapeless:
-    the suffix grows by one column every step."""
-    key = (fn, fastmath.uses_exp2())
-    if key not in _COMPILED:
-        _COMPILED[key] = mx.compile(fn, shapeless=True)
-    return _COMPILED[key]
-
-
 def _weigh_part(scores: mx.array, values: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-    # mlx 0.32.4 crashes on a shapeless-compiled reduction over an axis of size 1 (one column).
+    # (see _exp_part)
     return (_weigh if scores.shape[-1] == 1 else _compiled(_weigh))(scores, values)
 
 
@@ -503,10 +523,10 @@ class LayerCache:
         if visible is not None:
             ss = mx.where(visible[:, None, None, :], ss, -mx.inf)  # a row always sees its current token
         parts = [sp, ss] if sinks is None else [sp, ss, mx.broadcast_to(sinks, ss.shape[:-1] + (1,))]
-        p = mx.softmax(mx.concatenate(parts, axis=-1), axis=-1, precise=True)
+        e, total = _exp_part(mx.concatenate(parts, axis=-1))  # unnormalised: divide the output instead
         split = sp.shape[-1]
-        o = p[..., :split].astype(vals_p.dtype) @ vals_p
-        return _f32(o) + _f32(p[..., split : split + ss.shape[-1]].astype(vals_s.dtype) @ vals_s)
+        o = _f32(e[..., :split].astype(vals_p.dtype) @ vals_p)
+        return (o + _f32(e[..., split : split + ss.shape[-1]].astype(vals_s.dtype) @ vals_s)) / total
 
     def _attend_split(self, lay, q, q_pe, ks, vs, visible, sinks) -> mx.array:
         """Suffix and prompt parts apart, merged by their maxima and sums (any prompt length)."""
