@@ -14,7 +14,8 @@
 # Environment: OUT (output folder, default ./device-out), TARGET (install folder, default
 #   /tmp/eager-mlx-device; reused when already complete), PYTHON (default python3),
 #   BUDGET (seconds for the whole script, default 540).
-# Writes under $OUT: install.log, env.txt, quick.{log,md,json} and, with --full, full.{log,md,json}.
+# Writes under $OUT: install.log, env.txt, gpu_check.log (fork-correctness on this device),
+#   quick.{log,md,json} and, with --full, full.{log,md,json}.
 set -euo pipefail
 
 die() { echo "device.sh: $*" >&2; exit 2; }
@@ -109,6 +110,10 @@ run_table() {  # name, then bench.py options
     >"$OUT/$name.log" 2>&1 || echo "device.sh: $name exited $? (see $OUT/$name.log)"
   tail -5 "$OUT/$name.log"
 }
+echo "== fork-correctness on this device: python benchmarks/gpu_check.py"
+(cd "$REPO" && timeout 120 "$PY" benchmarks/gpu_check.py) >"$OUT/gpu_check.log" 2>&1 \
+  || echo "device.sh: gpu_check exited $? (see $OUT/gpu_check.log)"
+cat "$OUT/gpu_check.log"
 run_table quick --quick --long
 if [ "$FULL" = 1 ]; then
   if [ "$(left)" -gt 120 ]; then run_table full --long; else echo "device.sh: no time left for the full table"; fi

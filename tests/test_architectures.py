@@ -6,79 +6,21 @@ the model at construction with its one-line reason. No architecture may run and 
 import re
 from pathlib import Path
 
-import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx_lm.models.base import scaled_dot_product_attention
 
 import eager_mlx.engine.engine as engine_module
+import eager_mlx.engine.kv as kv
 from eager_mlx import EagerConfig, Engine, SamplingConfig
-from eager_mlx.engine.branching import BranchPolicy
 from eager_mlx.results import RunFinished, RunPreempted
 
-from fakes import ByteTokenizer
+from fork_check import PROMPTS, TOK, fork_errors, reference
+from fork_check import Scheduled as _Scheduled
 from tiny_archs import REFUSED, SKIPPED, architectures, build, skip_reason, status
 
 ARCHS = architectures()
-TOK = ByteTokenizer()
-TOK.eos_token_ids = set()  # no row ends early: every planned fork happens
-
-PROMPTS = {"a": list(range(40, 51)), "b": list(range(60, 67))}  # longer than the sliding windows (4)
-# (sequence, step) pairs that branch: early forks, and late ones once the suffix is past the window.
-PLANS = {"a": {(0, 0), (0, 1), (1, 3), (0, 9)}, "b": {(0, 0), (1, 6)}}
-MAX_TOKENS = {"a": 12, "b": 14}
-JOIN_AT = 5  # request b is added after this many steps
-
-
-class _Scheduled(BranchPolicy):
-    """Branches the planned (sequence, step) pairs, whatever the entropy."""
-
-    def __init__(self, config, plan):
-        super().__init__(config)
-        self.plan, self.step = plan, 0
-
-    def decide(self, rows):
-        chosen = [r.sequence for r in rows if (r.sequence, self.step) in self.plan]
-        self.num_sequences += len(chosen)
-        self.step += 1
-        return chosen
-
-
-def _run(engine):
-    results, steps = {}, 0
-
-    def add(rid):
-        config = EagerConfig(max_sequences=8, max_tokens=MAX_TOKENS[rid], sampling=SamplingConfig(temperature=1.0))
-        engine.add(rid, PROMPTS[rid], config)
-        engine._requests[rid].policy = _Scheduled(config, PLANS[rid])
-
-    add("a")
-    while engine.has_work:
-        if steps == JOIN_AT:
-            add("b")
-        for ev in engine.step():
-            if isinstance(ev, RunFinished):
-                results[ev.request_id] = ev.result
-        steps += 1
-    return results
-
-
-def _reference(model, prompt, sequences):
-    """Log-probs of each sequence's tokens from one plain forward pass (right-padded batch, causal)."""
-    rows = [prompt + s for s in sequences]
-    width = max(map(len, rows))
-    logits = model(mx.array([r + [0] * (width - len(r)) for r in rows])).astype(mx.float32)
-    logprobs = np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
-    p = len(prompt)
-    return [logprobs[i, p - 1 + np.arange(len(s)), s] for i, s in enumerate(sequences)]
-
-
-def _context_matters(model) -> float:
-    """How much the last token's logits change with the tokens before it (0: the check is void)."""
-    a = model(mx.array([PROMPTS["a"]]))[0, -1]
-    b = model(mx.array([PROMPTS["b"][:-1] + PROMPTS["a"][-1:]]))[0, -1]
-    return float(mx.abs(a - b).max())
 
 
 @pytest.mark.parametrize("name,import_error", ARCHS, ids=[name for name, _ in ARCHS])
@@ -91,14 +33,26 @@ def test_architecture_is_fork_correct_or_refused(name, import_error, monkeypatch
         with pytest.raises(ValueError, match="^unsupported model: .*" + re.escape(REFUSED[name])):
             Engine(model, TOK, max_rows=8)
         return
-    assert _context_matters(model) > 1e-3, "the tiny model ignores its context: the comparison would prove nothing"
-    results = _run(Engine(model, TOK, max_rows=8, seed=1))
-    assert [len(results[r].sequences) for r in "ab"] == [5, 3], "every planned fork happens"
-    for rid, result in results.items():
-        tokens = [s.token_ids for s in result.sequences]
-        assert all(len(t) == MAX_TOKENS[rid] for t in tokens)
-        for seq, ref in zip(result.sequences, _reference(model, PROMPTS[rid], tokens)):
-            np.testing.assert_allclose(seq.logprobs, ref, atol=1e-4, err_msg=f"{name} request {rid} seq {seq.index}")
+    _assert_fork_correct(name, model)
+
+
+def _assert_fork_correct(name, model):
+    for rid, error in fork_errors(model).items():
+        assert error <= 1e-4, f"{name} request {rid}: log-prob error {error:.2e}"
+
+
+@pytest.mark.parametrize("path", ["split", "joined", "copied"])
+@pytest.mark.parametrize("name", ["llama", "llama:sliding", "gpt_oss", "gemma3", "deepseek_v3", "glm4_moe_lite",
+                                  "gemma4", "qwen3_next", "falcon_h1"])
+def test_both_attention_paths_are_fork_correct(name, path, monkeypatch):
+    """kv.py attends over [prompt | suffix] as one softmax (short prompts, one request), as two
+    merged parts, or (GPU) with mx.fast attention over a per-pass copy: each path alone, on windows,
+    sinks, latent attention, shared KV and recurrent layers."""
+    monkeypatch.setattr(engine_module, "_PREFILL_CHUNK", 4)
+    monkeypatch.setattr(kv, "_SHORT_SCORES", 0 if path == "split" else 1 << 40)
+    monkeypatch.setattr(kv, "_SHORT_PROMPT_BYTES", 0 if path == "split" else 1 << 40)
+    monkeypatch.setattr(kv, "_COPY_ON_CPU", path == "copied")  # the GPU path (mx.fast attention)
+    _assert_fork_correct(name, build(name))
 
 
 def test_the_table_covers_every_architecture_module():
@@ -141,7 +95,7 @@ def test_sliding_layers_keep_only_their_window():
     assert widths == {4} and full_width >= 40
     tokens = [s.token_ids for s in results["a"].sequences]
     assert len(tokens) == 2
-    for seq, ref in zip(results["a"].sequences, _reference(model, PROMPTS["a"], tokens)):
+    for seq, ref in zip(results["a"].sequences, reference(model, PROMPTS["a"], tokens)):
         np.testing.assert_allclose(seq.logprobs, ref, atol=1e-4)
 
 
@@ -166,7 +120,7 @@ def test_preempted_rows_hand_their_slots_to_children(name):
     assert [len(results[r].sequences) for r in "ab"] == [4, 1]
     for rid, result in results.items():
         tokens = [s.token_ids for s in result.sequences]
-        for seq, ref in zip(result.sequences, _reference(model, PROMPTS[rid], tokens)):
+        for seq, ref in zip(result.sequences, reference(model, PROMPTS[rid], tokens)):
             np.testing.assert_allclose(seq.logprobs, ref, atol=1e-4, err_msg=f"{name} request {rid}")
 
 

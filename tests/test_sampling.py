@@ -10,11 +10,13 @@ from eager_mlx.engine.sampling import (
     child_key,
     entropy,
     gumbel_noise,
+    host_row_seeds,
     key_array,
     request_key,
     row_seeds,
     sequence_key,
     token_stats,
+    top_candidates,
 )
 
 
@@ -187,3 +189,44 @@ def test_identical_rows_with_different_keys_draw_differently():
     s = RowSampling.from_configs([SamplingConfig(temperature=1.0)] * 256)
     tokens = np.array(token_stats(logits, s, seeds_for(256), 2))[:, 0]
     assert len(set(tokens.tolist())) == 4
+
+
+@pytest.mark.parametrize("vocab", [300, 5000, 49152, 50001])
+@pytest.mark.parametrize("width", [2, 20, 256])
+def test_top_candidates_are_the_largest_logits_in_order(vocab, width):
+    # The chunked selection must give exactly the sorted top values, with ties and -inf present.
+    rng = np.random.default_rng(vocab + width)
+    x = rng.normal(size=(4, vocab)).astype(np.float32) * 3
+    x[1, ::7] = -np.inf
+    x[2] = np.round(x[2])  # many ties
+    x[3, -5:] = 50.0  # the largest values in the last (padded) chunk
+    vals, ids = (np.array(a) for a in top_candidates(mx.array(x), width))
+    want = -np.sort(-x, axis=1)[:, :width]
+    np.testing.assert_array_equal(vals, want)
+    np.testing.assert_array_equal(np.take_along_axis(x, ids.astype(int), axis=1), want)
+    assert all(len(set(row)) == width for row in ids.tolist())
+
+
+def test_large_vocabulary_stats_match_numpy():
+    # Big enough for the chunked top-K path; entropy, log-probabilities and top-2 against float64 numpy.
+    rng = np.random.default_rng(6)
+    logits = (rng.normal(size=(3, 60000)) * 4).astype(np.float32)
+    s = RowSampling.from_configs([SamplingConfig(temperature=0.6)] * 3)
+    out = np.array(token_stats(mx.array(logits), s, seeds_for(3), 20))
+    col = {name: out[:, i] for i, name in enumerate(STAT_FIELDS)}
+    x = logits.astype(np.float64)
+    lp = x - (x.max(1, keepdims=True) + np.log(np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)))
+    order = np.argsort(-x, axis=1)
+    np.testing.assert_array_equal(col["top2"], order[:, 1])
+    # MLX's float32 sum of 60k terms is itself off by ~1e-4 (mx.logsumexp is off by the same).
+    np.testing.assert_allclose(col["lp_top1"], lp[np.arange(3), order[:, 0]], atol=2e-4)
+    np.testing.assert_allclose(col["lp_token"], lp[np.arange(3), col["token"].astype(int)], atol=2e-4)
+    np.testing.assert_allclose(col["entropy"], [np_entropy(r, 20) for r in x], rtol=1e-5)
+    np.testing.assert_allclose(np.array(entropy(mx.array(logits), None)), [np_entropy(r) for r in x], atol=5e-4)
+
+
+def test_host_row_seeds_equal_the_in_graph_hash():
+    keys = [0, 1, 2**64 - 1, 0x0123456789ABCDEF, request_key(5, "r")]
+    steps = [0, 1, 5, 2**31 + 3, 77]
+    want = np.array(row_seeds(key_array(keys), mx.array(steps, dtype=mx.uint32)))
+    np.testing.assert_array_equal(np.array(host_row_seeds(keys, steps)), want)

@@ -46,9 +46,8 @@ from eager_mlx.engine.sampling import (
     Stat,
     child_key,
     entropy,
-    key_array,
+    host_row_seeds,
     request_key,
-    row_seeds,
     sequence_key,
     token_stats,
 )
@@ -91,7 +90,7 @@ class _Row:
     sequence: int
     start: int  # absolute KV column of its first generated token
     detok: object
-    key: int  # 64-bit: its sampling noise at step t is a hash of (key, t) (sampling.row_seeds)
+    key: int  # 64-bit: its sampling noise at step t is a hash of (key, t) (sampling.host_row_seeds)
     parent: Optional[int] = None
     branch_step: Optional[int] = None
     tokens: list[int] = field(default_factory=list)
@@ -148,7 +147,6 @@ class Engine:
         self._pending: Optional[mx.array] = None  # (rows, 7) stats of the last pass, not yet read
         self._column = 0  # absolute column the next pass writes
         self._sampling_cache: Optional[tuple[tuple, RowSampling]] = None
-        self._keys_cache: Optional[tuple[tuple, mx.array]] = None
 
     # ---- public -----------------------------------------------------------
     @property
@@ -258,7 +256,8 @@ class Engine:
         positions = [len(r.request.prompt) + column - r.start for r in rows]
         offsets = mx.array(positions, dtype=mx.int32)
         starts = mx.array([r.start for r in rows], dtype=mx.int32)
-        mask = mx.arange(lo, column + 1)[None] >= starts[:, None]
+        # Columns before a row's start are hidden; when every row starts at `lo` none are.
+        mask = None if all(r.start == lo for r in rows) else mx.arange(lo, column + 1)[None] >= starts[:, None]
         groups, order = _groups(rows, positions)
         inverse = None if order is None else mx.array(np.argsort(order), dtype=mx.int32)
         layout = PassLayout(
@@ -277,16 +276,13 @@ class Engine:
             logits = self.model(tokens[:, None], cache=caches)[:, -1, :]
         finally:
             self._kv.end_pass()
-        return self._stats(logits, rows, column + 1 - starts)  # the generation step each row samples
+        return self._stats(logits, rows, [column + 1 - r.start for r in rows])  # the step each row samples
 
-    def _stats(self, logits: mx.array, rows: list[_Row], steps: mx.array) -> mx.array:
+    def _stats(self, logits: mx.array, rows: list[_Row], steps: list[int]) -> mx.array:
         configs = tuple(r.request.config.sampling for r in rows)
         if self._sampling_cache is None or self._sampling_cache[0] != configs:
             self._sampling_cache = (configs, RowSampling.from_configs(configs))
-        keys = tuple(r.key for r in rows)
-        if self._keys_cache is None or self._keys_cache[0] != keys:
-            self._keys_cache = (keys, key_array(keys))
-        seeds = row_seeds(self._keys_cache[1], steps)
+        seeds = host_row_seeds([r.key for r in rows], steps)
         # Requests may differ in K or full entropy: compute each kind once, pick per row.
         kinds = [None if r.request.config.full_entropy else r.request.config.entropy_top_k for r in rows]
         vocab = logits.shape[-1]
@@ -323,7 +319,7 @@ class Engine:
             req.admitted = self._admissions
             logits = self._prefill(req)
             rows = [self._new_row(req, parent=None) for _ in range(initial)]
-            stats = self._stats(mx.repeat(logits, initial, axis=0), rows, mx.zeros((initial,), dtype=mx.int32))
+            stats = self._stats(mx.repeat(logits, initial, axis=0), rows, [0] * initial)
             self._rows.extend(rows)
             self._kv.add_rows(req.id, initial)
             self._pending = stats if self._pending is None else mx.concatenate([self._pending, stats])

@@ -9,12 +9,21 @@ store only what they generated, in one batch buffer per attention layer of shape
 row that joined later simply starts at a later column, and the columns before its start are
 masked out. Recurrent layers (`recurrent.RecurrentLeaf`) keep a fixed-size state per row.
 
-Attention for a row is computed in two parts and merged with their
-log-sum-exps (as in cascade / flash-decoding attention):
+Attention for a row is over [its request's prompt KV | its own suffix columns], computed one of
+three ways, all exact (LayerCache._attend picks by the pass's shape):
 
-* prompt part: the queries of all rows of one request attend to that request's
-  prompt KV together, as one small matmul (rows play the role of query positions);
-* suffix part: each row attends to its own suffix columns.
+* split (any prompt length, several requests): two parts merged by their maxima and sums (as
+  in cascade / flash-decoding attention): the queries of all rows of one request attend to
+  that request's prompt KV together, as one matmul (rows play the role of query positions, so
+  the prompt KV is read once per pass), and each row attends to its own suffix columns;
+* joined (one request, short prompt): the scores against the prompt and the suffix under one
+  softmax; every row multiplies against the prompt KV in place (it stays in cache). Fewer
+  graph nodes, which is what a short-prompt step costs;
+* copied (the same case on a GPU): [prompt | suffix] put together per row for the pass (a
+  small copy, never stored) and one fused `mx.fast.scaled_dot_product_attention` kernel.
+
+Matmuls run in the KV's dtype (float16 on a GPU: the rounding of mlx-lm's unfused attention);
+softmax statistics are float32. On the CPU exp goes through exp2 (fastmath.py).
 
 Sliding-window layers (a `RotatingKVCache(max_size=W)` in the model's `make_cache`) keep only the
 last W - 1 prompt positions and a ring of the last W suffix columns, and hide what lies outside
@@ -48,6 +57,7 @@ from typing import Optional
 
 import mlx.core as mx
 
+from eager_mlx.engine import fastmath
 from eager_mlx.engine.cache_kinds import LeafSpec, Nesting, nest, prompt_state
 from eager_mlx.engine.recurrent import RecurrentLeaf
 
@@ -55,6 +65,14 @@ __all__ = ["PassLayout", "PromptGroup", "SharedPrefixKV", "LayerCache", "install
 
 _COLUMN_STEP = 16  # buffers grow by 1/16 of what is needed, in multiples of this
 _HIDDEN = -1e9  # score of a key outside the window: finite, so an all-hidden part cannot give NaN
+# _attend_joined (one softmax over [prompt | suffix]) while the scores stay small and every row can
+# re-read the prompt KV from cache; else _attend_split (reads the prompt once for all rows).
+_SHORT_SCORES = 1 << 16  # query heads x (prompt + suffix) columns
+_SHORT_PROMPT_BYTES = 1 << 18  # prompt keys + values of one layer
+# On a GPU, _attend_copied (one fused attention kernel over a per-pass copy of [prompt | suffix])
+# while the copy stays under this per layer; on the CPU (no fused kernel) only when forced (tests).
+_COPY_BYTES = 1 << 20
+_COPY_ON_CPU = False
 _ACTIVE = threading.local()  # .store: the SharedPrefixKV whose pass runs on this thread
 
 
@@ -76,7 +94,7 @@ class PassLayout:
     column: int  # absolute column this pass writes
     offsets: mx.array  # (n,) rope positions (prompt length + tokens before this one)
     lo: int  # first absolute column any row of the pass can see
-    mask: mx.array  # (n, column - lo + 1) bool: column visible to the row
+    mask: Optional[mx.array]  # (n, column - lo + 1) bool: column visible to the row (None: all are)
     groups: list[PromptGroup]
     inverse: Optional[mx.array]  # restores pass order after concatenating groups
     starts: Optional[mx.array] = None  # (n,) first column of each row (for ring buffers)
@@ -242,10 +260,58 @@ def _f32(x: mx.array) -> mx.array:
     return x if x.dtype == mx.float32 else x.astype(mx.float32)
 
 
-def _softmax_out(scores: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-    """softmax(scores) @ values and the log-sum-exp of scores (last axis)."""
-    lse = mx.logsumexp(scores, axis=-1, keepdims=True)
-    return mx.exp(scores - lse) @ _f32(values), lse
+_COMPILED: dict = {}
+
+
+def _compiled(fn):
+    """`fn` compiled once per exp flavour (fastmath picks one by device at trace time), shapeless:
+    the suffix grows by one column every step."""
+    key = (fn, fastmath.uses_exp2())
+    if key not in _COMPILED:
+        _COMPILED[key] = mx.compile(fn, shapeless=True)
+    return _COMPILED[key]
+
+
+def _weigh(scores: mx.array, values: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+    """One part of a split softmax over the last axis: (e @ values, max, sum of e), e = exp(scores - max).
+
+    The softmax over [part 1 | part 2] is then (o1 a1 + o2 a2) / (l1 a1 + l2 a2) with
+    a_i = exp(max_i - max): see _merge.
+    """
+    scores = _f32(scores)
+    peak = scores.max(axis=-1, keepdims=True)
+    e = fastmath.exp(scores - peak)
+    return _f32(e.astype(values.dtype) @ values), peak, e.sum(axis=-1, keepdims=True)
+
+
+def _exp_sum(scores: mx.array) -> tuple[mx.array, mx.array]:
+    """exp(scores - max) and its sum over the last axis: a softmax before its division."""
+    e = fastmath.exp(scores - scores.max(axis=-1, keepdims=True))
+    return e, e.sum(axis=-1, keepdims=True)
+
+
+def _exp_part(scores: mx.array) -> tuple[mx.array, mx.array]:
+    # mlx 0.32.4 crashes on a shapeless-compiled reduction over an axis of size 1 (one column).
+    return (_exp_sum if scores.shape[-1] == 1 else _compiled(_exp_sum))(scores)
+
+
+def _merge(o1, m1, l1, o2, m2, l2):
+    """Softmax-weighted output over two parts from their _weigh results."""
+    peak = mx.maximum(m1, m2)
+    a, b = fastmath.exp(m1 - peak), fastmath.exp(m2 - peak)
+    return (o1 * a + o2 * b) / (l1 * a + l2 * b)
+
+
+def _merge_sinks(o1, m1, l1, o2, m2, l2, sinks):
+    """_merge with one extra logit per head (attention sinks) that has no value."""
+    peak = mx.maximum(mx.maximum(m1, m2), sinks)
+    a, b = fastmath.exp(m1 - peak), fastmath.exp(m2 - peak)
+    return (o1 * a + o2 * b) / (l1 * a + l2 * b + fastmath.exp(sinks - peak))
+
+
+def _weigh_part(scores: mx.array, values: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+    # (see _exp_part)
+    return (_weigh if scores.shape[-1] == 1 else _compiled(_weigh))(scores, values)
 
 
 class LayerCache:
@@ -386,44 +452,107 @@ class LayerCache:
 
     def _scores(self, q, k, v, q_pe):
         """Scores of q against keys k (plus the rope part for latent attention) and the values to mix."""
-        s = q @ _f32(k).transpose(0, 1, 3, 2)
+        s = q.astype(k.dtype) @ k.swapaxes(-1, -2)
         if q_pe is None:
             return s, v
-        return s + q_pe @ _f32(v).transpose(0, 1, 3, 2), k  # MLA: the latents are the values
+        return _f32(s) + _f32(q_pe.astype(v.dtype) @ v.swapaxes(-1, -2)), k  # MLA: the latents are the values
 
     def _attend(self, queries, scale, q_pe, sinks) -> mx.array:
         lay = self.store.layout
         n, heads, _, dim = queries.shape
         kv_heads = self.keys.shape[1]
         rep = heads // kv_heads
-        q = _f32(queries.reshape(n, kv_heads, rep, dim) * scale)
+        q = queries.reshape(n, kv_heads, rep, dim) * scale
         if q_pe is not None:
-            q_pe = _f32(q_pe.reshape(n, kv_heads, rep, -1))
-
-        # Suffix part: each row over its own columns.
+            q_pe = q_pe.reshape(n, kv_heads, rep, -1)
         ks, vs, visible = self._suffix(lay)
-        s, vals = self._scores(q, ks, vs, q_pe)
-        s = mx.where(visible[:, None, None, :], s, -mx.inf)  # a row always sees its current token
-        o_suffix, lse_suffix = _softmax_out(s, vals)
-
-        # Prompt part: all rows of a request at once against its prompt KV.
-        outs, lses = [], []
-        for g in lay.groups:
-            o, lse = self._prompt_part(g, q, q_pe)
-            outs.append(o)
-            lses.append(lse)
-        o_prompt = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=0)
-        lse_prompt = lses[0] if len(lses) == 1 else mx.concatenate(lses, axis=0)
-        if lay.inverse is not None:
-            o_prompt, lse_prompt = o_prompt[lay.inverse], lse_prompt[lay.inverse]
-
-        lse = mx.logaddexp(lse_prompt, lse_suffix)
-        if sinks is not None:  # one extra logit per head, with no value
-            lse = mx.logaddexp(lse, _f32(sinks).reshape(1, kv_heads, rep, 1))
-        out = o_prompt * mx.exp(lse_prompt - lse) + o_suffix * mx.exp(lse_suffix - lse)
+        if q_pe is None and self._copy_prompt(lay):
+            return self._attend_copied(lay, queries, scale, ks, vs, visible, sinks)
+        if sinks is not None:
+            sinks = _f32(sinks).reshape(1, kv_heads, rep, 1)
+        if self._short(lay, n * heads, ks.shape[2]):
+            out = self._attend_joined(lay, q, q_pe, ks, vs, visible, sinks)
+        else:
+            out = self._attend_split(lay, q, q_pe, ks, vs, visible, sinks)
         return out.reshape(n, heads, 1, -1).astype(queries.dtype)
 
-    def _prompt_part(self, g: PromptGroup, q: mx.array, q_pe: Optional[mx.array]):
+    def _copy_prompt(self, lay: PassLayout) -> bool:
+        """Whether the pass uses _attend_copied: off on the CPU (no fused kernel there) unless forced."""
+        if len(lay.groups) != 1 or (fastmath.uses_exp2() and not _COPY_ON_CPU):
+            return False
+        kp, vp = self.store.prompts[lay.groups[0].request_id][self.index][:2]
+        return lay.n * (kp.nbytes + vp.nbytes) <= _COPY_BYTES
+
+    def _attend_copied(self, lay, queries, scale, ks, vs, visible, sinks) -> mx.array:
+        """One request, short prompt, on a GPU: [prompt | suffix] KV put together per row for this
+        pass (a copy of at most _COPY_BYTES, never stored) and one fused attention kernel."""
+        g = lay.groups[0]
+        kp, vp, first = self.store.prompts[g.request_id][self.index]
+        n, length = ks.shape[0], kp.shape[2]
+        k = mx.concatenate([mx.broadcast_to(kp, (n,) + kp.shape[1:]), ks], axis=2)
+        v = mx.concatenate([mx.broadcast_to(vp, (n,) + vp.shape[1:]), vs], axis=2)
+        mask = None
+        if self.window or visible is not None:
+            held = mx.arange(first, first + length)
+            seen = held >= g.offset - self.window + 1 if self.window else mx.ones((length,), dtype=mx.bool_)
+            own = mx.ones((n, ks.shape[2]), dtype=mx.bool_) if visible is None else visible
+            mask = mx.concatenate([mx.broadcast_to(seen, (n, length)), own], axis=1)[:, None, None, :]
+        return mx.fast.scaled_dot_product_attention(queries, k, v, scale=scale, mask=mask, sinks=sinks)
+
+    def _short(self, lay: PassLayout, queries: int, suffix: int) -> bool:
+        """Whether the pass attends over [prompt | suffix] as one softmax (_attend_joined)."""
+        if len(lay.groups) != 1:
+            return False
+        kp, vp = self.store.prompts[lay.groups[0].request_id][self.index][:2]
+        prompt = kp.shape[2]
+        cached = lay.n == 1 or (kp.nbytes + vp.nbytes) <= _SHORT_PROMPT_BYTES
+        return cached and queries * (prompt + suffix) <= _SHORT_SCORES
+
+    def _attend_joined(self, lay, q, q_pe, ks, vs, visible, sinks) -> mx.array:
+        """One request, short prompt: the scores of [prompt | suffix (| sink)] under one softmax.
+
+        Every row multiplies against the prompt KV itself (broadcast, no copy): cheap while the
+        prompt KV stays in cache, and far fewer graph nodes than _attend_split.
+        """
+        g = lay.groups[0]
+        kp, vp, first = self.store.prompts[g.request_id][self.index]
+        sp, vals_p = self._scores(q, kp, vp, q_pe)
+        sp = self._prompt_window(g, _f32(sp), first, kp.shape[2])
+        ss, vals_s = self._scores(q, ks, vs, q_pe)
+        ss = _f32(ss)
+        if visible is not None:
+            ss = mx.where(visible[:, None, None, :], ss, -mx.inf)  # a row always sees its current token
+        parts = [sp, ss] if sinks is None else [sp, ss, mx.broadcast_to(sinks, ss.shape[:-1] + (1,))]
+        e, total = _exp_part(mx.concatenate(parts, axis=-1))  # unnormalised: divide the output instead
+        split = sp.shape[-1]
+        o = _f32(e[..., :split].astype(vals_p.dtype) @ vals_p)
+        return (o + _f32(e[..., split : split + ss.shape[-1]].astype(vals_s.dtype) @ vals_s)) / total
+
+    def _attend_split(self, lay, q, q_pe, ks, vs, visible, sinks) -> mx.array:
+        """Suffix and prompt parts apart, merged by their maxima and sums (any prompt length)."""
+        s, vals = self._scores(q, ks, vs, q_pe)
+        if visible is not None:
+            s = mx.where(visible[:, None, None, :], s, -mx.inf)  # a row always sees its current token
+        suffix = _weigh_part(s, vals)
+
+        # Prompt part: all rows of a request at once against its prompt KV.
+        parts = [self._prompt_part(g, q, q_pe) for g in lay.groups]
+        prompt = parts[0] if len(parts) == 1 else [mx.concatenate(x, axis=0) for x in zip(*parts)]
+        if lay.inverse is not None:
+            prompt = [x[lay.inverse] for x in prompt]
+        if sinks is None:
+            return _compiled(_merge)(*prompt, *suffix)
+        return _compiled(_merge_sinks)(*prompt, *suffix, sinks)  # one extra logit per head, no value
+
+    def _prompt_window(self, g: PromptGroup, s: mx.array, first: int, length: int) -> mx.array:
+        """Hide prompt positions that fell out of a sliding window (no-op on global layers)."""
+        if not self.window:
+            return s
+        held = mx.arange(first, first + length)
+        return mx.where(held >= g.offset - self.window + 1, s, _HIDDEN)
+
+    def _prompt_part(self, g: PromptGroup, q: mx.array, q_pe: Optional[mx.array]) -> list[mx.array]:
+        """_weigh of the group's rows against its prompt KV, in row layout (m, kv_heads, rep, .)."""
         kp, vp, first = self.store.prompts[g.request_id][self.index]
         _, kv_heads, rep, dim = q.shape
 
@@ -433,12 +562,9 @@ class LayerCache:
 
         m = q.shape[0] if g.positions is None else g.positions.shape[0]
         s, vals = self._scores(fold(q), kp, vp, None if q_pe is None else fold(q_pe))
-        if self.window:
-            held = mx.arange(first, first + kp.shape[2])
-            s = mx.where(held >= g.offset - self.window + 1, s, _HIDDEN)
-        o, lse = _softmax_out(s, vals)
-        unfold = lambda x: x.reshape(kv_heads, rep, m, -1).transpose(2, 0, 1, 3)  # noqa: E731
-        return unfold(o), unfold(lse)
+        s = self._prompt_window(g, s, first, kp.shape[2])
+        # Unfolding is a free reshape and a transposed view: the merge reads it strided.
+        return [x.reshape(kv_heads, rep, m, -1).transpose(2, 0, 1, 3) for x in _weigh_part(s, vals)]
 
 
 def _same(a, b) -> bool:

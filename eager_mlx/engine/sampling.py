@@ -20,8 +20,10 @@ from functools import partial
 from typing import Optional, Sequence
 
 import mlx.core as mx
+import numpy as np
 
 from eager_mlx.config import SamplingConfig
+from eager_mlx.engine import fastmath
 
 __all__ = [
     "STAT_FIELDS",
@@ -29,11 +31,13 @@ __all__ = [
     "RowSampling",
     "token_stats",
     "entropy",
+    "top_candidates",
     "request_key",
     "sequence_key",
     "child_key",
     "key_array",
     "row_seeds",
+    "host_row_seeds",
     "gumbel_noise",
 ]
 
@@ -56,6 +60,7 @@ STAT_FIELDS = tuple(s.name.lower() for s in Stat)
 # The top-p mass is measured against the full vocabulary, so the nucleus is exact unless these
 # tokens hold less than top_p (then it is cut at them).
 _CANDIDATES = 256
+_CHUNK = 64  # top_candidates: vocabulary chunk size (at most)
 
 
 # ---- per-sequence keys (host side, stable across processes and Python runs) ------------------
@@ -97,23 +102,68 @@ def _fmix32(h: mx.array) -> mx.array:
     return h ^ (h >> 16)
 
 
+@partial(mx.compile, shapeless=True)
+def _row_seeds(low: mx.array, high: mx.array, steps: mx.array) -> mx.array:
+    h = _fmix32(steps.astype(mx.uint32) * _GOLDEN + 0x7F4A7C15)
+    return _fmix32(_fmix32(h ^ low) ^ high)
+
+
 def row_seeds(keys: mx.array, steps: mx.array) -> mx.array:
     """(B,) uint32: a hash of each row's key (B, 2) uint32 and its generation step (B,)."""
-    h = _fmix32(steps.astype(mx.uint32) * _GOLDEN + 0x7F4A7C15)
-    h = _fmix32(h ^ keys[:, 0])
-    return _fmix32(h ^ keys[:, 1])
+    return _row_seeds(keys[:, 0], keys[:, 1], steps)
+
+
+def _np_fmix32(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> 16)
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def host_row_seeds(keys: Sequence[int], steps: Sequence[int]) -> mx.array:
+    """row_seeds computed on the host from 64-bit keys and steps (the same values; no graph nodes)."""
+    k = np.array(keys, dtype=np.uint64)
+    h = _np_fmix32(np.array(steps, dtype=np.int64).astype(np.uint32) * np.uint32(_GOLDEN) + np.uint32(0x7F4A7C15))
+    h = _np_fmix32(h ^ (k & 0xFFFFFFFF).astype(np.uint32))
+    return mx.array(_np_fmix32(h ^ (k >> np.uint64(32)).astype(np.uint32)))
+
+
+def _hash_ids(token_ids: mx.array) -> mx.array:
+    return _fmix32(token_ids.astype(mx.uint32) * _GOLDEN)
+
+
+def _noise(seeds: mx.array, hashed_ids: mx.array) -> mx.array:
+    h = _fmix32(_fmix32(seeds ^ hashed_ids) + seeds)
+    u = ((h >> 8).astype(mx.float32) + 0.5) * (2.0**-24)  # in (0, 1)
+    return -mx.log(-mx.log(u))
 
 
 @partial(mx.compile, shapeless=True)
 def _gumbel(seeds: mx.array, token_ids: mx.array) -> mx.array:
-    h = _fmix32(_fmix32(seeds ^ _fmix32(token_ids * _GOLDEN)) + seeds)
-    u = ((h >> 8).astype(mx.float32) + 0.5) * (2.0**-24)  # in (0, 1)
-    return -mx.log(-mx.log(u))
+    return _noise(seeds, _hash_ids(token_ids))
 
 
 def gumbel_noise(seeds: mx.array, token_ids: mx.array) -> mx.array:
     """Gumbel(0, 1) noise for token ids (B, C) or (1, C) of rows with `seeds` (B,): a pure function of both."""
     return _gumbel(seeds[:, None], token_ids.astype(mx.uint32))
+
+
+_VOCAB_HASHES: dict[int, mx.array] = {}
+
+
+def _vocabulary_hashes(vocab: int) -> mx.array:
+    """(1, vocab) uint32: the per-token half of the noise hash, the same for every row and step."""
+    if vocab not in _VOCAB_HASHES:
+        _VOCAB_HASHES[vocab] = _hash_ids(mx.arange(vocab)[None])
+        mx.eval(_VOCAB_HASHES[vocab])
+    return _VOCAB_HASHES[vocab]
+
+
+@partial(mx.compile, shapeless=True)
+def _gumbel_max(tempered: mx.array, seeds: mx.array, hashed_ids: mx.array) -> mx.array:
+    """argmax(tempered + gumbel noise) per row: the Gumbel-max sample over the whole vocabulary."""
+    return mx.argmax(tempered + _noise(seeds, hashed_ids), axis=-1)
 
 
 # ---- per-row settings ------------------------------------------------------------------------
@@ -160,10 +210,47 @@ class RowSampling:
             width=max([lim for lim, f in zip(limits, filtered) if f], default=0),
         )
 
+    def arrays(self) -> tuple[mx.array, ...]:
+        """The per-row arrays (the fields before `any_filtered`)."""
+        return self.temperature, self.top_p, self.limit, self.min_p, self.greedy, self.filtered
 
-def _renormalised_entropy(x: mx.array) -> mx.array:
-    x = x - mx.logsumexp(x, axis=-1, keepdims=True)
-    return -(mx.exp(x) * x).sum(axis=-1)
+    def kind(self) -> tuple:
+        """The plain-value fields (from `any_filtered` on): which paths the graph needs."""
+        return self.any_filtered, self.any_unfiltered, self.use_top_p, self.use_min_p, self.any_greedy, self.width
+
+
+def _renormalised_entropy(x: mx.array, peak: mx.array) -> mx.array:
+    """Entropy of softmax(x) over the last axis; `peak` (B, 1) is the row maximum of x."""
+    x = x - fastmath.logsumexp(x, peak)
+    return -(fastmath.exp(x) * x).sum(axis=-1)
+
+
+def top_candidates(logits: mx.array, width: int) -> tuple[mx.array, mx.array]:
+    """Each row's `width` largest logits, sorted descending, and their token ids: (B, width) each.
+
+    Exact, without a partial sort of the whole vocabulary: the vocabulary is cut into chunks, and
+    the `width` chunks with the largest maxima hold the `width` largest values (any other chunk's
+    values are at most its maximum, which `width` elements of those chunks reach). So one max
+    over the vocabulary, then a partial sort of the chunk maxima and of `width` chunks. Among
+    equal values which ids are taken is unspecified (as with argpartition).
+    """
+    b, vocab = logits.shape
+    chunk = 1
+    while chunk < _CHUNK and width * chunk * 16 <= vocab:
+        chunk *= 2
+    if chunk < 4:  # a small vocabulary: the plain partial sort is as cheap
+        idx = mx.argpartition(-logits, kth=width - 1, axis=-1)[:, :width]
+    else:
+        n = -(-vocab // chunk)
+        x = logits if n * chunk == vocab else mx.pad(logits, [(0, 0), (0, n * chunk - vocab)], constant_values=-mx.inf)
+        x = x.reshape(b, n, chunk)
+        best = mx.argpartition(-x.max(axis=-1), kth=width - 1, axis=-1)[:, :width]  # (B, width) chunks
+        ids = (best[:, :, None] * chunk + mx.arange(chunk, dtype=best.dtype)).reshape(b, -1)
+        sub = mx.take_along_axis(x, best[:, :, None], axis=1).reshape(b, -1)
+        idx = mx.take_along_axis(ids, mx.argpartition(-sub, kth=width - 1, axis=-1)[:, :width], axis=-1)
+    vals = mx.take_along_axis(logits, idx, axis=-1)
+    order = mx.argsort(-vals, axis=-1)
+    return mx.take_along_axis(vals, order, axis=-1), mx.take_along_axis(idx, order, axis=-1)
 
 
 def entropy(logits: mx.array, top_k: Optional[int]) -> mx.array:
@@ -173,9 +260,11 @@ def entropy(logits: mx.array, top_k: Optional[int]) -> mx.array:
     code's rule, max ln K); with None the whole vocabulary is used. token_stats gives
     bitwise the same values (same ops on the same sorted values), whatever the batch.
     """
-    if top_k is not None:
-        logits = -mx.sort(-mx.topk(logits, top_k, axis=-1), axis=-1)
-    return _renormalised_entropy(logits)
+    logits = logits.astype(mx.float32)
+    if top_k is not None and top_k < logits.shape[-1]:
+        top = top_candidates(logits, top_k)[0]
+        return _renormalised_entropy(top, top[:, :1])
+    return _renormalised_entropy(logits, logits.max(axis=-1, keepdims=True))
 
 
 def _min_p_mask(tempered: mx.array, s: RowSampling) -> mx.array:
@@ -200,12 +289,12 @@ def _sample_candidates(cand_t: mx.array, cand_idx: mx.array, probs_before: Optio
     return mx.take_along_axis(cand_idx, mx.argmax(noisy, axis=-1)[:, None], axis=-1)[:, 0]
 
 
-def _sample_vocabulary(tempered: mx.array, s: RowSampling, seeds: mx.array) -> mx.array:
-    """Gumbel-max over the whole vocabulary (with min-p where a row sets it)."""
-    noisy = tempered + gumbel_noise(seeds, mx.arange(tempered.shape[-1])[None])
-    if s.use_min_p:
-        noisy = mx.where(_min_p_mask(tempered, s), noisy, -mx.inf)
-    return mx.argmax(noisy, axis=-1)
+def _sample_vocabulary(tempered: mx.array, s: RowSampling, seeds: mx.array, hashed: mx.array) -> mx.array:
+    """Gumbel-max over the whole vocabulary (with min-p where a row sets it); `hashed` from _vocabulary_hashes."""
+    if not s.use_min_p:
+        return _gumbel_max(tempered, seeds[:, None], hashed)
+    noisy = tempered + _noise(seeds[:, None], hashed)
+    return mx.argmax(mx.where(_min_p_mask(tempered, s), noisy, -mx.inf), axis=-1)
 
 
 def token_stats(
@@ -222,38 +311,52 @@ def token_stats(
     min-p, the vLLM order) by Gumbel-max with each row's own noise (`seeds`, (B,)
     uint32 from `row_seeds`). Greedy rows (temperature 0) take top-1 exactly.
 
-    Cost: one partial sort (argpartition) gives the candidates for top-1/top-2, the
-    top-K entropy and the filters, so none of them sorts the whole vocabulary.
+    Cost beyond sampling: one max and one exp pass over the vocabulary (top_candidates, the
+    log-sum-exp); the candidates give top-1/top-2, the top-K entropy and the filters. The graph
+    is compiled once per batch shape and setting kind (fewer, fused nodes per step).
     """
-    logits = logits.astype(mx.float32)
     vocab = logits.shape[-1]
-    lse = mx.logsumexp(logits, axis=-1, keepdims=True)
+    key = (sampling.kind(), entropy_top_k, fastmath.uses_exp2())
+    fn = _STATS.get(key)
+    if fn is None:
+        fn = _STATS[key] = mx.compile(partial(_token_stats, kind=key[0], entropy_top_k=entropy_top_k))
+    return fn(logits.astype(mx.float32), *sampling.arrays(), seeds, _vocabulary_hashes(vocab))
+
+
+_STATS: dict = {}
+
+
+def _token_stats(logits, *arrays, kind, entropy_top_k):
+    *params, seeds, hashed = arrays
+    sampling = RowSampling(*params, *kind)
+    vocab = logits.shape[-1]
     width = min(max(entropy_top_k or 2, 2, sampling.width), vocab)
-    cand_idx = mx.argpartition(-logits, kth=width - 1, axis=-1)[:, :width]
-    cand = mx.take_along_axis(logits, cand_idx, axis=-1)
-    order = mx.argsort(-cand, axis=-1)
-    cand_idx = mx.take_along_axis(cand_idx, order, axis=-1)
-    cand = mx.take_along_axis(cand, order, axis=-1)  # sorted descending
-    top1, top2 = cand_idx[:, 0], cand_idx[:, 1]
-    lp_top1, lp_top2 = cand[:, 0] - lse[:, 0], cand[:, 1] - lse[:, 0]
+    cand, cand_idx = top_candidates(logits, width)  # sorted descending
+    peak = cand[:, :1]
+    lse = fastmath.logsumexp(logits, peak)
+    top1 = cand_idx[:, 0]
 
     tempered = logits / sampling.temperature
     token = None
     if sampling.any_unfiltered:
-        token = _sample_vocabulary(tempered, sampling, seeds)
+        token = _sample_vocabulary(tempered, sampling, seeds, hashed)
     if sampling.any_filtered:
         cand_t = cand / sampling.temperature
         before = None
         if sampling.use_top_p:
-            probs = mx.exp(cand_t - mx.logsumexp(tempered, axis=-1, keepdims=True))
+            probs = fastmath.exp(cand_t - fastmath.logsumexp(tempered, cand_t[:, :1]))
             before = mx.cumsum(probs, axis=-1) - probs  # mass strictly above each token
         picked = _sample_candidates(cand_t, cand_idx, before, sampling, seeds)
         token = picked if token is None else mx.where(sampling.filtered, picked, token)
     if sampling.any_greedy:
         token = mx.where(sampling.greedy, top1, token)
-    lp_token = mx.take_along_axis(logits, token[:, None], axis=-1)[:, 0] - lse[:, 0]
+    lp_token = mx.take_along_axis(logits, token[:, None], axis=-1) - lse
 
-    h = entropy(logits, None) if entropy_top_k is None else _renormalised_entropy(cand[:, :entropy_top_k])
-    cols = {Stat.TOKEN: token, Stat.TOP1: top1, Stat.TOP2: top2, Stat.ENTROPY: h, Stat.LP_TOKEN: lp_token,
-            Stat.LP_TOP1: lp_top1, Stat.LP_TOP2: lp_top2}
-    return mx.stack([cols[c].astype(mx.float32) for c in Stat], axis=1)
+    if entropy_top_k is None or entropy_top_k >= vocab:
+        h = _renormalised_entropy(logits, peak)
+    else:
+        h = _renormalised_entropy(cand[:, :entropy_top_k], peak)
+    # The columns in Stat order: token, top-1, top-2, entropy, and the three log-probabilities.
+    f32 = mx.float32
+    return mx.concatenate([token[:, None].astype(f32), cand_idx[:, :2].astype(f32), h[:, None],
+                           lp_token, cand[:, :2] - lse], axis=1)
