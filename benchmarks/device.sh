@@ -11,9 +11,11 @@
 #                                 with lib/libmlx.so (+ include/) and its .libs folder (mlx_cuda_13)
 #   --full     after the quick table, the full one (with --long) if the time budget leaves room
 #   --cpu-ok   do not require a GPU (to test this script on a CPU machine with a CPU backend tar)
+#   --check-only  the fork-correctness check only (no tables)
 # Environment: OUT (output folder, default ./device-out), TARGET (install folder, default
 #   /tmp/eager-mlx-device; reused when already complete), PYTHON (default python3),
-#   BUDGET (seconds for the whole script, default 540).
+#   BUDGET (seconds for the whole script, default 540), CHECK_ARGS (options for gpu_check.py),
+#   CHECK_TIMEOUT (seconds for it, default 150).
 # Writes under $OUT: install.log, env.txt, gpu_check.log (fork-correctness on this device),
 #   quick.{log,md,json} and, with --full, full.{log,md,json}.
 set -euo pipefail
@@ -26,11 +28,12 @@ PARTS=${1:-}
 [ -d "$PARTS" ] || die "no such folder: $PARTS"
 PARTS=$(cd "$PARTS" && pwd)
 shift
-FULL=0; CPU_OK=0
+FULL=0; CPU_OK=0; CHECK_ONLY=0
 for a in "$@"; do
   case "$a" in
     --full) FULL=1 ;;
     --cpu-ok) CPU_OK=1 ;;
+    --check-only) CHECK_ONLY=1 ;;
     *) die "unknown option: $a" ;;
   esac
 done
@@ -110,10 +113,12 @@ run_table() {  # name, then bench.py options
     >"$OUT/$name.log" 2>&1 || echo "device.sh: $name exited $? (see $OUT/$name.log)"
   tail -5 "$OUT/$name.log"
 }
-echo "== fork-correctness on this device: python benchmarks/gpu_check.py"
-(cd "$REPO" && timeout 120 "$PY" benchmarks/gpu_check.py) >"$OUT/gpu_check.log" 2>&1 \
+echo "== fork-correctness on this device: python benchmarks/gpu_check.py ${CHECK_ARGS:-}"
+# shellcheck disable=SC2086  # CHECK_ARGS is a list of options
+(cd "$REPO" && timeout "${CHECK_TIMEOUT:-150}" "$PY" benchmarks/gpu_check.py ${CHECK_ARGS:-}) >"$OUT/gpu_check.log" 2>&1 \
   || echo "device.sh: gpu_check exited $? (see $OUT/gpu_check.log)"
 cat "$OUT/gpu_check.log"
+[ "$CHECK_ONLY" = 1 ] && { echo "device.sh: done in $(( $(date +%s) - START )) s; results in $OUT"; exit 0; }
 run_table quick --quick --long
 if [ "$FULL" = 1 ]; then
   if [ "$(left)" -gt 120 ]; then run_table full --long; else echo "device.sh: no time left for the full table"; fi

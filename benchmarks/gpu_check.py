@@ -5,10 +5,15 @@ the same check (tests/fork_check.py) on the default device, where the engine tak
 (mx.fast attention over a per-pass copy for one request with a short prompt), and prints the
 largest log-prob error per architecture and path. Exit status 1 if any exceeds the tolerance.
 
-Run:  python benchmarks/gpu_check.py
+Run:  python benchmarks/gpu_check.py [--names llama,gpt_oss] [--paths split,joined] [--isolate]
+  --isolate  each path in a fresh process, once compiled and once with MLX_DISABLE_COMPILE=1
+             (tells a backend's compile problem, or state carried between paths, from the math)
 """
 from __future__ import annotations
 
+import argparse
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,26 +34,61 @@ PATHS = {"default": None, "split": (0, 0, 0, False), "joined": (1 << 40, 1 << 40
 _KNOBS = ("_SHORT_SCORES", "_SHORT_PROMPT_BYTES", "_COPY_BYTES", "_COPY_ON_CPU")
 
 
-def main() -> int:
-    print(f"device: {mx.default_device()}  mlx {mx.__version__}")
-    print(f"{'architecture':<16}" + "".join(f"{p:>10}" for p in PATHS))
+def errors(names: list[str], paths: list[str]) -> dict[tuple[str, str], float]:
+    """{(architecture, path): largest log-prob error}, inf where the check raised."""
     engine_module._PREFILL_CHUNK = 4  # the prompts prefill in several chunks
     defaults = tuple(getattr(kv, k) for k in _KNOBS)
-    worst = 0.0
-    for name in NAMES:
-        cells = []
-        for sizes in PATHS.values():
-            for knob, value in zip(_KNOBS, sizes or defaults):
+    out = {}
+    for name in names:
+        for path in paths:
+            for knob, value in zip(_KNOBS, PATHS[path] or defaults):
                 setattr(kv, knob, value)
             try:
-                error = max(fork_errors(build(name)).values())
-                worst = max(worst, error)
-                cells.append(f"{error:10.1e}")
+                out[name, path] = max(fork_errors(build(name)).values())
             except Exception as e:  # noqa: BLE001  (report and go on: one failure must not hide the rest)
-                worst = float("inf")
-                cells.append(f"{'ERROR':>10}")
-                print(f"{name}: {type(e).__name__}: {e}", file=sys.stderr)
-        print(f"{name:<16}" + "".join(cells), flush=True)
+                out[name, path] = float("inf")
+                print(f"{name} {path}: {type(e).__name__}: {e}", file=sys.stderr)
+    for knob, value in zip(_KNOBS, defaults):
+        setattr(kv, knob, value)
+    return out
+
+
+def isolated(names: list[str], paths: list[str]) -> dict[tuple[str, str], float]:
+    """errors() with each path (compiled, then not) in a fresh process."""
+    out = {}
+    for path in paths:
+        for compiled in (True, False):
+            env = dict(os.environ)
+            if not compiled:
+                env["MLX_DISABLE_COMPILE"] = "1"
+            cmd = [sys.executable, __file__, "--names", ",".join(names), "--paths", path, "--raw"]
+            lines = subprocess.run(cmd, env=env, capture_output=True, text=True).stdout.splitlines()
+            got = dict((tuple(line.split()[:2]), float(line.split()[2])) for line in lines if line.count(" ") == 2)
+            for name in names:
+                out[name, f"{path}{'' if compiled else '/nc'}"] = got.get((name, path), float("inf"))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--names", default=",".join(NAMES))
+    ap.add_argument("--paths", default=",".join(PATHS))
+    ap.add_argument("--isolate", action="store_true")
+    ap.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)  # 'name path error' lines (--isolate)
+    args = ap.parse_args()
+    names, paths = args.names.split(","), args.paths.split(",")
+    if args.raw:
+        for (name, path), error in errors(names, paths).items():
+            print(name, path, error, flush=True)
+        return 0
+    print(f"device: {mx.default_device()}  mlx {mx.__version__}"
+          f"{'  (each path in a fresh process; /nc: MLX_DISABLE_COMPILE=1)' if args.isolate else ''}")
+    table = isolated(names, paths) if args.isolate else errors(names, paths)
+    columns = list(dict.fromkeys(path for _, path in table))
+    print(f"{'architecture':<16}" + "".join(f"{c:>11}" for c in columns))
+    for name in names:
+        print(f"{name:<16}" + "".join(f"{table[name, c]:11.1e}" for c in columns), flush=True)
+    worst = max(table.values())
     print(f"largest error {worst:.1e} (tolerance {TOLERANCE:.0e}): {'ok' if worst <= TOLERANCE else 'FAILED'}")
     return 0 if worst <= TOLERANCE else 1
 

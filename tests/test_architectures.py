@@ -144,3 +144,14 @@ class _SideAttention(nn.Module):
 def test_attention_on_keys_no_cache_returned_is_refused():
     with pytest.raises(ValueError, match="^unsupported model: a layer attends to keys that did not come from its cache$"):
         Engine(_SideAttention(), TOK)
+
+
+def test_sinks_models_are_refused_on_cuda(monkeypatch):
+    """On MLX's CUDA backend a model with attention sinks is refused (measured wrong there, see
+    BENCHMARKS.md); models without sinks are not affected."""
+    import eager_mlx.engine.probe as probe
+
+    monkeypatch.setattr(probe, "_on_cuda", lambda: True)
+    with pytest.raises(ValueError, match="^unsupported model: attention sinks on the CUDA backend"):
+        Engine(build("gpt_oss"), TOK, max_rows=8)
+    Engine(build("llama:sliding"), TOK, max_rows=8)

@@ -108,4 +108,15 @@ def check_model(model, specs: list[LeafSpec], nesting: Nesting) -> frozenset:
         problem = _problem(leaf) if isinstance(leaf, LayerCache) else ""
         if problem:
             raise ValueError(f"unsupported model: layer {layer_of[i]} {problem}")
+    if _on_cuda() and any(isinstance(leaf, LayerCache) and leaf.sinks for leaf in store.leaves):
+        # Seen on an H200 (mlx 0.32.4): after other passes in the same process, forked log-probs of a
+        # sinks model were off by up to 1.3 nats; not reproduced in fresh processes (BENCHMARKS.md).
+        raise ValueError("unsupported model: attention sinks on the CUDA backend (forked log-probs measured "
+                         "wrong there; use Metal or the CPU)")
     return mla
+
+
+def _on_cuda() -> bool:
+    """Whether passes run on MLX's CUDA backend (the default device is a GPU and CUDA is there)."""
+    cuda = getattr(mx, "cuda", None)
+    return mx.default_device().type == mx.DeviceType.gpu and cuda is not None and cuda.is_available()
