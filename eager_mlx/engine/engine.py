@@ -46,8 +46,8 @@ from eager_mlx.engine.sampling import (
     Stat,
     child_key,
     entropy,
-    host_row_seeds,
     request_key,
+    row_seeds,
     sequence_key,
     token_stats,
 )
@@ -90,7 +90,7 @@ class _Row:
     sequence: int
     start: int  # absolute KV column of its first generated token
     detok: object
-    key: int  # 64-bit: its sampling noise at step t is a hash of (key, t) (sampling.host_row_seeds)
+    key: int  # 64-bit: its sampling noise at step t is a hash of (key, t) (sampling.row_seeds)
     parent: Optional[int] = None
     branch_step: Optional[int] = None
     tokens: list[int] = field(default_factory=list)
@@ -282,7 +282,7 @@ class Engine:
         configs = tuple(r.request.config.sampling for r in rows)
         if self._sampling_cache is None or self._sampling_cache[0] != configs:
             self._sampling_cache = (configs, RowSampling.from_configs(configs))
-        seeds = host_row_seeds([r.key for r in rows], steps)
+        seeds = row_seeds([r.key for r in rows], steps)
         # Requests may differ in K or full entropy: compute each kind once, pick per row.
         kinds = [None if r.request.config.full_entropy else r.request.config.entropy_top_k for r in rows]
         vocab = logits.shape[-1]

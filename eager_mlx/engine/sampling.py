@@ -7,7 +7,8 @@ all per-row statistics with a single transfer.
 Randomness is per sequence, never per batch: a sequence has a 64-bit key (from
 its request's seed and id, or from its parent's key and the branch step: see
 `request_key`, `sequence_key`, `child_key`), and the Gumbel noise of token v at
-step t is a counter-based hash of (key, t, v) computed in the graph. A row's
+step t is a counter-based hash of (key, t, v): the (key, t) half on the host
+(`row_seeds`), the rest in the graph. A row's
 sample therefore depends only on its own logits, key and step, not on which
 other rows share the pass.
 """
@@ -35,9 +36,7 @@ __all__ = [
     "request_key",
     "sequence_key",
     "child_key",
-    "key_array",
     "row_seeds",
-    "host_row_seeds",
     "gumbel_noise",
 ]
 
@@ -84,11 +83,6 @@ def child_key(parent: int, step: int) -> int:
     return _digest("child", parent, step)
 
 
-def key_array(keys: Sequence[int]) -> mx.array:
-    """(B, 2) uint32: the low and high halves of each 64-bit key."""
-    return mx.array([[k & 0xFFFFFFFF, k >> 32] for k in keys], dtype=mx.uint32)
-
-
 # ---- in-graph counter-based noise ------------------------------------------------------------
 _GOLDEN = 0x9E3779B9
 
@@ -102,18 +96,8 @@ def _fmix32(h: mx.array) -> mx.array:
     return h ^ (h >> 16)
 
 
-@partial(mx.compile, shapeless=True)
-def _row_seeds(low: mx.array, high: mx.array, steps: mx.array) -> mx.array:
-    h = _fmix32(steps.astype(mx.uint32) * _GOLDEN + 0x7F4A7C15)
-    return _fmix32(_fmix32(h ^ low) ^ high)
-
-
-def row_seeds(keys: mx.array, steps: mx.array) -> mx.array:
-    """(B,) uint32: a hash of each row's key (B, 2) uint32 and its generation step (B,)."""
-    return _row_seeds(keys[:, 0], keys[:, 1], steps)
-
-
 def _np_fmix32(h: np.ndarray) -> np.ndarray:
+    """_fmix32 on the host (numpy's uint32 arithmetic wraps the same way)."""
     h = h ^ (h >> 16)
     h = h * np.uint32(0x85EBCA6B)
     h = h ^ (h >> 13)
@@ -121,8 +105,9 @@ def _np_fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> 16)
 
 
-def host_row_seeds(keys: Sequence[int], steps: Sequence[int]) -> mx.array:
-    """row_seeds computed on the host from 64-bit keys and steps (the same values; no graph nodes)."""
+def row_seeds(keys: Sequence[int], steps: Sequence[int]) -> mx.array:
+    """(B,) uint32: a hash of each row's 64-bit key and its generation step, computed on the host
+    (no graph nodes per step)."""
     k = np.array(keys, dtype=np.uint64)
     h = _np_fmix32(np.array(steps, dtype=np.int64).astype(np.uint32) * np.uint32(_GOLDEN) + np.uint32(0x7F4A7C15))
     h = _np_fmix32(h ^ (k & 0xFFFFFFFF).astype(np.uint32))
