@@ -493,8 +493,7 @@ class LayerCache:
         v = mx.concatenate([mx.broadcast_to(vp, (n,) + vp.shape[1:]), vs], axis=2)
         mask = None
         if self.window or visible is not None:
-            held = mx.arange(first, first + length)
-            seen = held >= g.offset - self.window + 1 if self.window else mx.ones((length,), dtype=mx.bool_)
+            seen = self._in_window(g, first, length) if self.window else mx.ones((length,), dtype=mx.bool_)
             own = mx.ones((n, ks.shape[2]), dtype=mx.bool_) if visible is None else visible
             mask = mx.concatenate([mx.broadcast_to(seen, (n, length)), own], axis=1)[:, None, None, :]
         return mx.fast.scaled_dot_product_attention(queries, k, v, scale=scale, mask=mask, sinks=sinks)
@@ -548,8 +547,11 @@ class LayerCache:
         """Hide prompt positions that fell out of a sliding window (no-op on global layers)."""
         if not self.window:
             return s
-        held = mx.arange(first, first + length)
-        return mx.where(held >= g.offset - self.window + 1, s, _HIDDEN)
+        return mx.where(self._in_window(g, first, length), s, _HIDDEN)
+
+    def _in_window(self, g: PromptGroup, first: int, length: int) -> mx.array:
+        """(length,) bool: which held prompt positions the group's rows still see (sliding layers)."""
+        return mx.arange(first, first + length) >= g.offset - self.window + 1
 
     def _prompt_part(self, g: PromptGroup, q: mx.array, q_pe: Optional[mx.array]) -> list[mx.array]:
         """_weigh of the group's rows against its prompt KV, in row layout (m, kv_heads, rep, .)."""
