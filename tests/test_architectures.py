@@ -16,7 +16,7 @@ import eager_mlx.engine.kv as kv
 from eager_mlx import EagerConfig, Engine, SamplingConfig
 from eager_mlx.results import RunFinished, RunPreempted
 
-from fork_check import PROMPTS, TOK, fork_errors, reference
+from fork_check import FORCE_PATH, PROMPTS, TOK, fork_errors, reference
 from fork_check import Scheduled as _Scheduled
 from tiny_archs import REFUSED, SKIPPED, architectures, build, skip_reason, status
 
@@ -49,9 +49,8 @@ def test_both_attention_paths_are_fork_correct(name, path, monkeypatch):
     merged parts, or (GPU) with mx.fast attention over a per-pass copy: each path alone, on windows,
     sinks, latent attention, shared KV and recurrent layers."""
     monkeypatch.setattr(engine_module, "_PREFILL_CHUNK", 4)
-    monkeypatch.setattr(kv, "_SHORT_SCORES", 0 if path == "split" else 1 << 40)
-    monkeypatch.setattr(kv, "_SHORT_PROMPT_BYTES", 0 if path == "split" else 1 << 40)
-    monkeypatch.setattr(kv, "_COPY_ON_CPU", path == "copied")  # the GPU path (mx.fast attention)
+    for knob, value in FORCE_PATH[path].items():  # copied: the GPU path (mx.fast attention), forced here
+        monkeypatch.setattr(kv, knob, value)
     _assert_fork_correct(name, build(name))
 
 
