@@ -12,7 +12,9 @@ from typing import Optional
 
 from .settings import setting, validate
 
-__all__ = ["SamplingConfig", "EagerConfig", "EngineConfig"]
+__all__ = ["BRANCH_RULES", "SamplingConfig", "EagerConfig", "EngineConfig"]
+
+BRANCH_RULES = ("top2", "sample", "keep")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ class EagerConfig:
                                              "prompt's entropies at earlier steps).")
     dynamic_percentile: float = setting(99.0, "Percentile of the dynamic threshold.", lo=0, lo_open=True, hi=100)
     no_branch_window: int = setting(1000, "Stop branching after this many steps without a branch.", lo=1)
+    branch_rule: str = setting("top2", "Tokens at a branch: top2 (the paper: parent top-1, child top-2), sample "
+                                       "(parent top-1, child sampled without it), keep (parent keeps its sample, "
+                                       "child sampled without it).", choices=BRANCH_RULES)
     parallel: bool = setting(False, "Baseline: M independent samples, no branching.")
     max_tokens: int = setting(1024, "Tokens per sequence.", lo=1)
     stop: tuple[str, ...] = setting((), "Stop string (repeatable).")

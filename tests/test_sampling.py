@@ -228,3 +228,46 @@ def test_in_graph_mix_wraps_like_the_reference():
     values = [0, 1, 0x7F4A7C15, 0x9E3779B9, 2**32 - 1, 123456789]
     got = np.array(sampling_module._fmix32(mx.array(values, dtype=mx.uint32))).tolist()
     assert got == [_fmix32(v) for v in values]
+
+
+def draw_pairs(logits_row, config, steps=64, rows=64):
+    """(sampled token, runner-up) pairs with `alt` on, rows x steps draws from one distribution."""
+    logits = mx.broadcast_to(mx.array(logits_row, dtype=mx.float32)[None], (rows, len(logits_row)))
+    s = RowSampling.from_configs([config] * rows)
+    keys = [sequence_key(request_key(3, "pairs"), i) for i in range(rows)]
+    cols = [STAT_FIELDS.index("token"), STAT_FIELDS.index("alt")]
+    out = [token_stats(logits, s, row_seeds(keys, [t] * rows), 2, alt=True)[:, cols] for t in range(steps)]
+    return np.array(mx.concatenate(out)).astype(int)
+
+
+@pytest.mark.parametrize("config", [SamplingConfig(temperature=1.0), SamplingConfig(temperature=1.0, top_k=4),
+                                    SamplingConfig(temperature=1.0, top_p=0.999)])
+def test_the_runner_up_is_a_draw_without_replacement(config):
+    # Gumbel top-2: P(alt = j | token = i) = p_j / (1 - p_i), on the vocabulary path and the candidate path.
+    p = np.array([0.4, 0.3, 0.2, 0.1])
+    pairs = draw_pairs(np.log(p), config)
+    assert (pairs[:, 0] != pairs[:, 1]).all()
+    want = np.array([[p[i] * p[j] / (1 - p[i]) if i != j else 0 for j in range(4)] for i in range(4)])
+    got = np.bincount(4 * pairs[:, 0] + pairs[:, 1], minlength=16).reshape(4, 4) / len(pairs)
+    np.testing.assert_allclose(got, want, atol=0.02)  # 4096 draws: about 3 standard deviations
+
+
+def test_the_runner_up_falls_back_to_the_best_other_token():
+    # Greedy rows, and a filter that leaves one token: the most probable token besides the sampled one.
+    logits = np.log(np.array([0.1, 0.6, 0.3]))
+    for config in (SamplingConfig(temperature=0), SamplingConfig(temperature=1.0, top_k=1)):
+        pairs = draw_pairs(logits, config, steps=4, rows=8)
+        assert (pairs == [1, 2]).all()
+
+
+def test_alt_leaves_the_other_columns_bitwise_unchanged():
+    logits = mx.array(np.random.default_rng(9).normal(size=(6, 700)).astype(np.float32) * 2)
+    configs = [SamplingConfig(temperature=0.6), SamplingConfig(temperature=0.6, top_p=0.9),
+               SamplingConfig(temperature=0), SamplingConfig(temperature=0.6, min_p=0.1),
+               SamplingConfig(temperature=1.0, top_k=5), SamplingConfig(temperature=0.6)]
+    s, seeds = RowSampling.from_configs(configs), seeds_for(6)
+    off, on = (np.array(token_stats(logits, s, seeds, 20, alt=a)) for a in (False, True))
+    alt = STAT_FIELDS.index("alt")
+    np.testing.assert_array_equal(off[:, :alt], on[:, :alt])
+    lp = np.array(logits) - np.log(np.exp(np.array(logits, dtype=np.float64)).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(on[:, alt + 1], lp[np.arange(6), on[:, alt].astype(int)], atol=1e-4)

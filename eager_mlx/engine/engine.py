@@ -55,7 +55,7 @@ from eager_mlx.engine.sampling import (
 __all__ = ["Engine"]
 
 _PREFILL_CHUNK = 512
-_TOKEN, _TOP1, _TOP2, _ENT, _LP, _LP1, _LP2 = Stat  # the columns of token_stats
+_TOKEN, _TOP1, _TOP2, _ENT, _LP, _LP1, _LP2, _ALT, _LP_ALT = Stat  # the columns of token_stats
 
 
 @dataclass(eq=False)
@@ -66,6 +66,7 @@ class _Request:
     policy: BranchPolicy
     started: float
     key: int  # 64-bit: every sequence's randomness derives from it (sampling.request_key)
+    first_sequence: int = 0  # rows without a parent take the keys of sequences first_sequence, +1, ...
     rows: list["_Row"] = field(default_factory=list)  # every row ever created, by sequence index
     generated: int = 0  # token productions: shared prefixes counted once
     branch_points: int = 0
@@ -144,7 +145,7 @@ class Engine:
         self._requests: dict[str, _Request] = {}
         self._waiting: list[_Request] = []
         self._rows: list[_Row] = []  # active rows, in slot order
-        self._pending: Optional[mx.array] = None  # (rows, 7) stats of the last pass, not yet read
+        self._pending: Optional[mx.array] = None  # (rows, len(Stat)) stats of the last pass, not yet read
         self._column = 0  # absolute column the next pass writes
         self._sampling_cache: Optional[tuple[tuple, RowSampling]] = None
 
@@ -167,11 +168,13 @@ class Engine:
         return self._kv.nbytes()
 
     def add(self, request_id: str, prompt_tokens: list[int], config: EagerConfig,
-            seed: Optional[int] = None) -> None:
+            seed: Optional[int] = None, *, key_id: Optional[str] = None, first_sequence: int = 0) -> None:
         """Queue a request; it is prefilled on the next `step()`.
 
         Its random draws are a pure function of `seed` (None: of the engine's seed and
-        `request_id`), never of the other requests in the batch.
+        `key_id`, default `request_id`), never of the other requests in the batch. Its rows
+        without a parent draw as sequences `first_sequence`, +1, ... of that key: parallel
+        samples taken in rounds (same `key_id`, consecutive offsets) are one stream of samples.
         """
         config.validate()
         if request_id in self._requests:
@@ -186,8 +189,10 @@ class Engine:
         if initial > self.max_rows:
             raise ValueError(f"parallel sampling needs {initial} rows but the engine has max_rows={self.max_rows}")
         policy = BranchPolicy(config, num_sequences=initial)
-        key = request_key(self.seed, request_id) if seed is None else request_key(seed)
-        req = _Request(request_id, config, list(prompt_tokens), policy, time.perf_counter(), key)
+        if first_sequence < 0:
+            raise ValueError(f"first_sequence must be >= 0, got {first_sequence}")
+        key = request_key(self.seed, key_id or request_id) if seed is None else request_key(seed)
+        req = _Request(request_id, config, list(prompt_tokens), policy, time.perf_counter(), key, first_sequence)
         self._requests[request_id] = req
         self._waiting.append(req)
 
@@ -288,7 +293,8 @@ class Engine:
         vocab = logits.shape[-1]
         kinds = [None if k is None or k >= vocab else k for k in kinds]
         unique = list(dict.fromkeys(kinds))
-        out = token_stats(logits, self._sampling_cache[1], seeds, unique[0])
+        alt = any(r.request.config.branch_rule != "top2" for r in rows)
+        out = token_stats(logits, self._sampling_cache[1], seeds, unique[0], alt)
         if len(unique) > 1:  # entropy() gives bitwise what token_stats gives for the same kind
             logits = logits.astype(mx.float32)
             per_kind = mx.stack([entropy(logits, k) for k in unique])  # (kinds, rows)
@@ -328,7 +334,7 @@ class Engine:
         detok = self.tokenizer.detokenizer
         detok.reset()
         if parent is None:
-            key = sequence_key(req.key, len(req.rows))
+            key = sequence_key(req.key, req.first_sequence + len(req.rows))
         else:
             key = child_key(parent.key, len(parent.tokens))
         row = _Row(req, len(req.rows), self._column, detok, key)
@@ -392,7 +398,7 @@ class Engine:
                 row, st = self._rows[s], stats[s]
                 token, lp = int(st[_TOKEN]), float(st[_LP])
                 if row.sequence in branching and self._fork(s, st, spare, forks, repairs, events):
-                    token, lp = int(st[_TOP1]), float(st[_LP1])
+                    token, lp = branch_tokens(st, req.config.branch_rule)[0]
                 self._append(row, token, float(st[_ENT]), lp, events)
             req.policy.end_step(req.branch_points > made_before)
         repairs.sort()
@@ -441,13 +447,13 @@ class Engine:
         else:
             self._rows[child_slot] = child
         forks.append((slot, child_slot))
-        top1, top2 = int(st[_TOP1]), int(st[_TOP2])
-        repairs.append((child_slot, top2))
-        if int(st[_TOKEN]) != top1:
-            repairs.append((slot, top1))
+        (mine, _), (theirs, lp_theirs) = branch_tokens(st, req.config.branch_rule)
+        repairs.append((child_slot, theirs))
+        if int(st[_TOKEN]) != mine:
+            repairs.append((slot, mine))
         req.branch_points += 1
-        events.append(BranchEvent(req.id, row.sequence, child.sequence, len(row.tokens), float(st[_ENT]), top1, top2))
-        self._append(child, top2, float(st[_ENT]), float(st[_LP2]), events)
+        events.append(BranchEvent(req.id, row.sequence, child.sequence, len(row.tokens), float(st[_ENT]), mine, theirs))
+        self._append(child, theirs, float(st[_ENT]), lp_theirs, events)
         return True
 
     def _over_memory(self, slots: int) -> bool:
@@ -554,6 +560,23 @@ class Engine:
                 "parallel": req.config.parallel,
             },
         )
+
+
+def branch_tokens(st: np.ndarray, rule: str) -> tuple[tuple[int, float], tuple[int, float]]:
+    """(token, log-prob) of the parent and of the child at a branch, from a row's statistics (`Stat`).
+
+    top2 (the paper): top-1 / top-2. sample: top-1 / a draw from the rest (the sampled token unless it is
+    top-1, else the runner-up under the same noise). keep: the sampled token / the runner-up.
+    """
+    top1, sampled, alt = (int(st[_TOP1]), float(st[_LP1])), (int(st[_TOKEN]), float(st[_LP])), \
+        (int(st[_ALT]), float(st[_LP_ALT]))
+    if rule == "top2":
+        return top1, (int(st[_TOP2]), float(st[_LP2]))
+    if rule == "sample":
+        return top1, (alt if sampled[0] == top1[0] else sampled)
+    if rule == "keep":
+        return sampled, alt
+    raise ValueError(f"unknown branch rule {rule!r}")
 
 
 def _groups(rows: list[_Row], offsets: list[int]) -> tuple[list[PromptGroup], Optional[list[int]]]:

@@ -27,8 +27,9 @@ class EngineLike(Protocol):
     context_length: Optional[int]  # tokens the model can attend to (None: unknown); longer prompts are refused
 
     def add(self, request_id: str, prompt_tokens: list[int], config: EagerConfig,
-            seed: Optional[int] = None) -> None:
-        """Queue a request; its random draws depend only on `seed` (None: the engine's seed and the id)."""
+            seed: Optional[int] = None, *, key_id: Optional[str] = None, first_sequence: int = 0) -> None:
+        """Queue a request; its random draws depend only on `seed` (None: the engine's seed and `key_id`,
+        default the request id); rows without a parent draw as sequences first_sequence, +1, ... of that key."""
 
     def step(self) -> list[Event]:
         """Advance every row by one token; return what happened."""

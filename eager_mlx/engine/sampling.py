@@ -1,7 +1,7 @@
 """In-graph token statistics: sampling, top-1/top-2 and entropy, for a batch of rows.
 
 Everything here builds MLX graph nodes; nothing reads values back to the host.
-One call returns a (B, 7) float32 array (see `STAT_FIELDS`) so the engine reads
+One call returns a (B, 9) float32 array (see `STAT_FIELDS`) so the engine reads
 all per-row statistics with a single transfer.
 
 Randomness is per sequence, never per batch: a sequence has a 64-bit key (from
@@ -51,6 +51,8 @@ class Stat(IntEnum):
     LP_TOKEN = 4  # temperature-1 log-probabilities
     LP_TOP1 = 5
     LP_TOP2 = 6
+    ALT = 7  # the second Gumbel-max token (the sampled one excluded): a sample without replacement
+    LP_ALT = 8
 
 
 STAT_FIELDS = tuple(s.name.lower() for s in Stat)
@@ -259,7 +261,7 @@ def _min_p_mask(tempered: mx.array, s: RowSampling) -> mx.array:
 
 
 def _sample_candidates(cand_t: mx.array, cand_idx: mx.array, probs_before: Optional[mx.array], s: RowSampling,
-                       seeds: mx.array) -> mx.array:
+                       seeds: mx.array, alt: bool) -> tuple[mx.array, Optional[mx.array]]:
     """Sample among a row's candidates left by top-k, top-p and min-p.
 
     `cand_t` (B, C) are tempered logits sorted descending, `cand_idx` their token ids,
@@ -271,15 +273,32 @@ def _sample_candidates(cand_t: mx.array, cand_idx: mx.array, probs_before: Optio
     if s.use_min_p:
         keep = keep & _min_p_mask(cand_t, s)
     noisy = mx.where(keep, cand_t + gumbel_noise(seeds, cand_idx), -mx.inf)
-    return mx.take_along_axis(cand_idx, mx.argmax(noisy, axis=-1)[:, None], axis=-1)[:, 0]
+    return _gumbel_pick(noisy, cand_idx, alt)
 
 
-def _sample_vocabulary(tempered: mx.array, s: RowSampling, seeds: mx.array, hashed: mx.array) -> mx.array:
+def _gumbel_pick(noisy: mx.array, ids: Optional[mx.array], alt: bool) -> tuple[mx.array, Optional[mx.array]]:
+    """The argmax token of `noisy` (B, C) (`ids`: the token of each column, None: the column itself) and, with
+    `alt`, the best token after it (-1 where no other column is finite): a draw without replacement."""
+    best = mx.argmax(noisy, axis=-1)
+    token = best if ids is None else mx.take_along_axis(ids, best[:, None], axis=-1)[:, 0]
+    if not alt:
+        return token, None
+    rest = mx.where(mx.arange(noisy.shape[-1])[None] == best[:, None], -mx.inf, noisy)
+    second = mx.argmax(rest, axis=-1)
+    other = second if ids is None else mx.take_along_axis(ids, second[:, None], axis=-1)[:, 0]
+    finite = mx.take_along_axis(rest, second[:, None], axis=-1)[:, 0] > -mx.inf
+    return token, mx.where(finite, other.astype(mx.int32), -1)
+
+
+def _sample_vocabulary(tempered: mx.array, s: RowSampling, seeds: mx.array, hashed: mx.array,
+                       alt: bool) -> tuple[mx.array, Optional[mx.array]]:
     """Gumbel-max over the whole vocabulary (with min-p where a row sets it); `hashed` from _vocabulary_hashes."""
-    if not s.use_min_p:
-        return _gumbel_max(tempered, seeds[:, None], hashed)
+    if not s.use_min_p and not alt:
+        return _gumbel_max(tempered, seeds[:, None], hashed), None
     noisy = tempered + _noise(seeds[:, None], hashed)
-    return mx.argmax(mx.where(_min_p_mask(tempered, s), noisy, -mx.inf), axis=-1)
+    if s.use_min_p:
+        noisy = mx.where(_min_p_mask(tempered, s), noisy, -mx.inf)
+    return _gumbel_pick(noisy, None, alt)
 
 
 def token_stats(
@@ -287,31 +306,58 @@ def token_stats(
     sampling: RowSampling,
     seeds: mx.array,
     entropy_top_k: Optional[int] = 20,
+    alt: bool = False,
 ) -> mx.array:
-    """Sample one token per row and compute its statistics; returns (B, 7) float32.
+    """Sample one token per row and compute its statistics; returns (B, 9) float32 (`Stat` columns).
 
     Entropy, top-1/top-2 and log-probabilities come from the temperature-1
     distribution (as the reference reads vLLM's raw logprobs); the sampled token
     comes from the tempered, filtered one (temperature first, then top-k / top-p /
     min-p, the vLLM order) by Gumbel-max with each row's own noise (`seeds`, (B,)
     uint32 from `row_seeds`). Greedy rows (temperature 0) take top-1 exactly.
+    With `alt`, ALT is the runner-up under the same noise (a second draw without
+    replacement, for the sampled branch rules); where the filters leave no second
+    token, and without `alt`, ALT is the most probable token other than the sampled one.
 
     Cost beyond sampling: one max and one exp pass over the vocabulary (top_candidates, the
     log-sum-exp); the candidates give top-1/top-2, the top-K entropy and the filters. The graph
     is compiled once per batch shape and setting kind (fewer, fused nodes per step).
     """
     vocab = logits.shape[-1]
-    key = (sampling.kind(), entropy_top_k, fastmath.uses_exp2())
+    key = (sampling.kind(), entropy_top_k, fastmath.uses_exp2(), alt)
     fn = _STATS.get(key)
     if fn is None:
-        fn = _STATS[key] = mx.compile(partial(_token_stats, kind=key[0], entropy_top_k=entropy_top_k))
+        fn = _STATS[key] = mx.compile(partial(_token_stats, kind=key[0], entropy_top_k=entropy_top_k, alt=alt))
     return fn(logits.astype(mx.float32), *sampling.arrays(), seeds, _vocabulary_hashes(vocab))
 
 
 _STATS: dict = {}
 
 
-def _token_stats(logits, *arrays, kind, entropy_top_k):
+def _sampled(logits, cand, cand_idx, sampling, seeds, hashed, alt):
+    """(token, runner-up or None) per row: see token_stats."""
+    tempered = logits / sampling.temperature
+    token = other = None
+    if sampling.any_unfiltered:
+        token, other = _sample_vocabulary(tempered, sampling, seeds, hashed, alt)
+    if sampling.any_filtered:
+        cand_t = cand / sampling.temperature
+        before = None
+        if sampling.use_top_p:
+            probs = fastmath.exp(cand_t - fastmath.logsumexp(tempered, cand_t[:, :1]))
+            before = mx.cumsum(probs, axis=-1) - probs  # mass strictly above each token
+        picked, picked_other = _sample_candidates(cand_t, cand_idx, before, sampling, seeds, alt)
+        token = picked if token is None else mx.where(sampling.filtered, picked, token)
+        if alt:
+            other = picked_other if other is None else mx.where(sampling.filtered, picked_other, other)
+    if sampling.any_greedy:
+        token = mx.where(sampling.greedy, cand_idx[:, 0], token)
+        if alt:
+            other = mx.where(sampling.greedy, -1, other.astype(mx.int32))
+    return token, other
+
+
+def _token_stats(logits, *arrays, kind, entropy_top_k, alt):
     *params, seeds, hashed = arrays
     sampling = RowSampling(*params, *kind)
     vocab = logits.shape[-1]
@@ -319,29 +365,17 @@ def _token_stats(logits, *arrays, kind, entropy_top_k):
     cand, cand_idx = top_candidates(logits, width)  # sorted descending
     peak = cand[:, :1]
     lse = fastmath.logsumexp(logits, peak)
-    top1 = cand_idx[:, 0]
-
-    tempered = logits / sampling.temperature
-    token = None
-    if sampling.any_unfiltered:
-        token = _sample_vocabulary(tempered, sampling, seeds, hashed)
-    if sampling.any_filtered:
-        cand_t = cand / sampling.temperature
-        before = None
-        if sampling.use_top_p:
-            probs = fastmath.exp(cand_t - fastmath.logsumexp(tempered, cand_t[:, :1]))
-            before = mx.cumsum(probs, axis=-1) - probs  # mass strictly above each token
-        picked = _sample_candidates(cand_t, cand_idx, before, sampling, seeds)
-        token = picked if token is None else mx.where(sampling.filtered, picked, token)
-    if sampling.any_greedy:
-        token = mx.where(sampling.greedy, top1, token)
-    lp_token = mx.take_along_axis(logits, token[:, None], axis=-1) - lse
+    top1, top2 = cand_idx[:, 0], cand_idx[:, 1]
+    token, other = _sampled(logits, cand, cand_idx, sampling, seeds, hashed, alt)
+    fallback = mx.where(token == top1, top2, top1)  # the most probable token besides the sampled one
+    other = fallback if other is None else mx.where(other < 0, fallback.astype(mx.int32), other)
+    lp = mx.take_along_axis(logits, mx.stack([token, other], axis=1), axis=-1) - lse
 
     if entropy_top_k is None or entropy_top_k >= vocab:
         h = _renormalised_entropy(logits, peak)
     else:
         h = _renormalised_entropy(cand[:, :entropy_top_k], peak)
-    # The columns in Stat order: token, top-1, top-2, entropy, and the three log-probabilities.
+    # The columns in Stat order: token, top-1, top-2, entropy, three log-probabilities, the runner-up and its.
     f32 = mx.float32
     return mx.concatenate([token[:, None].astype(f32), cand_idx[:, :2].astype(f32), h[:, None],
-                           lp_token, cand[:, :2] - lse], axis=1)
+                           lp[:, :1], cand[:, :2] - lse, other[:, None].astype(f32), lp[:, 1:]], axis=1)
