@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import click
 
-from eager_mlx.evaluation.scheduler import METHODS
+from eager_mlx.evaluation.scheduler import METHODS, POLICIES
 
 from .interrupt import stop_on_signals
 from .options import (ADAPTIVE, ENGINE, GENERATION, fail, output_dir, pop_settings, setting_options, writable_dir,
@@ -37,7 +37,14 @@ def _resume_hint(out: Optional[Path], run_dir: Optional[Path]) -> str:
 @click.option("--model", "-m", default=None, help="Preset name, mlx-lm folder, .gguf file or hub id.")
 @click.option("--data", "-d", required=True, help=DATA_HELP)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="First N problems only.")
-@click.option("--method", type=click.Choice(METHODS), default="eager-adapt", show_default=True)
+@click.option("--method", type=click.Choice(METHODS), default=None,
+              help="[default: the preset's eval configuration, else eager-adapt]")
+@click.option("--policy", type=click.Choice(POLICIES), default=None,
+              help="eager-adapt / parallel-adapt: who gets the pool. hit-m: the paper's (prompts whose first run hit "
+                   "M); rank, disagree, sequential: every prompt ranked (docs/evaluation.md). [default: the preset's "
+                   "eval configuration, else hit-m; sequential for parallel-adapt]")
+@click.option("--budget", type=click.FloatRange(0, 4, min_open=True), default=1.0, show_default=True,
+              help="eager-adapt / eager / parallel-adapt: spend this fraction of M x |D| sequences.")
 @setting_options(*GENERATION, exclude=("parallel",), auto_threshold=True)
 @setting_options(*ENGINE)
 @click.option("--reserve-rows", is_flag=True,
@@ -48,6 +55,10 @@ def _resume_hint(out: Optional[Path], run_dir: Optional[Path]) -> str:
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None, callback=output_dir,
               help="Run directory (default: runs/...).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
+@click.option("--store", "store", type=click.Path(path_type=Path), default=None,
+              help="Run store: finished runs are kept here and read back instead of generated again "
+                   "[default: runs/ in the cache dir].")
+@click.option("--no-store", is_flag=True, help="Neither read nor keep runs in the run store.")
 @click.option("--question-field", default=None, help="Question field of a data file.")
 @click.option("--answer-field", default=None, help="Answer field of a data file.")
 @click.option("--template", default=None, help="Prompt template containing {question}.")
@@ -61,8 +72,9 @@ def _resume_hint(out: Optional[Path], run_dir: Optional[Path]) -> str:
               help="Keep each run's branch tree and entropies (trees.jsonl) for `eager-mlx report --html`.")
 @click.option("--no-chat", is_flag=True, help="Do not apply the chat template.")
 @setting_options(*ADAPTIVE)
-def eval_cmd(model, data, limit, method, reserve_rows, token_budget, out, resume, question_field, answer_field,
-             template, split, fallbacks, ks, no_save_text, save_trace, no_chat, **settings: Any) -> None:
+def eval_cmd(model, data, limit, method, policy, budget, reserve_rows, token_budget, out, resume, store, no_store,
+             question_field, answer_field, template, split, fallbacks, ks, no_save_text, save_trace, no_chat,
+             **settings: Any) -> None:
     """Evaluate a method on a dataset; one JSONL record per problem in the run directory.
 
     SIGINT / SIGTERM stop it and say how to continue it (--resume); exit code 130 / 143."""
@@ -77,23 +89,54 @@ def eval_cmd(model, data, limit, method, reserve_rows, token_budget, out, resume
     with stop_on_signals(lambda: _resume_hint(where["out"], where["run_dir"])):
         try:
             options = AdaptiveOptions.from_settings(pop_settings(settings, *ADAPTIVE))
+            scheduler = _configuration(model, method, policy, generation,
+                                       dict(budget=budget, reserve_rows=reserve_rows, token_budget=token_budget))
             dataset, shard, where["out"], where["run_dir"] = _prepare(
-                data, out, resume, method, generation, engine, token_budget,
+                data, out, resume, scheduler, generation, engine,
                 dict(question_field=question_field, answer_field=answer_field, template=template, limit=limit,
                      split=split))
+            store_dir = None if no_store else _store_dir(store)
             loaded = load_model(model)
-            eval_settings, extra = _settings(loaded, dataset, generation, engine, options, method=method,
-                                             reserve_rows=reserve_rows, token_budget=token_budget, ks=ks,
-                                             fallbacks=fallbacks, save_text=not no_save_text, chat=not no_chat)
+            eval_settings, extra = _settings(loaded, dataset, generation, engine, options, ks=ks, fallbacks=fallbacks,
+                                             save_text=not no_save_text, chat=not no_chat, **scheduler)
             _evaluate(loaded, dataset, eval_settings, where["run_dir"], max_kv_memory=engine["max_kv_memory"],
-                      chat=not no_chat, save_trace=save_trace, extra_manifest=extra, resume=resume)
+                      chat=not no_chat, save_trace=save_trace, extra_manifest=extra, resume=resume,
+                      store_dir=store_dir)
         except (EvalError, ValueError, OSError) as e:  # ModelError, DataError, SettingError; a full disk
             raise fail(e) from None
     _print_results(where["run_dir"], shard, barrier)
 
 
-def _prepare(data: str, out: Optional[Path], resume: bool, method: str, generation: dict, engine: dict,
-             token_budget: Optional[int], data_options: dict) -> tuple[Any, Any, Path, Path]:
+def _configuration(model: Optional[str], method: Optional[str], policy: Optional[str], generation: dict,
+                   scheduler: dict) -> dict:
+    """The scheduler options (method, policy, ...) with the preset's eval configuration filled in where it applies;
+    its theta and branch rule go into `generation` unless given."""
+    from eager_mlx.evaluation.policies import eval_defaults
+    from eager_mlx.models import DEFAULT_MODEL, get_preset
+    from eager_mlx.models.errors import ModelError
+
+    try:
+        preset = get_preset(model or DEFAULT_MODEL)
+    except ModelError:  # a folder, a .gguf file or a hub id: no preset
+        preset = None
+    method, policy, chosen = eval_defaults(preset, method, policy)
+    if chosen is not None:
+        if generation.get("threshold") is None:
+            generation["threshold"] = chosen.threshold
+        if generation.get("branch_rule") is None:
+            generation["branch_rule"] = chosen.branch_rule
+        scheduler["eval_defaults"] = f"preset {preset.name} ({chosen.data}, {chosen.date})"
+    return dict(scheduler, method=method, policy=policy)
+
+
+def _store_dir(store: Optional[Path]) -> Path:
+    from eager_mlx.evaluation.store import default_store_dir
+
+    return writable_dir(store if store is not None else default_store_dir(), "'--store'")
+
+
+def _prepare(data: str, out: Optional[Path], resume: bool, scheduler: dict, generation: dict, engine: dict,
+             data_options: dict) -> tuple[Any, Any, Path, Path]:
     """Everything checked before the model loads: the scheduler settings, the data, the run directory.
     Returns (this rank's dataset, the shard, the --out folder, this rank's run directory)."""
     from eager_mlx.evaluation.data import load_dataset
@@ -101,12 +144,13 @@ def _prepare(data: str, out: Optional[Path], resume: bool, method: str, generati
     from eager_mlx.evaluation.scheduler import SchedulerConfig
     from eager_mlx.evaluation.shards import current_shard, shard_run
 
-    SchedulerConfig(method=method, max_sequences=generation["max_sequences"], max_rows=engine["max_rows"],
-                    token_budget=token_budget).validate()
+    SchedulerConfig(method=scheduler["method"], policy=scheduler["policy"], budget=scheduler["budget"],
+                    max_sequences=generation["max_sequences"], max_rows=engine["max_rows"],
+                    token_budget=scheduler["token_budget"]).validate()
     dataset = load_dataset(data, **data_options)
     shard = current_shard()  # rank r of n under mlx.launch: prompts i % n == r, results in RUN_DIR/rank-r
     if out is None and shard.size == 1:
-        out = _default_out(data, method, generation["max_sequences"])
+        out = _default_out(data, scheduler["method"], generation["max_sequences"])
     run_dir, dataset = shard_run(out, dataset, shard)
     check_run_dir(run_dir, resume)
     return dataset, shard, out, run_dir
@@ -123,7 +167,7 @@ def _evaluate(loaded: Any, dataset: Any, settings: Any, run_dir: Path, **kwargs:
 
 
 def _settings(loaded: Any, dataset: Any, generation: dict, engine: dict, options: Any, *, chat: bool,
-              fallbacks: tuple, ks: tuple, save_text: bool, **scheduler: Any):
+              fallbacks: tuple, ks: tuple, save_text: bool, eval_defaults: Optional[str] = None, **scheduler: Any):
     """EvalSettings from the options; `--threshold auto` is resolved on the first 8 prompts."""
     import dataclasses
 
@@ -135,7 +179,7 @@ def _settings(loaded: Any, dataset: Any, generation: dict, engine: dict, options
     seed, max_rows = engine["seed"], engine["max_rows"]
     auto = generation.get("threshold") == "auto"
     eager = config_for(loaded.preset, **dict(generation, threshold=None if auto else generation.get("threshold")))
-    extra = {}
+    extra = {"eval_defaults": eval_defaults}
     if auto:
         prompts = [loaded.encode(dataset.prompt(i), chat=chat) for i in range(min(8, len(dataset)))]
         theta, extra["threshold_auto"] = auto_threshold_for(loaded, prompts, eager, seed=seed)
@@ -170,24 +214,41 @@ def _print_results(run_dir: Path, shard: Any, barrier: Any) -> None:
 @click.option("--plot", "plot", default="pass_at_k_vs_tokens.png", show_default=True, help="Where to write the PNG.")
 @click.option("--no-plot", is_flag=True, help="Only print the table.")
 @click.option("--html", "html", is_flag=True, help="Write a branch-tree page per prompt: RUN_DIR/trees/pN.html.")
-def report(run_dirs: tuple[Path, ...], plot: Path, no_plot: bool, html: bool) -> None:
-    """Compare runs side by side: Pass@1, Pass@k, cons@k, PR, #T, #S, time; plot Pass@k against tokens."""
+@click.option("--baseline", type=click.Path(path_type=Path), default=None,
+              help="A parallel run of the same problems to compare every run with at equal generated tokens "
+                   "[default: the first parallel run given].")
+def report(run_dirs: tuple[Path, ...], plot: Path, no_plot: bool, html: bool, baseline: Optional[Path]) -> None:
+    """Compare runs side by side: Pass@1, Pass@k, cons@k, PR, #T, #S, time; each run against parallel sampling at
+    equal generated tokens (with a parallel run); plot Pass@k against tokens with parallel's frontier."""
     from eager_mlx.evaluation.evaluate import EvalError
-    from eager_mlx.evaluation.report import format_table, plot_runs, run_summary
+    from eager_mlx.evaluation.report import (equal_cost_rows, find_baseline, format_equal_cost, format_table,
+                                             plot_runs, run_summary)
 
     # output paths first: nothing is computed for a plot or pages that cannot be written
     plot = None if no_plot else writable_file(plot, "'--plot'")
     pages = [writable_dir(Path(d) / "trees", "'--html'") for d in run_dirs] if html else []
     try:
         rows = [run_summary(d) for d in run_dirs]
+        base = find_baseline(run_dirs, baseline)
     except (EvalError, KeyError) as e:
         raise click.ClickException(f"cannot read run: {e}") from None
+    except ValueError as e:
+        raise fail(e) from None
     click.echo(format_table(rows))
+    try:
+        compared = equal_cost_rows(run_dirs, base) if base is not None else []
+    except ValueError as e:  # asked for: an error; found among the runs: a note
+        if baseline is not None:
+            raise fail(e) from None
+        compared, base = [], None
+        click.echo(f"note: no equal-cost comparison: {e}")
+    if compared:
+        click.echo("\n" + format_equal_cost(compared, base))
     if len({r["hash"] for r in rows}) > 1:
         click.echo("note: the runs used different data (dataset hashes differ)")
     try:
         if plot is not None:
-            plot_runs(rows, plot)
+            plot_runs(rows, plot, base)
             click.echo(f"plot: {plot}")
         if pages:
             from eager_mlx.trees.pages import write_tree_pages

@@ -56,7 +56,7 @@ class EagerConfig:
     no_branch_window: int = setting(1000, "Stop branching after this many steps without a branch.", lo=1)
     branch_rule: str = setting("top2", "Tokens at a branch: top2 (the paper: parent top-1, child top-2), sample "
                                        "(parent top-1, child sampled without it), keep (parent keeps its sample, "
-                                       "child sampled without it).", choices=BRANCH_RULES)
+                                       "child sampled without it).", choices=BRANCH_RULES, preset=True)
     parallel: bool = setting(False, "Baseline: M independent samples, no branching.")
     max_tokens: int = setting(1024, "Tokens per sequence.", lo=1)
     stop: tuple[str, ...] = setting((), "Stop string (repeatable).")

@@ -27,11 +27,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["DEFAULT_MODEL", "Preset", "PresetCalibration", "get_preset", "list_presets", "override_path",
+__all__ = ["DEFAULT_MODEL", "Preset", "PresetCalibration", "PresetEval", "get_preset", "list_presets", "override_path",
            "preset_override"]
 
 DEFAULT_MODEL = "smollm2-135m"
-OVERRIDABLE = ("threshold", "calibration", "temperature", "top_p", "context_length")
+OVERRIDABLE = ("threshold", "calibration", "temperature", "top_p", "context_length", "eval")
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,25 @@ class PresetCalibration:
     seed: int
     date: str  # ISO date of the calibration
     command: str  # the command that produced it
+
+
+@dataclass(frozen=True)
+class PresetEval:
+    """The configuration `eval` runs for this model unless told otherwise, and the evidence behind it.
+
+    Chosen by ``eager-mlx calibrate --objective frontier`` on a labelled dev split (never a test
+    split): the best label-free configuration whose generated tokens are at most parallel
+    sampling's at the same M (docs/beyond.md).
+    """
+
+    method: str  # eager-adapt or parallel-adapt
+    policy: str  # hit-m, rank, disagree, sequential
+    threshold: float
+    branch_rule: str = "top2"
+    data: str = ""  # the dev split it was chosen on
+    command: str = ""  # the command that chose it
+    date: str = ""
+    evidence: str = ""  # one line: how it compared with parallel there
 
 
 @dataclass(frozen=True)
@@ -87,6 +106,7 @@ class Preset:
     context_length: int = 4096
     note: str = ""
     calibration: PresetCalibration | None = None  # None: theta is not calibrated (e.g. the paper's value)
+    eval: PresetEval | None = None  # eval's default configuration (None: eager-adapt, hit-m, `threshold`)
 
     def __post_init__(self) -> None:
         _check_pins(self)
@@ -128,7 +148,20 @@ def _from_toml(name: str, text: str) -> Preset:
     data.setdefault("name", name)
     if "calibration" in data:
         data["calibration"] = _calibration(data["calibration"], f"preset {name}")
+    if "eval" in data:
+        data["eval"] = _eval_defaults(data["eval"], f"preset {name}")
     return Preset(**data)
+
+
+def _eval_defaults(table: Any, where: str) -> PresetEval:
+    """The ``eval.*`` keys of a preset or override as a PresetEval (ModelError if malformed)."""
+    fields = {f.name: f for f in dataclasses.fields(PresetEval)}
+    if not isinstance(table, dict) or set(table) - set(fields):
+        raise ModelError(f"{where}: eval must be a table of eval.* keys ({', '.join(fields)})")
+    missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and n not in table]
+    if missing:
+        raise ModelError(f"{where}: eval keys missing: {', '.join(missing)}")
+    return PresetEval(**table)
 
 
 def _calibration(table: Any, where: str) -> PresetCalibration:
@@ -160,6 +193,8 @@ def preset_override(name: str) -> dict[str, Any]:
     unknown = sorted(set(data) - set(OVERRIDABLE))
     if unknown:
         raise ModelError(f"{path}: cannot override {', '.join(unknown)} (only {', '.join(OVERRIDABLE)})")
+    if "eval" in data:
+        data["eval"] = _eval_defaults(data["eval"], str(path))
     if "calibration" in data:
         data["calibration"] = _calibration(data["calibration"], str(path))
     elif "threshold" in data:

@@ -1,6 +1,8 @@
 """Test doubles: a byte-level tokenizer and tiny random mlx-lm models."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -181,6 +183,7 @@ class FakeLoaded:
     def __init__(self, make_engine, encode, *, preset=None, name: str = "fake", tokenizer=None):
         self.make_engine, self._encode = make_engine, encode
         self.preset, self.name, self.tokenizer = preset, name, tokenizer
+        self.path = Path(__file__)  # what the run store's key digests: the fake models are this file's code
         self.made: list = []  # (EngineConfig, token_events, engine)
 
     def engine(self, config=None, *, token_events: bool = True, preempt: bool = False):

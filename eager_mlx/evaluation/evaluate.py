@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from functools import partial
 import platform
 import sys
 import time
@@ -58,7 +59,9 @@ from eager_mlx.adaptive.options import AdaptiveOptions
 from eager_mlx.results import RunFinished, RunPreempted, RunResult
 from eager_mlx.evaluation.rundir import (JOURNAL, MANIFEST, RESULTS, EvalError, Journal, load_run, prepare_run_dir,
                                          read_manifest, read_records, write_json_atomic)
-from eager_mlx.evaluation.scheduler import RunOutcome, RunRequest, Scheduler, SchedulerConfig, prompt_of_run
+from eager_mlx.evaluation.policies import make_scheduler
+from eager_mlx.evaluation.scheduler import RunOutcome, RunRequest, SchedulerConfig, prompt_of_run
+from eager_mlx.evaluation.store import RunStore
 
 __all__ = [
     "EvalError",
@@ -102,12 +105,13 @@ class EvalSettings:
 
     @classmethod
     def build(cls, eager: EagerConfig, options: AdaptiveOptions, *, method: str, max_rows: int, seed: int,
-              reserve_rows: bool = False, token_budget: Optional[int] = None, **fields: Any) -> "EvalSettings":
+              reserve_rows: bool = False, token_budget: Optional[int] = None, policy: str = "hit-m",
+              budget: float = 1.0, **fields: Any) -> "EvalSettings":
         """Settings from a request config (its threshold and M start every prompt) and the adaptive options;
         `fields`: ks, answer_fallbacks, grade_timeout, save_text."""
         scheduler = SchedulerConfig(method=method, max_sequences=eager.max_sequences, threshold=eager.threshold,
                                     max_rows=max_rows, reserve_rows=reserve_rows, token_budget=token_budget,
-                                    consensus=options.consensus)
+                                    consensus=options.consensus, policy=policy, budget=budget)
         return cls(scheduler=scheduler, eager=eager, seed=seed, confidence=options.confidence,
                    confidence_vote=options.confidence_vote, consensus_abort=options.consensus_abort, **fields)
 
@@ -190,13 +194,25 @@ def _voters(sequences: list[dict], run: str) -> tuple[Optional[str], ...]:
     return tuple(s["answer"] for s in sequences if s["run"] == run and s["finish_reason"] in NATURAL_FINISHES)
 
 
+def _outcome(run: dict, sequences: list[dict], slot: int) -> RunOutcome:
+    """A recorded run (a record's or the journal's) as the scheduler's outcome; `slot`: the scheduler's number of
+    the prompt."""
+    rid = run["request_id"]
+    cut = sum(1 for s in sequences if s["run"] == rid and s["finish_reason"] == "length")
+    return RunOutcome(rid, slot, run["num_sequences"], run["generated_tokens"], run["any_correct"],
+                      _voters(sequences, rid), run.get("consensus_abort", False), run.get("branch_points", 0),
+                      run.get("mean_entropy", 0.0), cut)
+
+
 def _outcomes(record: dict, slot: int) -> list[RunOutcome]:
     """The recorded runs of a prompt for the scheduler, which numbers the prompts that run (`slot`)."""
-    return [
-        RunOutcome(r["request_id"], slot, r["num_sequences"], r["generated_tokens"], r["any_correct"],
-                   _voters(record["sequences"], r["request_id"]), r.get("consensus_abort", False))
-        for r in record["runs"]
-    ]
+    return [_outcome(r, record["sequences"], slot) for r in record["runs"]]
+
+
+def _mean_entropy(result: RunResult) -> float:
+    """Mean token entropy over the positions the run generated (a child's inherited prefix counted once)."""
+    own = [h for s in result.sequences for h in s.entropies[s.branch_step or 0:]]
+    return sum(own) / len(own) if own else 0.0
 
 
 @dataclass
@@ -246,7 +262,7 @@ class Evaluation:
     def __init__(self, engine: EngineLike, encode: Callable[[str], list[int]], dataset: Dataset,
                  settings: EvalSettings, run_dir: Path, *, model: str = "", resume: bool = False,
                  progress: Optional[Callable[[EvalProgress], None]] = None, extra_manifest: Optional[dict] = None,
-                 on_run: Optional[Callable[[RunResult], None]] = None):
+                 on_run: Optional[Callable[[RunResult], None]] = None, store: Optional[RunStore] = None):
         if len(dataset) == 0:
             raise EvalError("the dataset is empty")
         ids = [e.index for e in dataset.examples]  # in the whole dataset: run ids (random keys) survive sharding
@@ -266,7 +282,10 @@ class Evaluation:
         self.prompts, self.skipped = self._encode_prompts()
         self.runnable = [i for i in range(len(dataset)) if i not in self.skipped]
         self.slot = {i: j for j, i in enumerate(self.runnable)}
-        self.sched = Scheduler(len(self.runnable), settings.scheduler, prompt_ids=[ids[i] for i in self.runnable])
+        self.sched = make_scheduler(len(self.runnable), settings.scheduler, prompt_ids=[ids[i] for i in self.runnable])
+        self.store = None if self.monitor is not None else store  # an online monitor's stops depend on timing
+        self.ready: list[RunResult] = []  # runs read from the store, not yet taken back
+        self.from_store: set[str] = set()
         self.resumed = len(records)
         self.by_index = {r["index"]: r for r in records}  # complete (or skipped) prompts
         self.states: dict[int, _PromptState] = {}  # prompts with runs, not yet complete
@@ -290,6 +309,10 @@ class Evaluation:
             while not self.sched.done:
                 self._start_runs()
                 self._write_complete()  # replays can complete prompts without running anything
+                if self.ready:  # read from the store: taken back like runs the engine finished
+                    self.sched.update_from_output([self._take_finished(r) for r in self._pop_ready()])
+                    self._write_complete()
+                    continue
                 if self.sched.done:
                     break
                 if not self.engine.has_work:
@@ -358,7 +381,51 @@ class Evaluation:
                                       max_sequences=req.max_sequences, parallel=req.parallel)
             self.states.setdefault(i, _PromptState(self._clock()))
             self.requests[req.request_id] = req
-            self.engine.add(req.request_id, self.prompts[i], cfg)
+            stored = self._stored(req, i, cfg)
+            if stored is not None:
+                self.ready.append(stored)
+                self.from_store.add(req.request_id)
+            elif req.key_id is None and not req.first_sequence:
+                self.engine.add(req.request_id, self.prompts[i], cfg)
+            else:
+                self.engine.add(req.request_id, self.prompts[i], cfg, key_id=req.key_id,
+                                first_sequence=req.first_sequence)
+
+    # ---- the run store ---------------------------------------------------------------------------
+    def _store_keys(self, req: RunRequest, i: int, cfg: EagerConfig) -> list[dict]:
+        """The run's key, or for a parallel run its samples' keys (see store.py)."""
+        key = partial(self.store.key, prompt=self.prompts[i], seed=self.settings.seed,
+                      key_id=req.key_id or req.request_id, config=cfg, context=self.engine.context_length)
+        if req.parallel:
+            return [key(sequence=req.first_sequence + k) for k in range(req.max_sequences)]
+        return [key()]
+
+    def _stored(self, req: RunRequest, i: int, cfg: EagerConfig) -> Optional[RunResult]:
+        if self.store is None:
+            return None
+        keys = self._store_keys(req, i, cfg)
+        if req.parallel:
+            return self.store.get_parallel(keys, req.request_id, cfg.threshold)
+        return self.store.get(keys[0])
+
+    def _keep(self, result: RunResult) -> None:
+        """Store a finished run when it is a pure function of its key (no branch skipped for rows or memory)."""
+        req = self.requests[result.request_id]
+        info = result.info
+        if self.store is None or info.get("branches_skipped_full") or info.get("branches_skipped_memory"):
+            return
+        i = self.runnable[req.prompt_index]
+        cfg = dataclasses.replace(self.settings.eager, threshold=req.threshold, max_sequences=req.max_sequences,
+                                  parallel=req.parallel)
+        keys = self._store_keys(req, i, cfg)
+        if req.parallel:
+            self.store.put_parallel(keys, result)
+        else:
+            self.store.put(keys[0], result)
+
+    def _pop_ready(self) -> list[RunResult]:
+        out, self.ready = self.ready, []
+        return out
 
     def _grade(self, i: int, answer: Optional[str]) -> bool:
         key = (i, answer or "")
@@ -382,6 +449,10 @@ class Evaluation:
         """Grade a finished run, journal it and return its outcome for the scheduler."""
         if self.on_run is not None:
             self.on_run(result)
+        if result.request_id in self.from_store:
+            self.from_store.discard(result.request_id)
+        else:
+            self._keep(result)
         rid = result.request_id
         req = self.requests.pop(rid)
         i = self.runnable[req.prompt_index]  # in `dataset`
@@ -393,14 +464,16 @@ class Evaluation:
             "max_sequences": req.max_sequences, "parallel": req.parallel,
             "num_sequences": len(seqs), "generated_tokens": result.generated_tokens,
             "prompt_tokens": result.prompt_tokens, "elapsed_s": result.elapsed_s,
-            "branch_points": result.branch_points, "any_correct": any_correct, "info": result.info,
+            "branch_points": result.branch_points, "mean_entropy": _mean_entropy(result),
+            "any_correct": any_correct, "info": result.info,
             "consensus_abort": self.monitor is not None and self.monitor.agreed(rid),
         }
         st.sequences += seqs
         st.runs.append(run)
         self._journal.append({"index": i, "t_start": st.started, "t": self._clock(), "run": run, "sequences": seqs})
-        return RunOutcome(rid, req.prompt_index, len(seqs), result.generated_tokens, any_correct,
-                          _voters(seqs, rid), run["consensus_abort"])
+        if req.key_id is not None:
+            run.update(key_id=req.key_id, first_sequence=req.first_sequence)
+        return _outcome(run, seqs, req.prompt_index)
 
     def _write_complete(self) -> None:
         """Write the record of every prompt the scheduler says is complete."""
@@ -454,6 +527,7 @@ class Evaluation:
         manifest = dict(self.manifest, finished=True, summary=asdict(metrics), skipped=len(ordered) - len(ran),
                         wall_s=wall, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         mpath = self.run_dir / MANIFEST
+        old: dict = {}
         if self.resume:
             old = read_manifest(mpath)
             manifest["created"] = old.get("created", manifest["created"])
@@ -461,8 +535,18 @@ class Evaluation:
                 for key in ("steps", "rows", "preempted_tokens"):
                     setattr(self.occupancy, key, getattr(self.occupancy, key) + old["occupancy"].get(key, 0))
         manifest["occupancy"] = self.occupancy.summary(self.settings.scheduler.max_rows)
+        manifest["store"] = self._store_summary(old)
         write_json_atomic(mpath, manifest)
         return EvalResult(self.run_dir, metrics, ordered, resumed=self.resumed, skipped=manifest["skipped"])
+
+
+    def _store_summary(self, old: dict) -> Optional[dict]:
+        """Runs read from / written to the store, summed over the sessions that reached the end."""
+        if self.store is None:
+            return None
+        before = old.get("store") or {}
+        return {"dir": str(self.store.root), "replayed": before.get("replayed", 0) + self.store.replayed,
+                "stored": before.get("stored", 0) + self.store.stored}
 
 
 def evaluate(engine: EngineLike, encode: Callable[[str], list[int]], dataset: Dataset, settings: EvalSettings,
@@ -473,12 +557,17 @@ def evaluate(engine: EngineLike, encode: Callable[[str], list[int]], dataset: Da
 
 def evaluate_model(loaded: Any, dataset: Dataset, settings: EvalSettings, run_dir: Path, *,
                    max_kv_memory: Optional[int] = None, chat: bool = True, save_trace: bool = False,
-                   extra_manifest: Optional[dict] = None, **kwargs: Any) -> EvalResult:
+                   extra_manifest: Optional[dict] = None, store_dir: Optional[Path] = None,
+                   **kwargs: Any) -> EvalResult:
     """Evaluate with a LoadedModel: an engine of `settings.scheduler.max_rows` rows and `settings.seed`, the
-    model's prompt encoding, and with `save_trace` each run's branch tree in RUN_DIR/trees.jsonl (for
-    `eager-mlx report --html`). Other keyword arguments go to `Evaluation`."""
+    model's prompt encoding, with `save_trace` each run's branch tree in RUN_DIR/trees.jsonl (for
+    `eager-mlx report --html`), and with `store_dir` a run store (store.py) keyed on the model folder's digest.
+    Other keyword arguments go to `Evaluation`."""
+    from eager_mlx.evaluation.store import model_digest
     from eager_mlx.trees.tree import TRACES, TraceRecorder
 
+    if store_dir is not None:
+        kwargs["store"] = RunStore(Path(store_dir), model_digest(loaded.path, cache=Path(store_dir) / "models.json"))
     online = settings.consensus_abort or settings.confidence.prune_percentile is not None
     engine = EngineConfig(max_rows=settings.scheduler.max_rows, seed=settings.seed, max_kv_memory=max_kv_memory)
     runner = loaded.engine(engine, token_events=online, preempt=not settings.scheduler.reserve_rows)

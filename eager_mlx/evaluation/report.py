@@ -1,12 +1,16 @@
-"""Comparing eval runs: one summary row per run, the paper's table, and the Pass@k-vs-tokens plot."""
+"""Comparing eval runs: one summary row per run, the paper's table, the equal-cost table against parallel
+sampling (equal_cost.py), and the Pass@k-vs-tokens plot with parallel's frontier."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
+from eager_mlx.evaluation.equal_cost import EqualCost, equal_cost, parallel_curve
 from eager_mlx.evaluation.scheduler import METHODS
 
-__all__ = ["run_summary", "format_table", "plot_runs"]
+__all__ = ["run_summary", "format_table", "plot_runs", "find_baseline", "equal_cost_rows", "format_equal_cost"]
+
+_POLICY_METHODS = ("eager-adapt", "parallel-adapt")
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
@@ -19,6 +23,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     from eager_mlx.evaluation.shards import load_merged
 
     manifest, records = load_merged(run_dir)  # a sharded run's rank-N folders are merged
+    eager = manifest["settings"]["eager"]
     wall = max((r["t_done"] for r in records), default=0.0)
     ran = evaluated(records)
     m = run_metrics([record_metrics(r) for r in ran], wall_s=wall)
@@ -29,6 +34,8 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "method": manifest["method"],
         "M": sched["max_sequences"],
         "theta": sched["threshold"],
+        "policy": sched.get("policy", "hit-m") if manifest["method"] in _POLICY_METHODS else "-",
+        "rule": eager.get("branch_rule", "top2") if manifest["method"] not in ("parallel", "parallel-adapt") else "-",
         "dataset": manifest["dataset"]["name"],
         "hash": manifest["dataset"]["hash"],
         "prompts": f"{m.num_prompts}/{manifest['dataset']['size']}",  # that ran / in the dataset
@@ -45,6 +52,8 @@ COLUMNS: Sequence[tuple[str, str, Callable[[Any], str]]] = (
     ("method", "method", str),
     ("M", "M", str),
     ("theta", "theta", lambda v: f"{v:g}"),
+    ("policy", "policy", str),
+    ("rule", "rule", str),
     ("prompts", "prompts", str),
     ("skipped", "skipped", str),
     ("pass_at_1", "Pass@1", lambda v: f"{v:.3f}"),
@@ -71,8 +80,58 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_runs(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """PNG of Pass@k against generated tokens: one line (its runs as points) per method."""
+def find_baseline(run_dirs: Sequence[Path], baseline: Optional[Path] = None) -> Optional[Path]:
+    """The parallel run to compare with: `baseline`, else the first of `run_dirs` whose method is parallel."""
+    from eager_mlx.evaluation.shards import load_merged
+
+    if baseline is not None:
+        if load_merged(baseline)[0]["method"] != "parallel":
+            raise ValueError(f"--baseline {baseline}: not a parallel run")
+        return Path(baseline)
+    return next((Path(d) for d in run_dirs if load_merged(d)[0]["method"] == "parallel"), None)
+
+
+def equal_cost_rows(run_dirs: Sequence[Path], baseline: Path) -> list[tuple[dict[str, Any], EqualCost]]:
+    """Each run but the baseline (its summary row) against parallel's samples at its generated tokens."""
+    from eager_mlx.evaluation.shards import load_merged
+
+    base = load_merged(baseline)[1]
+    out = []
+    for d in run_dirs:
+        if Path(d).resolve() == Path(baseline).resolve():
+            continue
+        try:
+            out.append((run_summary(d), equal_cost(load_merged(d)[1], base)))
+        except ValueError as e:
+            raise ValueError(f"{d} against {baseline}: {e}") from None
+    return out
+
+
+def format_equal_cost(rows: Sequence[tuple[dict[str, Any], EqualCost]], baseline: Path) -> str:
+    """The equal-cost table: each run's Pass@k and cons@k, parallel's at the same tokens, the difference and its
+    paired bootstrap 95% interval over problems."""
+    ci = lambda d, c: f"{d:+.3f} [{c[0]:+.3f}, {c[1]:+.3f}]"  # noqa: E731
+    head = ["run", "method", "policy", "rule", "theta", "problems", "tokens", "n", "Pass@k", "par pass@n",
+            "diff [95% CI]", "cons@k", "par cons@n", "diff [95% CI]"]
+    cells = [head]
+    for r, e in rows:
+        n = f"{e.n:.2f}" + (f" (>M: par at {e.max_n})" if e.beyond_parallel else "")
+        cells.append([r["run"], r["method"], r["policy"], r["rule"], f"{r['theta']:g}", str(e.problems),
+                      f"{e.tokens_ratio:.0%}", n, f"{e.pass_at_k:.3f}", f"{e.parallel_pass:.3f}",
+                      ci(e.pass_diff, e.pass_ci), f"{e.cons_at_k:.3f}", f"{e.parallel_cons:.3f}",
+                      ci(e.cons_diff, e.cons_ci)])
+    widths = [max(len(row[c]) for row in cells) for c in range(len(head))]
+    lines = ["  ".join(cell.rjust(w) if c > 3 else cell.ljust(w) for c, (cell, w) in enumerate(zip(row, widths)))
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    title = (f"equal cost: each run against parallel sampling's own samples ({Path(baseline).name}) at the run's "
+             f"generated tokens (tokens: the run's share of parallel's; n: parallel samples per problem)")
+    return "\n".join([title] + lines)
+
+
+def plot_runs(rows: Sequence[dict[str, Any]], path: Path, baseline: Optional[Path] = None) -> None:
+    """PNG of Pass@k against generated tokens: one line (its runs as points) per method, and with a parallel
+    `baseline` its pass@n and cons@n curves (n = 1..M, from its own samples): the frontier to beat."""
     try:
         import matplotlib
 
@@ -81,11 +140,21 @@ def plot_runs(rows: Sequence[dict[str, Any]], path: Path) -> None:
     except ImportError:
         raise RuntimeError("the plot needs matplotlib (pip install matplotlib), or pass --no-plot") from None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for method in [m for m in METHODS if any(r["method"] == m for r in rows)]:
-        pts = sorted((r["total_tokens"], r["pass_at_k"]) for r in rows if r["method"] == method)
-        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=method)
+    if baseline is not None:
+        from eager_mlx.evaluation.shards import load_merged
+
+        curve = parallel_curve(load_merged(baseline)[1])
+        xs = [t for t, _, _ in curve]
+        ax.plot(xs, [p for _, p, _ in curve], ls="--", color="grey", label="parallel pass@n (frontier)")
+        ax.plot(xs, [c for _, _, c in curve], ls=":", color="grey", label="parallel cons@n")
+        ax.scatter([r["total_tokens"] for r in rows], [r["cons_at_k"] for r in rows], marker="x", color="black",
+                   s=18, label="cons@k of each run")
+    label = lambda r: r["method"] + (f" ({r['policy']})" if r["policy"] not in ("-", "hit-m") else "")  # noqa: E731
+    for name in dict.fromkeys(label(r) for r in sorted(rows, key=lambda r: METHODS.index(r["method"]))):
+        pts = sorted((r["total_tokens"], r["pass_at_k"]) for r in rows if label(r) == name)
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
     ax.set_xlabel("generated tokens (#T, shared prefixes once)")
-    ax.set_ylabel("Pass@k")
+    ax.set_ylabel("Pass@k (x: cons@k)" if baseline is not None else "Pass@k")
     datasets = sorted({Path(r["dataset"]).name for r in rows})
     models = sorted({Path(str(r["model"])).name for r in rows if r["model"]})
     ax.set_title(f"Pass@k vs tokens: {', '.join(datasets)}" + (f" ({', '.join(models)})" if models else ""))

@@ -73,6 +73,7 @@ from eager_mlx.settings import SettingError
 
 __all__ = [
     "METHODS",
+    "POLICIES",
     "SchedulerConfig",
     "RunRequest",
     "SchedulerOutput",
@@ -84,7 +85,8 @@ __all__ = [
     "prompt_of_run",
 ]
 
-METHODS = ("parallel", "eager-init", "eager-adapt", "eager")
+METHODS = ("parallel", "eager-init", "eager-adapt", "eager", "parallel-adapt")
+POLICIES = ("hit-m", "rank", "disagree", "sequential")  # how eager-adapt / parallel-adapt hand out the pool
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,10 @@ class SchedulerConfig:
     decay_capped_on_retry: bool = False  # eager: prompts that hit M also get retry_decay on try 2
     recycle_unused: bool = True  # eager: a solved prompt's unspent share goes back to the pool
     consensus: Optional[ConsensusConfig] = None  # stop a prompt once its answers agree (see above)
+    policy: str = "hit-m"  # who gets the pool: the paper's rule, or a wave policy (policies.py)
+    budget: float = 1.0  # eager-adapt / eager / parallel-adapt: spend budget x M x |D| sequences in all
+    wave_runs: int = 8  # wave policies: at most this many extra runs per wave (never derived from max_rows)
+    round_size: int = 2  # parallel-adapt: samples per run (its first run and each extra one)
 
     def validate(self) -> None:
         """Raise SettingError naming the first bad value."""
@@ -127,6 +133,30 @@ class SchedulerConfig:
             raise SettingError("retry_decay and later_decay must be in (0, 1]")
         if self.consensus is not None:
             self.consensus.validate()
+        self._validate_policy()
+
+    def _validate_policy(self) -> None:
+        adaptive = ("eager-adapt", "eager", "parallel-adapt")
+        if self.policy not in POLICIES:
+            raise SettingError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+        if not 0 < self.budget <= 4:
+            raise SettingError(f"budget must be in (0, 4], got {self.budget}")
+        if self.budget != 1.0 and self.method not in adaptive:
+            raise SettingError(f"a budget applies to {', '.join(adaptive)} only, not {self.method}")
+        if self.wave_runs < 1 or self.round_size < 1:
+            raise SettingError(f"wave_runs and round_size must be >= 1, got {self.wave_runs}, {self.round_size}")
+        if self.policy == "hit-m":
+            if self.method == "parallel-adapt":
+                raise SettingError("parallel-adapt needs a policy that can rank its prompts: rank, disagree or "
+                                   "sequential (hit-m needs branching)")
+            return
+        if self.method not in ("eager-adapt", "parallel-adapt"):
+            raise SettingError(f"policy {self.policy} applies to eager-adapt and parallel-adapt, not {self.method}")
+        if self.token_budget is not None or self.consensus is not None:
+            raise SettingError(f"policy {self.policy} counts the budget in sequences and stops no prompt early: "
+                               "drop --token-budget / --consensus, or use policy hit-m")
+        if self.method == "parallel-adapt" and self.round_size > self.max_sequences:
+            raise SettingError(f"round_size {self.round_size} > max_sequences {self.max_sequences}")
 
 
 @dataclass(frozen=True)
@@ -139,6 +169,8 @@ class RunRequest:
     max_sequences: int
     parallel: bool
     attempt: int  # 0: the prompt's first run; 1, 2, ...: extra runs, in a fixed order
+    key_id: Optional[str] = None  # the id its random key derives from (None: request_id)
+    first_sequence: int = 0  # parallel rounds: its samples continue key_id's stream from here
 
 
 @dataclass
@@ -159,6 +191,9 @@ class RunOutcome:
     any_correct: Optional[bool] = None  # needed by method "eager"
     answers: tuple[Optional[str], ...] = ()  # answers of its sequences that finished by themselves (consensus)
     consensus: bool = False  # an online monitor found agreement during the run
+    branch_points: int = 0
+    mean_entropy: float = 0.0  # over the tokens it generated (shared prefixes once)
+    cut: int = 0  # sequences that stopped at max tokens
 
 
 def run_id(prompt_index: int, attempt: int) -> str:
@@ -509,7 +544,7 @@ class Scheduler:
         if self._tokens:
             return max(0, self.config.token_budget - self.tokens_used())
         first = sum(p.runs[0].num_sequences for p in self._p if p.runs)
-        return max(0, self.config.max_sequences * self.num_prompts - first)
+        return max(0, int(self.config.budget * self.config.max_sequences * self.num_prompts) - first)
 
     def _hand_out(self) -> None:
         """One round: split the pool among the prompts that may still get more."""
