@@ -41,7 +41,7 @@ class CountingLoaded(LoadedModel):
 
 def loaded_model(kind: str = "tiny", kill_at: int = 0) -> CountingLoaded:
     net = MarkovModel.random(0) if kind == "markov" else tiny_model()
-    return CountingLoaded(net, ByteTokenizer(), None, Path("."), "tiny", kill_at=kill_at)
+    return CountingLoaded(net, ByteTokenizer(), None, Path(__file__), "tiny", kill_at=kill_at)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ TIMING = {"elapsed_s", "wall_s", "t_done", "tokens_per_s", "rank", "local_index"
 
 def settings(method):
     return ["--template", "{question}", "--no-chat", "--method", method, "-M", "2", "--threshold", "1.2",
-            "--temperature", "0.6", "--max-tokens", "10", "--seed", "7"]
+            "--temperature", "0.6", "--max-tokens", "10", "--seed", "7", "--no-store"]  # every run generated
 
 
 @pytest.fixture

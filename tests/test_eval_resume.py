@@ -150,7 +150,7 @@ def test_resume_needs_the_manifest(tmp_path):
 
 
 # ------------------------------------------------------------------- journal repair, signals, kill -9
-ARGS = ["--no-chat", "--template", "{question}", "-t", "2.8", "--temperature", "0.6", "-M", "4", "--max-tokens",
+ARGS = ["--no-store", "--no-chat", "--template", "{question}", "-t", "2.8", "--temperature", "0.6", "-M", "4", "--max-tokens",
         "12", "--max-rows", "8", "--method", "eager-adapt", "--save-trace"]
 ENV = dict(os.environ, EAGER_TEST_MODEL="markov")  # for dist_eval_entry.py
 

@@ -60,7 +60,7 @@ def test_two_ranks_on_localhost_then_report_merges(tmp_path, data_file):
     cmd = [LAUNCH, "--backend", "ring", "-n", "2", "--hosts", "127.0.0.1",
            "--starting-port", str(_free_port_pair()), sys.executable, str(ENTRY),
            "--data", str(data_file), "--out", str(out), "--method", "parallel", "-M", "2",
-           "--max-tokens", "8", "--max-rows", "8", "--save-trace"]
+           "--max-tokens", "8", "--max-rows", "8", "--save-trace", "--no-store"]
     res = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     for rank, mine in ((0, [0, 2, 4]), (1, [1, 3])):

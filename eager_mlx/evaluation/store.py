@@ -112,9 +112,10 @@ class RunStore:
         settings = asdict(config)
         if sequence is not None:
             settings = {k: settings[k] for k in _PARALLEL_FIELDS}
-        return {"format": STORE_FORMAT, "model": self.model, "backend": self.backend, "context": context,
-                "prompt": hashlib.sha256(json.dumps(prompt).encode()).hexdigest(), "seed": seed, "key_id": key_id,
-                "sequence": sequence, "settings": settings}
+        key = {"format": STORE_FORMAT, "model": self.model, "backend": self.backend, "context": context,
+               "prompt": hashlib.sha256(json.dumps(prompt).encode()).hexdigest(), "seed": seed, "key_id": key_id,
+               "sequence": sequence, "settings": settings}
+        return json.loads(json.dumps(key))  # as it reads back from an entry (tuples become lists)
 
     def _path(self, key: dict) -> Path:
         sha = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,140 @@
+"""Wave budget policies (rank / disagree / sequential, eager-adapt and parallel-adapt): the budget is spent, the
+caps hold, the ranking is what the policy says, and no decision depends on timing, max_rows or a resume."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+
+import pytest
+
+from eager_mlx.evaluation.policies import AdaptiveScheduler, eval_defaults, make_scheduler, priority, uncertainty
+from eager_mlx.evaluation.scheduler import RunOutcome, RunRequest, Scheduler, SchedulerConfig
+from eager_mlx.settings import SettingError
+
+
+def outcome(req: RunRequest) -> RunOutcome:
+    """A run's outcome as a pure function of its id: sequences, answers (prompt i < 4 always agree), cut rows."""
+    h = int(hashlib.sha256(req.request_id.encode()).hexdigest(), 16)
+    n = req.max_sequences if req.parallel else 1 + h % req.max_sequences
+    hard = req.prompt_index >= 4
+    answers = tuple(None if hard and (h >> (3 * k)) % 7 == 0 else str((h >> (3 * k)) % 3 if hard else 1)
+                    for k in range(n))
+    return RunOutcome(req.request_id, req.prompt_index, n, 30 * n, None, answers, branch_points=n - 1,
+                      mean_entropy=(h % 100) / 50, cut=int(hard and h % 5 == 0))
+
+
+def simulate(cfg: SchedulerConfig, n: int, seed: int, max_rows: int, replay: dict | None = None):
+    """Random run durations in an engine of `max_rows` rows. Returns ({run id: request}, scheduler)."""
+    rng = random.Random(seed)
+    sched = make_scheduler(n, dataclasses.replace(cfg, max_rows=max_rows))
+    for i, outs in (replay or {}).items():
+        sched.replay(i, outs)
+    running: list[tuple[int, RunRequest]] = []
+    runs, now = {}, 0
+    for _ in range(100_000):
+        if sched.done:
+            break
+        used = sum(r.max_sequences if r.parallel else 1 for _, r in running)
+        for req in sched.schedule(max_rows - used).runs:
+            running.append((now + rng.randint(1, 30), req))
+            runs[req.request_id] = req
+        assert running, "stalled"
+        now = min(t for t, _ in running)
+        back = [r for t, r in running if t == now]
+        running = [x for x in running if x[0] != now]
+        rng.shuffle(back)
+        sched.update_from_output([outcome(r) for r in back])
+    assert sched.done
+    return runs, sched
+
+
+POLICY_CONFIGS = [SchedulerConfig(method=m, policy=p, max_sequences=4, wave_runs=3)
+                  for m in ("eager-adapt", "parallel-adapt") for p in ("rank", "disagree", "sequential")]
+
+
+@pytest.mark.parametrize("cfg", POLICY_CONFIGS, ids=lambda c: f"{c.method}-{c.policy}")
+def test_runs_do_not_depend_on_timing_or_max_rows(cfg):
+    want, _ = simulate(cfg, 12, seed=0, max_rows=4)
+    for seed, rows in ((1, 4), (2, 8), (3, 16), (4, 5)):
+        got, _ = simulate(cfg, 12, seed=seed, max_rows=rows)
+        assert got == want
+
+
+@pytest.mark.parametrize("cfg", POLICY_CONFIGS, ids=lambda c: f"{c.method}-{c.policy}")
+def test_the_budget_is_spent_within_the_caps(cfg):
+    n = 12
+    runs, sched = simulate(cfg, n, seed=5, max_rows=8)
+    used = {i: 0 for i in range(n)}
+    for req in runs.values():
+        out = outcome(req)
+        used[req.prompt_index] += out.num_sequences
+    budget = cfg.max_sequences * n
+    assert sum(used.values()) <= budget
+    assert sum(used.values()) >= budget - cfg.max_sequences  # all of it, but for less than one run
+    first = {i: outcome(runs[f"p{i}-r0"]).num_sequences for i in range(n)}
+    assert all(used[i] - first[i] <= 3 * cfg.max_sequences for i in range(n))  # the 3M cap
+    assert sched.waves >= 2
+
+
+def test_parallel_adapt_rounds_continue_each_prompts_stream():
+    runs, _ = simulate(POLICY_CONFIGS[5], 10, seed=1, max_rows=8)
+    for i in range(10):
+        mine = sorted((r for r in runs.values() if r.prompt_index == i), key=lambda r: r.attempt)
+        assert all(r.parallel and r.max_sequences <= 2 for r in mine)
+        assert [r.first_sequence for r in mine] == [sum(x.max_sequences for x in mine[:k]) for k in range(len(mine))]
+        assert all(r.key_id == (None if r.attempt == 0 else f"p{i}-r0") for r in mine)
+
+
+def test_disagreeing_prompts_get_the_budget_first():
+    # Prompts 0-3 agree on every answer; with a budget that cannot serve all, the others get it.
+    cfg = dataclasses.replace(POLICY_CONFIGS[1], budget=0.9)
+    runs, _ = simulate(cfg, 12, seed=2, max_rows=8)
+    extra = [r.prompt_index for r in runs.values() if r.attempt > 0]
+    assert extra and all(i >= 4 for i in extra)
+
+
+def test_priorities():
+    run = lambda answers, cut=0, b=0, h=0.0: RunOutcome("p0-r0", 0, len(answers), 9, None, answers,  # noqa: E731
+                                                       branch_points=b, mean_entropy=h, cut=cut)
+    assert priority("rank", [run(("1",), b=3, h=0.1)]) > priority("rank", [run(("1",), b=2, h=2.9)])
+    assert priority("rank", [run(("1",), b=2, h=1.0)]) > priority("rank", [run(("1",), b=2, h=0.5)])
+    agree, split, missing = run(("4", "4")), run(("4", "5")), run(("4", None))
+    assert priority("disagree", [split]) > priority("disagree", [missing]) > priority("disagree", [agree])
+    assert priority("disagree", [run(("4", "4"), cut=1)])[0]  # cut at max tokens: flagged
+    # sequential reads every run; disagree only the first
+    assert priority("sequential", [agree, split]) > priority("disagree", [agree, split])
+    assert uncertainty(["1"]) == 0.25 and uncertainty(["1", "1"]) == 0.125 and uncertainty([]) == 0.5
+
+
+def test_a_resume_replays_the_same_decisions():
+    cfg = POLICY_CONFIGS[2]
+    want, sched = simulate(cfg, 10, seed=0, max_rows=8)
+    recorded = {i: sched.runs_of(i) for i in range(10)}
+    keep = {i: recorded[i] for i in range(0, 10, 2)}  # half the prompts were complete before the interrupt
+    got, _ = simulate(cfg, 10, seed=7, max_rows=4, replay=keep)
+    assert set(got) | {o.request_id for outs in keep.values() for o in outs} == set(want)
+
+
+def test_settings_are_checked():
+    for bad, msg in ((dict(method="parallel-adapt"), "parallel-adapt needs a policy"),
+                     (dict(method="eager", policy="rank"), "applies to eager-adapt and parallel-adapt"),
+                     (dict(method="eager-adapt", policy="sequential", token_budget=99), "drop --token-budget"),
+                     (dict(method="eager-init", budget=0.5), "a budget applies"),
+                     (dict(method="eager-adapt", policy="nope"), "unknown policy"),
+                     (dict(method="parallel-adapt", policy="rank", round_size=9), "round_size 9")):
+        with pytest.raises(SettingError, match=msg):
+            SchedulerConfig(max_sequences=8, **bad).validate()
+    assert isinstance(make_scheduler(3, SchedulerConfig()), Scheduler)
+    assert isinstance(make_scheduler(3, SchedulerConfig(policy="rank")), AdaptiveScheduler)
+
+
+def test_eval_defaults_come_from_the_preset_when_they_apply():
+    from eager_mlx.models.preset import PresetEval
+
+    preset = type("P", (), {"eval": PresetEval("parallel-adapt", "disagree", 2.5)})()
+    assert eval_defaults(preset, None, None) == ("parallel-adapt", "disagree", preset.eval)
+    assert eval_defaults(preset, "parallel-adapt", "rank") == ("parallel-adapt", "rank", preset.eval)
+    assert eval_defaults(preset, "eager-adapt", None) == ("eager-adapt", "hit-m", None)
+    assert eval_defaults(None, None, None) == ("eager-adapt", "hit-m", None)
+    assert eval_defaults(None, "parallel-adapt", None) == ("parallel-adapt", "sequential", None)

@@ -1,0 +1,107 @@
+"""The run store: a replayed evaluation equals a generated one (timing aside), parallel samples are shared by
+parallel and parallel-adapt, any changed setting misses, a corrupt entry is a miss."""
+import dataclasses
+import gzip
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import dist_eval_entry
+from eager_mlx.cli.main import cli
+from eager_mlx.config import EagerConfig
+from eager_mlx.evaluation.evaluate import MANIFEST, load_run
+from eager_mlx.evaluation.store import RunStore, model_digest
+from eager_mlx.results import RunResult, SequenceResult
+from fakes import patch_load
+from test_eval_reproducible import QUESTIONS, comparable
+
+ARGS = ["--template", "{question}", "--no-chat", "-M", "3", "--threshold", "1.2", "--temperature", "0.6",
+        "--max-tokens", "10", "--seed", "7"]
+
+
+@pytest.fixture
+def data(tmp_path, monkeypatch):
+    p = tmp_path / "toy.jsonl"
+    p.write_text("".join(json.dumps({"question": q, "answer": str(i)}) + "\n" for i, q in enumerate(QUESTIONS)))
+    patch_load(monkeypatch, dist_eval_entry.loaded_model("markov"))
+    return p
+
+
+def evaluate(data, out, *extra, store=None):
+    where = ["--store", str(store)] if store else ["--no-store"]
+    r = CliRunner().invoke(cli, ["eval", "--data", str(data), "--out", str(out), *ARGS, *where, *extra])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / MANIFEST).read_text())
+    return comparable(load_run(out)[1]), manifest["store"]
+
+
+@pytest.mark.parametrize("method", [["--method", "eager-adapt", "--policy", "sequential"],
+                                    ["--method", "parallel-adapt"], ["--method", "eager"]])
+def test_a_replayed_evaluation_equals_a_generated_one(tmp_path, data, method):
+    store = tmp_path / "store"
+    plain, none = evaluate(data, tmp_path / "plain", *method)
+    first, made = evaluate(data, tmp_path / "first", *method, store=store)
+    again, read = evaluate(data, tmp_path / "again", *method, "--max-rows", "4", store=store)
+    assert none is None and plain == first == again
+    runs = sum(len(r["runs"]) for r in first)
+    assert made["replayed"] == 0 and made["stored"] == runs > len(QUESTIONS)
+    assert read["replayed"] == runs and read["stored"] == 0, (read, made)
+
+
+def test_parallel_adapt_reads_the_samples_parallel_made(tmp_path, data):
+    store = tmp_path / "store"
+    par, _ = evaluate(data, tmp_path / "par", "--method", "parallel", store=store)
+    rounds, use = evaluate(data, tmp_path / "rounds", "--method", "parallel-adapt", "--policy", "disagree",
+                           "--budget", "0.5", store=store)  # 1.5 samples a prompt: within parallel's 3
+    assert use["stored"] == 0 and use["replayed"] == sum(len(r["runs"]) for r in rounds)
+    for p, r in zip(par, rounds):  # the same samples, in the same order
+        n = len(r["sequences"])
+        assert [s["text"] for s in r["sequences"]] == [s["text"] for s in p["sequences"][:n]]
+
+
+@pytest.mark.parametrize("change", [["--threshold", "1.3"], ["--temperature", "0.7"], ["--seed", "8"],
+                                    ["--max-tokens", "9"], ["--branch-rule", "keep"], ["-M", "4"]])
+def test_any_changed_setting_misses(tmp_path, data, change):
+    store = tmp_path / "store"
+    evaluate(data, tmp_path / "a", "--method", "eager-init", store=store)
+    _, use = evaluate(data, tmp_path / "b", "--method", "eager-init", *change, store=store)
+    assert use["replayed"] == 0
+
+
+def result(text="x", entropies=(1.0, 2.0)):
+    seq = SequenceResult(0, [5, 6], text, "eos", None, None, list(entropies), [-0.1, -0.2], None)
+    return RunResult("p0-r0", [seq], 3, len(entropies), None, 2.0, 0.5, 0, {"parallel": False})
+
+
+def test_the_key_holds_every_setting_and_a_corrupt_entry_is_a_miss(tmp_path):
+    store = RunStore(tmp_path, model="m", backend="cpu")
+    key = lambda **kw: store.key(**dict(dict(prompt=[1, 2], seed=1, key_id="p0-r0", config=EagerConfig(),  # noqa
+                                             context=100), **kw))
+    store.put(key(), result())
+    assert store.get(key()) == result()
+    for other in (key(prompt=[1, 3]), key(seed=2), key(key_id="p0-r1"), key(context=99),
+                  key(config=EagerConfig(threshold=2.5)), key(config=EagerConfig(entropy_top_k=10)),
+                  RunStore(tmp_path, model="m2", backend="cpu").key(prompt=[1, 2], seed=1, key_id="p0-r0",
+                                                                    config=EagerConfig(), context=100)):
+        assert store.get(other) is None
+    path = next(tmp_path.glob("*/*.json.gz"))
+    path.write_bytes(path.read_bytes()[:-9])  # torn
+    assert store.get(key()) is None
+    path.write_bytes(gzip.compress(json.dumps({"key": {"format": 0}, "result": {}}).encode()))  # another key's
+    assert store.get(key()) is None
+    # a parallel sample's key ignores what a sample does not depend on (M, theta), not what it does
+    sample = lambda cfg, k=0: store.key(prompt=[1], seed=1, key_id="p0-r0", config=cfg, context=9, sequence=k)  # noqa
+    base = EagerConfig(parallel=True, max_sequences=4)
+    assert sample(base) == sample(dataclasses.replace(base, max_sequences=2, threshold=9.0))
+    assert sample(base) != sample(base, 1) != sample(dataclasses.replace(base, max_tokens=7))
+
+
+def test_model_digest_follows_the_files(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "w.safetensors").write_bytes(b"abc")
+    cache = tmp_path / "digests.json"
+    first = model_digest(tmp_path / "m", cache)
+    assert model_digest(tmp_path / "m", cache) == first and cache.exists()
+    (tmp_path / "m" / "w.safetensors").write_bytes(b"abd")
+    assert model_digest(tmp_path / "m", cache) != first
