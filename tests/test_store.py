@@ -105,3 +105,17 @@ def test_model_digest_follows_the_files(tmp_path):
     assert model_digest(tmp_path / "m", cache) == first and cache.exists()
     (tmp_path / "m" / "w.safetensors").write_bytes(b"abd")
     assert model_digest(tmp_path / "m", cache) != first
+
+
+def test_a_folder_from_before_the_policy_settings_resumes(tmp_path, data):
+    out = tmp_path / "old"
+    evaluate(data, out, "--method", "eager-adapt", "--limit", "3")
+    manifest = json.loads((out / MANIFEST).read_text())
+    for group, key in (("scheduler", "policy"), ("scheduler", "budget"), ("scheduler", "wave_runs"),
+                       ("scheduler", "round_size"), ("eager", "branch_rule")):
+        del manifest["settings"][group][key]
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    evaluate(data, out, "--method", "eager-adapt", "--limit", "3", "--resume")
+    r = CliRunner().invoke(cli, ["eval", "--data", str(data), "--out", str(out), *ARGS, "--method", "eager-adapt",
+                                 "--limit", "3", "--policy", "rank", "--resume", "--no-store"])
+    assert r.exit_code == 1 and "settings.scheduler.policy" in r.output

@@ -45,6 +45,11 @@ TRACES = "trees.jsonl"  # branch trees of finished runs (--save-trace)
 JOURNALS = (RESULTS, JOURNAL, TRACES)
 # settings that may change between a run and its resume without changing any decision
 RESUME_MAY_CHANGE = ("max_rows", "save_text", "grade_timeout")
+# Settings added after run folders were first written, with the value that behaves as before they existed: a
+# folder without one resumes when the setting has that value.
+SETTINGS_ADDED = {"settings.scheduler.policy": "hit-m", "settings.scheduler.budget": 1.0,
+                  "settings.scheduler.wave_runs": 8, "settings.scheduler.round_size": 2,
+                  "settings.eager.branch_rule": "top2"}
 _MANIFEST_KEYS = ("model", "method", "dataset", "settings")
 
 
@@ -207,6 +212,8 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
         out = []
         for k in sorted(set(a) | set(b)):
             if k in RESUME_MAY_CHANGE:
+                continue
+            if k not in a and SETTINGS_ADDED.get(f"{prefix}{k}", a) == b.get(k):
                 continue
             out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
