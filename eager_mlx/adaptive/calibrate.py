@@ -53,6 +53,7 @@ __all__ = [
     "plot_histogram",
     "preset_calibration",
     "calibration_toml",
+    "toml_value",
     "write_preset_threshold",
     "stored_threshold",
     "auto_threshold",
@@ -287,7 +288,8 @@ def preset_calibration(cal: Calibration, data: str, command: str) -> Any:
                              date=date.today().isoformat(), command=command)
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """A TOML value: a quoted string, a float or an int."""
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return repr(float(value)) if isinstance(value, float) else repr(value)
@@ -296,7 +298,7 @@ def _toml_value(value: Any) -> str:
 def calibration_toml(threshold: float, record: Any) -> str:
     """The preset lines: ``threshold = ...`` and one ``calibration.KEY = ...`` line per field."""
     lines = [f"threshold = {threshold!r}"]
-    lines += [f"calibration.{k} = {_toml_value(v)}" for k, v in dataclasses.asdict(record).items()]
+    lines += [f"calibration.{k} = {toml_value(v)}" for k, v in dataclasses.asdict(record).items()]
     return "\n".join(lines) + "\n"
 
 
@@ -308,7 +310,10 @@ def write_preset_threshold(name: str, cal: Calibration, data: str, command: str)
     path = override_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = preset_calibration(cal, data, command)
-    path.write_text("# written by `eager-mlx calibrate`\n" + calibration_toml(cal.threshold, record), encoding="utf-8")
+    kept = [ln for ln in (path.read_text(encoding="utf-8").splitlines(keepends=True) if path.exists() else [])
+            if ln.startswith("eval.")]  # the eval defaults (calibrate --objective frontier) stay
+    path.write_text("# written by `eager-mlx calibrate`\n" + calibration_toml(cal.threshold, record) + "".join(kept),
+                    encoding="utf-8")
     return path
 
 
