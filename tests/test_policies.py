@@ -138,3 +138,13 @@ def test_eval_defaults_come_from_the_preset_when_they_apply():
     assert eval_defaults(preset, "eager-adapt", None) == ("eager-adapt", "hit-m", None)
     assert eval_defaults(None, None, None) == ("eager-adapt", "hit-m", None)
     assert eval_defaults(None, "parallel-adapt", None) == ("parallel-adapt", "sequential", None)
+
+
+def test_replayed_runs_hold_no_rows():
+    cfg = POLICY_CONFIGS[0]
+    _, sched = simulate(cfg, 6, seed=0, max_rows=8)
+    again = make_scheduler(6, cfg)
+    for i in range(6):
+        again.replay(i, sched.runs_of(i))
+    assert again.schedule(8).runs == [] and again.done
+    assert again.rows_reserved == 0

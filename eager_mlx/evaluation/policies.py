@@ -63,7 +63,7 @@ def priority(policy: str, runs: list[RunOutcome]) -> tuple:
 @dataclass
 class _Prompt:
     outcomes: dict[int, tuple[int, RunOutcome]] = field(default_factory=dict)  # attempt -> (wave, outcome)
-    in_flight: dict[str, RunRequest] = field(default_factory=dict)
+    in_flight: dict[str, tuple[RunRequest, int]] = field(default_factory=dict)  # id -> (run, rows reserved)
     attempts: int = 1  # next attempt number (0 is the first run)
     samples: int = 0  # parallel-adapt: samples of its stream planned so far
     done: bool = False
@@ -103,6 +103,11 @@ class AdaptiveScheduler:
     @property
     def pool(self) -> Optional[int]:
         return self._pool
+
+    @property
+    def rows_reserved(self) -> int:
+        """Rows reserved by runs in flight."""
+        return self._reserved
 
     @property
     def waves(self) -> int:
@@ -146,10 +151,10 @@ class AdaptiveScheduler:
     def update_from_output(self, outcomes: list[RunOutcome]) -> None:
         for o in outcomes:
             p = self._p[o.prompt_index]
-            req = p.in_flight.pop(o.request_id, None)
-            if req is None:
+            if o.request_id not in p.in_flight:
                 raise ValueError(f"unexpected outcome {o.request_id} for prompt {o.prompt_index}")
-            self._reserved -= req.max_sequences if req.parallel else 1
+            req, rows = p.in_flight.pop(o.request_id)
+            self._reserved -= rows
             wave = self._wave_of(req)
             p.outcomes[req.attempt] = (wave, o)
             self._open[wave] -= 1
@@ -244,7 +249,7 @@ class AdaptiveScheduler:
             p.samples = req.max_sequences if self._parallel else 0
         else:
             self._queue.remove(req)
-        p.in_flight[req.request_id] = req
+        p.in_flight[req.request_id] = (req, rows)
         self._reserved += rows
 
     def _maybe_finish(self, i: int) -> None:
