@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Issue 19's end-to-end runs: parallel sampling and every adaptive method on the same problems, all through one run
+# store (runs shared between methods are generated once). Qwen2.5-Coder-0.5B, M=4, 384 tokens, T=0.6, top-p 0.95,
+# 16 rows, seed 55 (M=8 / 512 tokens does not fit two CPU cores). Each run is resumed if its folder exists.
+# Usage: bash benchmarks/equal_cost_runs.sh DATA OUT_DIR STORE_DIR [NAME ...]   (hours on a 2-core CPU)
+# Then:  python benchmarks/equal_cost.py OUT_DIR
+set -u
+data=$1 out=$2 store=$3
+shift 3
+bin=$(dirname "$0")/../.venv/bin
+common=(--model qwen2.5-coder-0.5b --data "$data" --limit 100 -M 4 --max-tokens 384 --temperature 0.6 --top-p 0.95
+        --max-rows 16 --seed 55 --store "$store")
+declare -A args=(
+  [parallel]="--method parallel"
+  [eager-init]="--method eager-init"
+  [parallel-adapt-seq]="--method parallel-adapt --policy sequential"
+  [parallel-adapt-disagree]="--method parallel-adapt --policy disagree"
+  [eager-adapt-seq]="--method eager-adapt --policy sequential"
+  [eager-adapt-hitm]="--method eager-adapt --policy hit-m"
+  [eager-adapt-disagree]="--method eager-adapt --policy disagree"
+  [eager-adapt-rank]="--method eager-adapt --policy rank"
+  [eager]="--method eager"
+  [eager-adapt-seq-half]="--method eager-adapt --policy sequential --budget 0.5"
+  [parallel-adapt-seq-half]="--method parallel-adapt --policy sequential --budget 0.5"
+  [eager-adapt-seq-keep]="--method eager-adapt --policy sequential --branch-rule keep"
+  [eager-adapt-seq-sample]="--method eager-adapt --policy sequential --branch-rule sample"
+)
+names=("$@")
+[ ${#names[@]} -eq 0 ] && names=(parallel eager-init parallel-adapt-seq eager-adapt-seq eager-adapt-hitm
+                                  eager-adapt-disagree eager-adapt-rank eager eager-adapt-seq-half)
+for name in "${names[@]}"; do
+  [ -n "${args[$name]:-}" ] || { echo "unknown run name $name" >&2; exit 2; }
+  resume=()
+  [ -f "$out/$name/manifest.json" ] && resume=(--resume)
+  echo "eager-mlx eval ${common[*]} ${args[$name]} --out $out/$name ${resume[*]}"
+  "$bin/eager-mlx" eval "${common[@]}" ${args[$name]} --out "$out/$name" "${resume[@]}" || exit $?
+done
