@@ -58,11 +58,11 @@ def majority_vote(answers: Iterable[Optional[str]], weights: Optional[Sequence[f
     return next(seen[k] for k in seen if totals[k] == best)  # dicts keep insertion order: first seen wins ties
 
 
-def voted_index(answers: Sequence[Optional[str]]) -> Optional[int]:
-    """Position of the first answer that agrees (normalised) with `majority_vote(answers)`: the sequence whose
-    text stands for the vote; None when no answer votes."""
-    vote = majority_vote(answers)
+def voted_index(answers: Sequence[Optional[str]], vote: Optional[str] = None) -> Optional[int]:
+    """Position of the first answer that agrees (normalised) with the vote, `majority_vote(answers)` unless
+    given: the sequence whose text stands for the vote; None when no answer holds it."""
+    vote = majority_vote(answers) if vote is None else vote
     if vote is None:
         return None
     key = normalize_answer(vote)
-    return next(i for i, a in enumerate(answers) if a is not None and normalize_answer(a) == key)
+    return next((i for i, a in enumerate(answers) if a is not None and normalize_answer(a) == key), None)

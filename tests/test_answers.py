@@ -27,3 +27,5 @@ def test_voted_index_is_the_first_sequence_with_the_voted_answer():
     assert voted_index([None, "1/2", "1/2 "]) == 1
     assert voted_index([None, None]) is None
     assert voted_index([]) is None
+    assert voted_index(["3", None, "4", "4", "3"], vote=" 4") == 2  # another vote (a weighted one)
+    assert voted_index(["3"], vote="5") is None
