@@ -171,9 +171,12 @@ def test_main_runs_lm_evals_cli_with_our_model(monkeypatch, capsys):
     main(["run", "--tasks", "x"])
     main(["--model", "hf", "--tasks", "x"])
     main(["ls", "tasks"])
+    res = CliRunner().invoke(cli, ["lm-eval", "--tasks", "x", "--model_args", "seed=1", "--help"])
+    assert res.exit_code == 0, res.output
     assert seen == [["lm-eval", "--model", "eager-mlx", "--tasks", "x"],
                     ["lm-eval", "run", "--model", "eager-mlx", "--tasks", "x"],
-                    ["lm-eval", "--model", "hf", "--tasks", "x"], ["lm-eval", "ls", "tasks"]]
+                    ["lm-eval", "--model", "hf", "--tasks", "x"], ["lm-eval", "ls", "tasks"],
+                    ["lm-eval", "--model", "eager-mlx", "--tasks", "x", "--model_args", "seed=1", "--help"]]
 
     def bad():
         raise ValueError("threshold must be >= 0, got -1\nmore")
