@@ -147,3 +147,9 @@ def test_bad_options_are_one_line_errors(loaded):
     res = CliRunner().invoke(cli, ["chat", "--threshold", "-1"], input="hi\n")
     assert res.exit_code == 2 and res.output.strip().splitlines()[-1] == \
         "Error: Invalid value for '--threshold' / '-t': threshold must be >= 0, got -1.0"
+
+
+def test_threshold_auto_is_resolved_on_the_first_message(loaded, tmp_path):
+    res = _chat(["hello", "again", f"/save {tmp_path / 'c.json'}"], "--threshold", "auto")
+    theta = json.loads((tmp_path / "c.json").read_text())["config"]["threshold"]
+    assert res.stderr.count("theta auto: ") == 1 and f"theta auto: {theta:.4f}" in res.stderr

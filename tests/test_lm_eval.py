@@ -132,8 +132,8 @@ def test_loglikelihood_matches_token_by_token_decoding(monkeypatch):
                            "answers, which lm-eval keeps)"),
     (dict(threshold=-1), "threshold must be >= 0, got -1"),
     (dict(max_sequences="many"), "max_sequences must be an integer, got 'many'"),
-    (dict(details="/nonexistent-dir/d.jsonl"), "details: cannot write /nonexistent-dir/d.jsonl (No such file or "
-                                               "directory)"),
+    (dict(details="/nonexistent-dir/d.jsonl"), "details: cannot write /nonexistent-dir/d.jsonl (/nonexistent-dir "
+                                               "is not a writable directory)"),
 ])
 def test_bad_model_args_are_one_line_errors(markov, args, message):
     with pytest.raises(ValueError) as e:
@@ -150,6 +150,8 @@ def test_requests_it_cannot_run_are_refused_before_any_work(markov, monkeypatch)
         lm.loglikelihood_rolling([_instance("loglikelihood_rolling", ("some text",))])
     with pytest.raises(LMEvalError, match=r"^unsupported generation argument 'num_beams'"):
         lm.generate_until([_instance("generate_until", ("abc", {"until": ["\n"], "num_beams": 4}))])
+    with pytest.raises(LMEvalError, match=r"^request 0 \(t doc 0\): the prompt is empty$"):
+        lm.generate_until([_instance("generate_until", ("", {"until": ["\n"]}))])
     monkeypatch.setattr(type(markov), "context_length", property(lambda self: 8))
     ran = []
     monkeypatch.setattr(lm, "_evaluate", lambda *a: ran.append(a))

@@ -77,12 +77,12 @@ def test_wheel_holds_every_package_file_under_eager_mlx(wheel):
 def test_wheel_installs_into_a_new_venv_and_runs(wheel, tmp_path):
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--without-pip", venv], tmp_path)
+    _run([sys.executable, "-m", "venv", venv], tmp_path)
     python = venv / "bin" / "python"
     site = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path).stdout.strip()
     here = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (Path(site) / "_test_dependencies.pth").write_text("".join(p + "\n" for p in sorted(here)))
-    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q", wheel],
+    _run([python, "-m", "pip", "install", "--no-deps", "--no-index", "--disable-pip-version-check", "-q", wheel],
          tmp_path)
     exe, cache = venv / "bin" / "eager-mlx", str(tmp_path / "cache")
     assert _run([exe, "--version"], tmp_path).stdout == f"eager-mlx, version {version}\n"

@@ -34,6 +34,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -80,14 +81,14 @@ def _settings(args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _details_file(details: Any) -> Optional[Path]:
-    """The side file, created empty now, so a bad path fails before any work."""
+    """The side file's path, checked now (its folder exists and is writable) so a bad one fails before any work."""
     if details in (None, ""):
         return None
     path = Path(str(details)).expanduser()
-    try:
-        path.write_text("", encoding="utf-8")
-    except OSError as e:
-        raise LMEvalError(f"details: cannot write {path} ({e.strerror})") from None
+    folder = path.parent
+    if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        why = "is a directory" if path.is_dir() else f"{folder} is not a writable directory"
+        raise LMEvalError(f"details: cannot write {path} ({why})")
     return path
 
 
@@ -144,7 +145,7 @@ class EagerLM(LM):
         self.method = method
         self.engine_config = EngineConfig(**engine)
         self.engine_config.validate()
-        self.details = _details_file(details)
+        self.details, self._details_mode = _details_file(details), "w"  # the first write starts the file
         self.loaded = load(model)
         self.config = config_for(self.loaded.preset, **generation)
         self.max_tokens = generation.get("max_tokens") or DEFAULT_MAX_GEN_TOKS
@@ -174,7 +175,10 @@ class EagerLM(LM):
         for i, req in enumerate(requests):
             context, gen_kwargs = req.args[0], dict(req.args[1])
             stop, max_tokens = self._gen_kwargs(gen_kwargs)
-            tokens = self._encode(context)
+            try:
+                tokens = self._encode(context)
+            except ValueError as e:  # PromptError
+                raise LMEvalError(f"request {i} ({req.task_name} doc {req.doc_id}): {e}") from None
             limit = self.loaded.context_length
             if limit and len(tokens) >= limit:
                 raise LMEvalError(f"request {i} ({req.task_name} doc {req.doc_id}) has {len(tokens)} prompt tokens, "
@@ -231,9 +235,10 @@ class EagerLM(LM):
 
     def _write_details(self, lines: list[dict]) -> None:
         if self.details is not None:
-            with self.details.open("a", encoding="utf-8") as f:
+            with self.details.open(self._details_mode, encoding="utf-8") as f:
                 for line in lines:
                     f.write(json.dumps(line, ensure_ascii=False) + "\n")
+            self._details_mode = "a"
 
     # ---- scoring ----------------------------------------------------------------------------------
     def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
