@@ -14,3 +14,5 @@ from . import solve as _solve; cli.add_command(_solve.solve)  # noqa: E402,E702
 from . import eval as _eval; cli.add_command(_eval.eval_cmd); cli.add_command(_eval.report)  # noqa: E402,E702
 from . import serve as _serve; cli.add_command(_serve.serve)  # noqa: E402,E702
 from . import calibrate as _calibrate; cli.add_command(_calibrate.calibrate)  # noqa: E402,E702
+from . import chat as _chat; cli.add_command(_chat.chat)  # noqa: E402,E702
+from . import lm_eval as _lm_eval; cli.add_command(_lm_eval.lm_eval_cmd)  # noqa: E402,E702

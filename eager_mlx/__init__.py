@@ -8,6 +8,8 @@
 `stream_solve` yields events (TokenEvent, BranchEvent, SequenceFinished,
 RunFinished) for apps; `Engine` is the batched engine under both.
 """
+from importlib.metadata import PackageNotFoundError, version as _version
+
 from .cpu_blas import preload_openblas
 
 preload_openblas()  # must run before mlx.core is imported (Linux CPU build only)
@@ -25,6 +27,11 @@ from .results import (  # noqa: E402
     SequenceResult,
     TokenEvent,
 )
+
+try:
+    __version__ = _version("eager-mlx")  # declared once, in pyproject.toml
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "unknown"
 
 __all__ = [
     "load",

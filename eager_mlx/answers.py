@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence
 
-__all__ = ["extract_boxed", "normalize_answer", "majority_vote"]
+__all__ = ["extract_boxed", "normalize_answer", "majority_vote", "voted_index"]
 
 
 def extract_boxed(text: str) -> Optional[str]:
@@ -56,3 +56,13 @@ def majority_vote(answers: Iterable[Optional[str]], weights: Optional[Sequence[f
         return None
     best = max(totals.values())
     return next(seen[k] for k in seen if totals[k] == best)  # dicts keep insertion order: first seen wins ties
+
+
+def voted_index(answers: Sequence[Optional[str]], vote: Optional[str] = None) -> Optional[int]:
+    """Position of the first answer that agrees (normalised) with the vote, `majority_vote(answers)` unless
+    given: the sequence whose text stands for the vote; None when no answer holds it."""
+    vote = majority_vote(answers) if vote is None else vote
+    if vote is None:
+        return None
+    key = normalize_answer(vote)
+    return next((i for i, a in enumerate(answers) if a is not None and normalize_answer(a) == key), None)

@@ -17,3 +17,15 @@ def test_majority_vote_ties_go_to_first_seen():
     assert majority_vote(["3", None, "4", "4", "3"]) == "3"
     assert majority_vote(["5", " 5", "6"]) == "5"
     assert majority_vote([None, None]) is None
+
+
+def test_voted_index_is_the_first_sequence_with_the_voted_answer():
+    from eager_mlx.answers import voted_index
+
+    assert voted_index([None, "4", "3", " 4", "3", "4"]) == 1  # "4" x3 wins; sequence 1 is its first
+    assert voted_index(["3", None, "4", "4", "3"]) == 0  # a tie goes to the answer seen first
+    assert voted_index([None, "1/2", "1/2 "]) == 1
+    assert voted_index([None, None]) is None
+    assert voted_index([]) is None
+    assert voted_index(["3", None, "4", "4", "3"], vote=" 4") == 2  # another vote (a weighted one)
+    assert voted_index(["3"], vote="5") is None
