@@ -4,7 +4,7 @@ Run:  python benchmarks/equal_cost.py OUT_DIR [--default NAME] [--cheap NAME] [-
 (the runs come from `bash benchmarks/equal_cost_runs.sh DATA OUT_DIR STORE_DIR`). Prints the summary table, the
 equal-cost table (the difference with a paired bootstrap 95% interval over problems), the share of the M x |D|
 budget each run spent, the wall time of the ranked policies against one parallel run, and issue 19's targets;
-with --write also into BENCHMARKS.md between `<!-- equal_cost.py DATASET -->` markers.
+with --write also into BENCHMARKS.md between `<!-- equal_cost.py OUT_DIR's name -->` markers.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def main() -> None:
                 f"{p['model']}, M={p['M']}\n\nCommands: `bash benchmarks/equal_cost_runs.sh {p['dataset']} "
                 f"{args.runs} STORE` then `python benchmarks/equal_cost.py {args.runs} --write` (load average when "
                 f"the table was made: {load}; wall times are each eval's own, on a shared machine)\n\n" + report)
-        write_section(args.out, f"<!-- equal_cost.py {p['dataset']} -->", body)
+        write_section(args.out, f"<!-- equal_cost.py {args.runs.resolve().name} -->", body)
 
 
 if __name__ == "__main__":
