@@ -39,12 +39,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from functools import partial
 import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -377,19 +377,23 @@ class Evaluation:
             i = self.runnable[req.prompt_index]
             if i in self.by_index:
                 raise EvalError(f"resume: prompt {i} is recorded but the settings now give it more runs")
-            cfg = dataclasses.replace(self.settings.eager, threshold=req.threshold,
-                                      max_sequences=req.max_sequences, parallel=req.parallel)
+            cfg = self._config(req)
             self.states.setdefault(i, _PromptState(self._clock()))
             self.requests[req.request_id] = req
             stored = self._stored(req, i, cfg)
             if stored is not None:
                 self.ready.append(stored)
                 self.from_store.add(req.request_id)
-            elif req.key_id is None and not req.first_sequence:
+            elif req.key_id is None and not req.first_sequence:  # the plain call: engines without rounds take it
                 self.engine.add(req.request_id, self.prompts[i], cfg)
             else:
                 self.engine.add(req.request_id, self.prompts[i], cfg, key_id=req.key_id,
                                 first_sequence=req.first_sequence)
+
+    def _config(self, req: RunRequest) -> EagerConfig:
+        """The request config of a run: the evaluation's, with the run's theta, M and kind."""
+        return dataclasses.replace(self.settings.eager, threshold=req.threshold, max_sequences=req.max_sequences,
+                                   parallel=req.parallel)
 
     # ---- the run store ---------------------------------------------------------------------------
     def _store_keys(self, req: RunRequest, i: int, cfg: EagerConfig) -> list[dict]:
@@ -414,10 +418,7 @@ class Evaluation:
         info = result.info
         if self.store is None or info.get("branches_skipped_full") or info.get("branches_skipped_memory"):
             return
-        i = self.runnable[req.prompt_index]
-        cfg = dataclasses.replace(self.settings.eager, threshold=req.threshold, max_sequences=req.max_sequences,
-                                  parallel=req.parallel)
-        keys = self._store_keys(req, i, cfg)
+        keys = self._store_keys(req, self.runnable[req.prompt_index], self._config(req))
         if req.parallel:
             self.store.put_parallel(keys, result)
         else:
@@ -468,11 +469,11 @@ class Evaluation:
             "any_correct": any_correct, "info": result.info,
             "consensus_abort": self.monitor is not None and self.monitor.agreed(rid),
         }
+        if req.key_id is not None:  # a round of parallel-adapt: which samples of the prompt's stream it took
+            run.update(key_id=req.key_id, first_sequence=req.first_sequence)
         st.sequences += seqs
         st.runs.append(run)
         self._journal.append({"index": i, "t_start": st.started, "t": self._clock(), "run": run, "sequences": seqs})
-        if req.key_id is not None:
-            run.update(key_id=req.key_id, first_sequence=req.first_sequence)
         return _outcome(run, seqs, req.prompt_index)
 
     def _write_complete(self) -> None:
@@ -538,7 +539,6 @@ class Evaluation:
         manifest["store"] = self._store_summary(old)
         write_json_atomic(mpath, manifest)
         return EvalResult(self.run_dir, metrics, ordered, resumed=self.resumed, skipped=manifest["skipped"])
-
 
     def _store_summary(self, old: dict) -> Optional[dict]:
         """Runs read from / written to the store, summed over the sessions that reached the end."""
