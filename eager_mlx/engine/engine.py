@@ -52,7 +52,7 @@ from eager_mlx.engine.sampling import (
     token_stats,
 )
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "branch_tokens"]
 
 _PREFILL_CHUNK = 512
 _TOKEN, _TOP1, _TOP2, _ENT, _LP, _LP1, _LP2, _ALT, _LP_ALT = Stat  # the columns of token_stats
@@ -568,14 +568,15 @@ def branch_tokens(st: np.ndarray, rule: str) -> tuple[tuple[int, float], tuple[i
     top2 (the paper): top-1 / top-2. sample: top-1 / a draw from the rest (the sampled token unless it is
     top-1, else the runner-up under the same noise). keep: the sampled token / the runner-up.
     """
-    top1, sampled, alt = (int(st[_TOP1]), float(st[_LP1])), (int(st[_TOKEN]), float(st[_LP])), \
-        (int(st[_ALT]), float(st[_LP_ALT]))
+    top1 = int(st[_TOP1]), float(st[_LP1])
+    sampled = int(st[_TOKEN]), float(st[_LP])
+    runner_up = int(st[_ALT]), float(st[_LP_ALT])
     if rule == "top2":
         return top1, (int(st[_TOP2]), float(st[_LP2]))
     if rule == "sample":
-        return top1, (alt if sampled[0] == top1[0] else sampled)
+        return top1, (runner_up if sampled[0] == top1[0] else sampled)
     if rule == "keep":
-        return sampled, alt
+        return sampled, runner_up
     raise ValueError(f"unknown branch rule {rule!r}")
 
 
