@@ -190,7 +190,7 @@ def report(run_dirs: tuple[Path, ...], plot: Path, no_plot: bool, html: bool) ->
             plot_runs(rows, plot)
             click.echo(f"plot: {plot}")
         if pages:
-            from eager_mlx.trees.pages import write_tree_pages
+            from eager_mlx.evaluation.pages import write_tree_pages
 
             for d in run_dirs:
                 click.echo(f"trees: {write_tree_pages(d)}")

@@ -20,7 +20,7 @@ PROMPTS = {"a": list(range(40, 51)), "b": list(range(60, 67))}  # longer than th
 PLANS = {"a": {(0, 0), (0, 1), (1, 3), (0, 9)}, "b": {(0, 0), (1, 6)}}
 MAX_TOKENS = {"a": 12, "b": 14}
 JOIN_AT = 5  # request b is added after this many steps
-# kv.py module settings that force one attention path (kv.LayerCache._attend picks by them):
+# attention.py module settings that force one attention path (attention.attend picks by them):
 # split always; joined for one request (never copied); copied for one request, also on the CPU.
 FORCE_PATH = {
     "split": {"_SHORT_SCORES": 0, "_SHORT_PROMPT_BYTES": 0, "_COPY_BYTES": 0, "_COPY_ON_CPU": False},

@@ -21,12 +21,13 @@ HEADER = "| architecture | status | layers (tiny model) | how checked |\n|---|--
 
 def layer_kinds(engine: Engine) -> str:
     kinds = []
-    for leaf in engine._kv.leaves:
+    found = engine.layer_kinds
+    for i, leaf in enumerate(engine._kv.leaves):
         if isinstance(leaf, RecurrentLeaf):
             kinds.append("recurrent state")
             continue
         kinds.append("MLA" if leaf.mla else f"sliding window {leaf.window}" if leaf.window else "global attention")
-        kinds += ["attention sinks"] * leaf.sinks + ["KV shared with later layers"] * bool(leaf.shared)
+        kinds += ["attention sinks"] * (i in found.sinks) + ["KV shared with later layers"] * (i in found.shared)
     return ", ".join(dict.fromkeys(kinds))
 
 

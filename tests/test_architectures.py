@@ -12,7 +12,7 @@ import pytest
 from mlx_lm.models.base import scaled_dot_product_attention
 
 import eager_mlx.engine.engine as engine_module
-import eager_mlx.engine.kv as kv
+import eager_mlx.engine.attention as attention
 from eager_mlx import EagerConfig, Engine, SamplingConfig
 from eager_mlx.results import RunFinished, RunPreempted
 
@@ -45,12 +45,12 @@ def _assert_fork_correct(name, model):
 @pytest.mark.parametrize("name", ["llama", "llama:sliding", "gpt_oss", "gemma3", "deepseek_v3", "glm4_moe_lite",
                                   "gemma4", "qwen3_next", "falcon_h1"])
 def test_both_attention_paths_are_fork_correct(name, path, monkeypatch):
-    """kv.py attends over [prompt | suffix] as one softmax (short prompts, one request), as two
+    """attention.py attends over [prompt | suffix] as one softmax (short prompts, one request), as two
     merged parts, or (GPU) with mx.fast attention over a per-pass copy: each path alone, on windows,
     sinks, latent attention, shared KV and recurrent layers."""
     monkeypatch.setattr(engine_module, "_PREFILL_CHUNK", 4)
     for knob, value in FORCE_PATH[path].items():  # copied: the GPU path (mx.fast attention), forced here
-        monkeypatch.setattr(kv, knob, value)
+        monkeypatch.setattr(attention, knob, value)
     _assert_fork_correct(name, build(name))
 
 

@@ -47,6 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from eager_mlx.answers import with_answers
 from eager_mlx.adaptive.confidence import NATURAL_FINISHES, ConfidenceConfig, sequence_confidence, weighted_vote_record
 from eager_mlx.config import EagerConfig, EngineConfig
 from eager_mlx.engine.protocol import EngineLike
@@ -381,7 +382,7 @@ class Evaluation:
     def _take_finished(self, result: RunResult) -> RunOutcome:
         """Grade a finished run, journal it and return its outcome for the scheduler."""
         if self.on_run is not None:
-            self.on_run(result)
+            self.on_run(with_answers(result, lambda text: extract_answer(text, self.settings.answer_fallbacks)[0]))
         rid = result.request_id
         req = self.requests.pop(rid)
         i = self.runnable[req.prompt_index]  # in `dataset`
@@ -477,7 +478,7 @@ def evaluate_model(loaded: Any, dataset: Dataset, settings: EvalSettings, run_di
     """Evaluate with a LoadedModel: an engine of `settings.scheduler.max_rows` rows and `settings.seed`, the
     model's prompt encoding, and with `save_trace` each run's branch tree in RUN_DIR/trees.jsonl (for
     `eager-mlx report --html`). Other keyword arguments go to `Evaluation`."""
-    from eager_mlx.trees.tree import TRACES, TraceRecorder
+    from eager_mlx.evaluation.traces import TRACES, TraceRecorder
 
     online = settings.consensus_abort or settings.confidence.prune_percentile is not None
     engine = EngineConfig(max_rows=settings.scheduler.max_rows, seed=settings.seed, max_kv_memory=max_kv_memory)

@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
+from eager_mlx.answers import with_answers
 from eager_mlx.config import EagerConfig
 from eager_mlx.results import Event, RunFinished
 from eager_mlx.threads import start_mlx_thread
@@ -154,6 +155,8 @@ class EngineWorker:
         for ev in events:
             out = self._outboxes.get(ev.request_id)
             if out is not None:
+                if isinstance(ev, RunFinished):  # answers and their vote are the server's, not the engine's
+                    ev = RunFinished(ev.request_id, with_answers(ev.result))
                 out.put(ev)
                 if isinstance(ev, RunFinished):
                     del self._outboxes[ev.request_id]
