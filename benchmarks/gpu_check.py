@@ -21,7 +21,7 @@ import eager_mlx  # noqa: F401  (preloads OpenBLAS before mlx.core on Linux)
 import mlx.core as mx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import eager_mlx.engine.engine as engine_module  # noqa: E402
+import eager_mlx.engine.prefix as prefix_module  # noqa: E402
 import eager_mlx.engine.attention as attention  # noqa: E402
 from fork_check import FORCE_PATH, fork_errors  # noqa: E402
 from tiny_archs import build  # noqa: E402
@@ -33,7 +33,7 @@ PATHS = {"default": {}, **FORCE_PATH}  # attention.py settings per path ("defaul
 
 def errors(names: list[str], paths: list[str]) -> dict[tuple[str, str], float]:
     """{(architecture, path): largest log-prob error}, inf where the check raised."""
-    engine_module._PREFILL_CHUNK = 4  # the prompts prefill in several chunks
+    prefix_module._PREFILL_CHUNK = 4  # the prompts prefill in several chunks
     defaults = {knob: getattr(attention, knob) for knob in FORCE_PATH["split"]}
     out = {}
     for name in names:

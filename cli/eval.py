@@ -86,7 +86,7 @@ def eval_cmd(model, data, limit, method, reserve_rows, token_budget, out, resume
                                              reserve_rows=reserve_rows, token_budget=token_budget, ks=ks,
                                              fallbacks=fallbacks, save_text=not no_save_text, chat=not no_chat)
             _evaluate(loaded, dataset, eval_settings, where["run_dir"], max_kv_memory=engine["max_kv_memory"],
-                      chat=not no_chat, save_trace=save_trace, extra_manifest=extra, resume=resume)
+                      prefix_cache=not engine["no_prefix_cache"], chat=not no_chat, save_trace=save_trace, extra_manifest=extra, resume=resume)
         except (EvalError, ValueError, OSError) as e:  # ModelError, DataError, SettingError; a full disk
             raise fail(e) from None
     _print_results(where["run_dir"], shard, barrier)

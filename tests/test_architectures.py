@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from mlx_lm.models.base import scaled_dot_product_attention
 
-import eager_mlx.engine.engine as engine_module
+import eager_mlx.engine.prefix as prefix_module
 import eager_mlx.engine.attention as attention
 from eager_mlx import EagerConfig, Engine, SamplingConfig
 from eager_mlx.results import RunFinished, RunPreempted
 
-from fork_check import FORCE_PATH, PROMPTS, TOK, fork_errors, reference
+from fork_check import FORCE_PATH, PROMPTS, TOK, fork_errors, reference, shared_prefix_errors
 from fork_check import Scheduled as _Scheduled
 from tiny_archs import REFUSED, SKIPPED, architectures, build, skip_reason, status
 
@@ -28,7 +28,7 @@ def test_architecture_is_fork_correct_or_refused(name, import_error, monkeypatch
     if skip_reason(name, import_error):
         pytest.skip(skip_reason(name, import_error))
     model = build(name)
-    monkeypatch.setattr(engine_module, "_PREFILL_CHUNK", 4)  # the prompts prefill in several chunks
+    monkeypatch.setattr(prefix_module, "_PREFILL_CHUNK", 4)  # the prompts prefill in several chunks
     if name in REFUSED:
         with pytest.raises(ValueError, match="^unsupported model: .*" + re.escape(REFUSED[name])):
             Engine(model, TOK, max_rows=8)
@@ -48,7 +48,7 @@ def test_both_attention_paths_are_fork_correct(name, path, monkeypatch):
     """attention.py attends over [prompt | suffix] as one softmax (short prompts, one request), as two
     merged parts, or (GPU) with mx.fast attention over a per-pass copy: each path alone, on windows,
     sinks, latent attention, shared KV and recurrent layers."""
-    monkeypatch.setattr(engine_module, "_PREFILL_CHUNK", 4)
+    monkeypatch.setattr(prefix_module, "_PREFILL_CHUNK", 4)
     for knob, value in FORCE_PATH[path].items():  # copied: the GPU path (mx.fast attention), forced here
         monkeypatch.setattr(attention, knob, value)
     _assert_fork_correct(name, build(name))
@@ -154,3 +154,14 @@ def test_sinks_models_are_refused_on_cuda(monkeypatch):
     with pytest.raises(ValueError, match="^unsupported model: attention sinks on the CUDA backend"):
         Engine(build("gpt_oss"), TOK, max_rows=8)
     Engine(build("llama:sliding"), TOK, max_rows=8)
+
+
+@pytest.mark.parametrize("name", ["llama", "llama:sliding", "gpt_oss", "gemma3", "deepseek_v3", "glm4_moe_lite",
+                                  "gemma4", "qwen3_next", "falcon_h1", "lfm2"])
+def test_shared_prefixes_are_exact_for_every_cache_kind(name, monkeypatch):
+    """Prompts sharing a header of two segments (prefix.py): the second prefills only its own rest, a prompt
+    seen before nothing; results are bitwise those of an engine without the prefix cache, and equal a plain
+    forward pass: global, sliding-window (longer than the window), sinks, latent, shared KV, recurrent layers."""
+    monkeypatch.setattr(prefix_module, "_PREFILL_CHUNK", 4)  # segments prefill in several chunks
+    for rid, error in shared_prefix_errors(build(name)).items():
+        assert error <= 1e-4, f"{name} request {rid}: log-prob error {error:.2e}"

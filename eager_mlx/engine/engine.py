@@ -26,8 +26,9 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from eager_mlx.engine.branching import BranchCandidate, BranchPolicy
 from eager_mlx.config import EagerConfig, EngineConfig
-from eager_mlx.engine.cache_kinds import cache_arrays, leaf_specs
+from eager_mlx.engine.cache_kinds import leaf_specs
 from eager_mlx.engine.kv import PassLayout, PromptGroup, SharedPrefixKV
+from eager_mlx.engine.prefix import DEFAULT_MEMORY, PrefixStats, PrefixTree
 from eager_mlx.engine.probe import check_model
 from eager_mlx.engine.routing import install_attention
 from eager_mlx.results import (
@@ -54,7 +55,6 @@ from eager_mlx.engine.sampling import (
 
 __all__ = ["Engine"]
 
-_PREFILL_CHUNK = 512
 _TOKEN, _TOP1, _TOP2, _ENT, _LP, _LP1, _LP2, _ALT, _LP_ALT = Stat  # the columns of token_stats
 
 
@@ -138,11 +138,16 @@ class Engine:
         token_events: bool = True,
         max_kv_memory: Optional[int] = None,
         preempt: bool = False,
+        prefix_cache: bool = True,
+        segment_ends: Optional[set[int]] = None,
     ):
         """`max_kv_memory` (bytes): a fork is skipped (generation goes on) when the rows, run to
         their max_tokens, would then need more KV than this. `preempt`: when a due branch finds
         every row taken, the most recently admitted requests give their rows up and run again
-        later (RunPreempted), so every branch decision is made; otherwise the branch is skipped."""
+        later (RunPreempted), so every branch decision is made; otherwise the branch is skipped.
+        `prefix_cache`: keep prompt segments for later requests (prefix.py), in what `max_kv_memory`
+        leaves free (else in prefix.DEFAULT_MEMORY); results are the same without it.
+        `segment_ends`: tokens after which a prompt segment ends (default: the tokenizer's eos ids)."""
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         specs, nesting = leaf_specs(make_prompt_cache(model))
@@ -158,6 +163,8 @@ class Engine:
         self.context_length = context_length or _context_length(model)
         self.eos = set(tokenizer.eos_token_ids or ())
         self._kv = SharedPrefixKV(specs, nesting, max_slots=max_rows, mla=self.layer_kinds.mla)
+        ends = self.eos if segment_ends is None else segment_ends
+        self._prefix = PrefixTree(model, specs, ends, enabled=prefix_cache)
         self.seed = seed
         self._requests: dict[str, _Request] = {}
         self._waiting: list[_Request] = []
@@ -181,8 +188,13 @@ class Engine:
         return len(self._rows)
 
     def kv_bytes(self) -> int:
-        """Bytes of KV held now (prompts once, plus the row buffers)."""
+        """Bytes of KV held now by the requests (prompts once, plus the row buffers); prefix_stats().bytes
+        more are held by the prefix cache."""
         return self._kv.nbytes()
+
+    def prefix_stats(self) -> PrefixStats:
+        """The prefix cache's counts so far (hits, misses, prompt tokens saved and prefilled, memory)."""
+        return self._prefix.stats
 
     def add(self, request_id: str, prompt_tokens: list[int], config: EagerConfig,
             seed: Optional[int] = None, *, key_id: Optional[str] = None, first_sequence: int = 0) -> None:
@@ -319,14 +331,12 @@ class Engine:
         return out
 
     def _prefill(self, req: _Request) -> mx.array:
-        cache = make_prompt_cache(self.model)
-        prompt = mx.array(req.prompt, dtype=mx.int32)[None]
-        for i in range(0, len(req.prompt), _PREFILL_CHUNK):
-            logits = self.model(prompt[:, i : i + _PREFILL_CHUNK], cache=cache)
-            if i + _PREFILL_CHUNK < len(req.prompt):
-                mx.eval(cache_arrays(cache))
-        self._kv.add_prompt(req.id, cache, len(req.prompt))
-        return logits[:, -1, :]
+        """Prefill the request's prompt (what the prefix cache holds of it is reused); its last logits."""
+        state, logits = self._prefix.prefill(req.prompt)
+        self._kv.prompts[req.id] = state
+        budget = DEFAULT_MEMORY if self.max_kv_memory is None else self.max_kv_memory - self._kv.nbytes()
+        self._prefix.trim(max(0, budget))
+        return logits
 
     def _admit(self) -> None:
         """Prefill waiting requests that fit and append their first rows."""

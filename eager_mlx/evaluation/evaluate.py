@@ -462,6 +462,8 @@ class Evaluation:
                 for key in ("steps", "rows", "preempted_tokens"):
                     setattr(self.occupancy, key, getattr(self.occupancy, key) + old["occupancy"].get(key, 0))
         manifest["occupancy"] = self.occupancy.summary(self.settings.scheduler.max_rows)
+        if hasattr(self.engine, "prefix_stats"):  # prompt tokens taken from the prefix cache, this session
+            manifest["prefix_cache"] = asdict(self.engine.prefix_stats())
         write_json_atomic(mpath, manifest)
         return EvalResult(self.run_dir, metrics, ordered, resumed=self.resumed, skipped=manifest["skipped"])
 
@@ -473,7 +475,8 @@ def evaluate(engine: EngineLike, encode: Callable[[str], list[int]], dataset: Da
 
 
 def evaluate_model(loaded: Any, dataset: Dataset, settings: EvalSettings, run_dir: Path, *,
-                   max_kv_memory: Optional[int] = None, chat: bool = True, save_trace: bool = False,
+                   max_kv_memory: Optional[int] = None, prefix_cache: bool = True, chat: bool = True,
+                   save_trace: bool = False,
                    extra_manifest: Optional[dict] = None, **kwargs: Any) -> EvalResult:
     """Evaluate with a LoadedModel: an engine of `settings.scheduler.max_rows` rows and `settings.seed`, the
     model's prompt encoding, and with `save_trace` each run's branch tree in RUN_DIR/trees.jsonl (for
@@ -481,7 +484,8 @@ def evaluate_model(loaded: Any, dataset: Dataset, settings: EvalSettings, run_di
     from eager_mlx.evaluation.traces import TRACES, TraceRecorder
 
     online = settings.consensus_abort or settings.confidence.prune_percentile is not None
-    engine = EngineConfig(max_rows=settings.scheduler.max_rows, seed=settings.seed, max_kv_memory=max_kv_memory)
+    engine = EngineConfig(max_rows=settings.scheduler.max_rows, seed=settings.seed, max_kv_memory=max_kv_memory,
+                          no_prefix_cache=not prefix_cache)
     runner = loaded.engine(engine, token_events=online, preempt=not settings.scheduler.reserve_rows)
     recorder = TraceRecorder(Path(run_dir) / TRACES, loaded.tokenizer) if save_trace else None
     return evaluate(runner, lambda text: loaded.encode(text, chat=chat), dataset, settings, run_dir,

@@ -100,7 +100,7 @@ class EagerServer:
             from eager_mlx.engine.engine import Engine
 
             return Engine(model, tokenizer, max_rows=self.config.max_rows, seed=self.config.seed,
-                          context_length=self.context_length)
+                          context_length=self.context_length, prefix_cache=self.config.prefix_cache)
 
         self.worker = EngineWorker(make_engine or default_engine)
         self.worker.start()

@@ -1,0 +1,93 @@
+"""The prefix cache (eager_mlx/engine/prefix.py): segments, memory, and an evaluation that is the same with it
+and without it. Exactness per cache kind: tests/test_architectures.py (shared_prefix_errors)."""
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from eager_mlx import EagerConfig, Engine, SamplingConfig
+from eager_mlx.cli.main import cli
+from eager_mlx.engine.prefix import segments
+from eager_mlx.evaluation.evaluate import load_run
+from eager_mlx.models import LoadedModel
+from eager_mlx.results import RunFinished
+from fakes import ByteTokenizer, patch_load, tiny_model
+
+SEP = ord("~")
+
+
+class SegmentTokenizer(ByteTokenizer):
+    """Bytes; '~' ends a turn (an eos id, as chat templates' end-of-turn tokens are)."""
+
+    def __init__(self):
+        super().__init__()
+        self.eos_token_ids = {self.EOS, SEP}
+
+
+def test_segments_end_after_end_tokens_and_have_two_tokens_at_least():
+    assert segments([1, 2, 9, 3, 4], {9}) == [(0, 3), (3, 5)]
+    assert segments([9, 1, 9, 2, 3], {9}) == [(0, 3), (3, 5)]  # a one-token segment joins the next
+    assert segments([1, 2, 9, 3], {9}) == [(0, 4)]  # a one-token last segment joins the one before
+    assert segments([1, 2, 3], {9}) == [(0, 3)] and segments([1, 9], {9}) == [(0, 2)]
+
+
+def _run(engine, prompts):
+    results = {}
+    for i, prompt in enumerate(prompts):
+        config = EagerConfig(threshold=0.5, max_sequences=3, max_tokens=5, sampling=SamplingConfig(temperature=1.0))
+        engine.add(f"r{i}", prompt, config, seed=i)
+        while engine.has_work:
+            results.update({e.request_id: e.result for e in engine.step() if isinstance(e, RunFinished)})
+    return [[(s.token_ids, s.logprobs) for s in results[f"r{i}"].sequences] for i in range(len(prompts))]
+
+
+def test_least_recently_used_segments_leave_under_max_kv_memory():
+    """Distinct long prompts after one shared header: the tree stays within what max_kv_memory leaves free,
+    dropping the oldest segments first (the header, used by every prompt, stays); results are unchanged."""
+    model, tok = tiny_model(), SegmentTokenizer()
+    header = [ord(c) for c in "a shared system prompt~"]
+    prompts = [header + [ord("A") + i] * 40 for i in range(8)]
+    cap = 120_000
+    engine = Engine(model, tok, max_rows=4, seed=1, max_kv_memory=cap)
+    assert _run(engine, prompts) == _run(Engine(model, tok, max_rows=4, seed=1, max_kv_memory=cap,
+                                                 prefix_cache=False), prompts)
+    stats = engine.prefix_stats()
+    assert stats.evicted > 0 and 0 < stats.bytes <= cap
+    assert (stats.hits, stats.tokens_saved) == (7, 7 * len(header))  # the header was never dropped
+    before = stats.tokens_saved
+    _run(engine, [prompts[-1]])  # the most recent prompt is still there whole
+    assert engine.prefix_stats().tokens_saved == before + len(prompts[-1])
+
+
+@pytest.fixture
+def segmented(monkeypatch):
+    loaded = LoadedModel(tiny_model(), SegmentTokenizer(), None, Path("."), "tiny")
+    patch_load(monkeypatch, loaded)
+    return loaded
+
+
+def test_eval_records_are_the_same_without_the_prefix_cache(tmp_path, segmented):
+    """Every question after one header: the header is prefilled once (the manifest counts it) and the records
+    equal those of --no-prefix-cache."""
+    data = tmp_path / "toy.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Q{i}?", "answer": str(i)}) + "\n" for i in range(5)))
+    args = ["eval", "--data", str(data), "--template", "Answer with a number in a box~{question}", "--no-chat",
+            "--method", "eager-init", "-M", "3", "-t", "1.0", "--max-tokens", "8", "--temperature", "1.0"]
+    runs = {}
+    for name, extra in (("cached", []), ("plain", ["--no-prefix-cache"])):
+        res = CliRunner().invoke(cli, args + ["--out", str(tmp_path / name)] + extra)
+        assert res.exit_code == 0, res.output
+        runs[name] = load_run(tmp_path / name)
+    header = len("Answer with a number in a box~")
+    stats = runs["cached"][0]["prefix_cache"]
+    assert (stats["requests"], stats["hits"], stats["tokens_saved"]) == (5, 4, 4 * header)
+    assert runs["plain"][0]["prefix_cache"]["tokens_saved"] == 0
+    assert _timeless(runs["cached"][1]) == _timeless(runs["plain"][1])
+
+
+def _timeless(x):
+    """Records without their timing fields."""
+    if isinstance(x, dict):
+        return {k: _timeless(v) for k, v in x.items() if k not in ("elapsed_s", "wall_s", "t_done", "tokens_per_s")}
+    return [_timeless(v) for v in x] if isinstance(x, list) else x
