@@ -140,6 +140,7 @@ class Engine:
         preempt: bool = False,
         prefix_cache: bool = True,
         segment_ends: Optional[set[int]] = None,
+        reserve: bool = False,
     ):
         """`max_kv_memory` (bytes): a fork is skipped (generation goes on) when the rows, run to
         their max_tokens, would then need more KV than this. `preempt`: when a due branch finds
@@ -147,7 +148,10 @@ class Engine:
         later (RunPreempted), so every branch decision is made; otherwise the branch is skipped.
         `prefix_cache`: keep prompt segments for later requests (prefix.py), in what `max_kv_memory`
         leaves free (else in prefix.DEFAULT_MEMORY); results are the same without it.
-        `segment_ends`: tokens after which a prompt segment ends (default: the tokenizer's eos ids)."""
+        `segment_ends`: tokens after which a prompt segment ends (default: the tokenizer's eos ids).
+        `reserve`: a request starts only once its max_sequences rows are free and keeps them until it
+        ends, so its branches never find the engine full and its result never depends on the load
+        (the server; requests wait in order)."""
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         specs, nesting = leaf_specs(make_prompt_cache(model))
@@ -159,6 +163,7 @@ class Engine:
         self.token_events = token_events
         self.max_kv_memory = max_kv_memory
         self.preempt = preempt
+        self.reserve = reserve
         self._admissions = 0
         self.context_length = context_length or _context_length(model)
         self.eos = set(tokenizer.eos_token_ids or ())
@@ -180,8 +185,19 @@ class Engine:
 
     @property
     def free_rows(self) -> int:
-        reserved = sum(r.policy.num_sequences for r in self._waiting)
-        return self.max_rows - len(self._rows) - reserved
+        """Rows neither used nor held for waiting requests (with `reserve`: nor held for running ones)."""
+        waiting = sum(self._rows_needed(r) for r in self._waiting)
+        return self.max_rows - self._rows_held() - waiting
+
+    def _rows_needed(self, req: _Request) -> int:
+        """Rows a request takes when it starts: its first rows, or with `reserve` all it may ever use."""
+        return req.config.max_sequences if self.reserve else req.policy.num_sequences
+
+    def _rows_held(self) -> int:
+        """Rows in use, or with `reserve` held by the running requests (max_sequences each)."""
+        if not self.reserve:
+            return len(self._rows)
+        return sum(r.config.max_sequences for r in {row.request: None for row in self._rows})
 
     @property
     def num_rows(self) -> int:
@@ -217,6 +233,8 @@ class Engine:
         initial = config.max_sequences if config.parallel else 1
         if initial > self.max_rows:
             raise ValueError(f"parallel sampling needs {initial} rows but the engine has max_rows={self.max_rows}")
+        if self.reserve and config.max_sequences > self.max_rows:
+            raise ValueError(f"max_sequences {config.max_sequences} is more than the engine's {self.max_rows} rows")
         policy = BranchPolicy(config, num_sequences=initial)
         if first_sequence < 0:
             raise ValueError(f"first_sequence must be >= 0, got {first_sequence}")
@@ -343,7 +361,7 @@ class Engine:
         while self._waiting:
             req = self._waiting[0]
             initial = req.policy.num_sequences
-            if len(self._rows) + initial > self.max_rows:
+            if self._rows_held() + self._rows_needed(req) > self.max_rows:
                 break
             self._waiting.pop(0)
             self._admissions += 1

@@ -6,6 +6,7 @@ HTTP handler threads talk to it with typed messages on its inbox (`Submit`, `Abo
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -59,7 +60,8 @@ Message = Union[Submit, Abort, Stop]
 class EngineWorker:
     """The one thread that owns and steps the engine; other threads talk to it through queues.
 
-    `stats` is a snapshot (rows, requests in flight, counters) that other threads may read.
+    `stats` is a snapshot (rows, requests in flight, counters, the prefix cache's counts when the engine
+    has one) that other threads may read.
     """
 
     def __init__(self, make_engine: Callable[[], Any]):
@@ -72,7 +74,7 @@ class EngineWorker:
         self._engine: Any = None
         self._outboxes: dict[str, queue.Queue] = {}
         self._counts = dict(peak_rows=0, completed=0, aborted=0, failed=0)
-        self.stats: dict[str, int] = {"rows": 0, "requests": 0, **self._counts}
+        self.stats: dict[str, Any] = {"rows": 0, "requests": 0, **self._counts}
 
     # ---- called from other threads ----------------------------------------------------------
     def start(self, timeout: float = 120.0) -> None:
@@ -117,7 +119,13 @@ class EngineWorker:
                 self._handle(msg)
             if self._engine.has_work:
                 self._step()
-            self.stats = {"rows": self._engine.num_rows, "requests": len(self._outboxes), **self._counts}
+            self.stats = self._snapshot()
+
+    def _snapshot(self) -> dict:
+        stats = {"rows": self._engine.num_rows, "requests": len(self._outboxes), **self._counts}
+        if hasattr(self._engine, "prefix_stats"):
+            stats["prefix_cache"] = dataclasses.asdict(self._engine.prefix_stats())
+        return stats
 
     def _take_messages(self) -> list[Message]:
         """Every message waiting; blocks for one when the engine is idle."""
