@@ -52,6 +52,9 @@ def _resume_hint(out: Optional[Path], run_dir: Optional[Path]) -> str:
 @click.option("--answer-field", default=None, help="Answer field of a data file.")
 @click.option("--template", default=None, help="Prompt template containing {question}.")
 @click.option("--split", default="test", show_default=True, help="Split of an hf: dataset.")
+@click.option("--fewshot", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Exemplars before every question, as chat turns: the first N of the train split (gsm8k).")
+@click.option("--system", default=None, help="A system prompt before every question.")
 @click.option("--fallback", "fallbacks", multiple=True, type=click.Choice(["answer_is", "last_number"]),
               help="Answer extraction fallbacks when there is no \\boxed{} (default: answer_is).")
 @click.option("--k", "ks", multiple=True, type=click.IntRange(min=1),
@@ -62,7 +65,8 @@ def _resume_hint(out: Optional[Path], run_dir: Optional[Path]) -> str:
 @click.option("--no-chat", is_flag=True, help="Do not apply the chat template.")
 @setting_options(*ADAPTIVE)
 def eval_cmd(model, data, limit, method, reserve_rows, token_budget, out, resume, question_field, answer_field,
-             template, split, fallbacks, ks, no_save_text, save_trace, no_chat, **settings: Any) -> None:
+             template, split, fewshot, system, fallbacks, ks, no_save_text, save_trace, no_chat,
+             **settings: Any) -> None:
     """Evaluate a method on a dataset; one JSONL record per problem in the run directory.
 
     SIGINT / SIGTERM stop it and say how to continue it (--resume); exit code 130 / 143."""
@@ -72,6 +76,8 @@ def eval_cmd(model, data, limit, method, reserve_rows, token_budget, out, resume
 
     if resume and out is None:
         raise click.UsageError("--resume needs --out RUN_DIR")
+    if no_chat and (fewshot or system is not None):
+        raise click.UsageError("--fewshot and --system make chat turns: they need the chat template (drop --no-chat)")
     generation, engine = pop_settings(settings, *GENERATION), pop_settings(settings, *ENGINE)
     where: dict[str, Any] = {"out": out, "run_dir": None}  # for the interrupt message
     with stop_on_signals(lambda: _resume_hint(where["out"], where["run_dir"])):
@@ -80,7 +86,7 @@ def eval_cmd(model, data, limit, method, reserve_rows, token_budget, out, resume
             dataset, shard, where["out"], where["run_dir"] = _prepare(
                 data, out, resume, method, generation, engine, token_budget,
                 dict(question_field=question_field, answer_field=answer_field, template=template, limit=limit,
-                     split=split))
+                     split=split, fewshot=fewshot, system=system))
             loaded = load_model(model)
             eval_settings, extra = _settings(loaded, dataset, generation, engine, options, method=method,
                                              reserve_rows=reserve_rows, token_budget=token_budget, ks=ks,

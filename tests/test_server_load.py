@@ -10,24 +10,7 @@ openai = pytest.importorskip("openai", reason="the server tests need the openai 
 
 from eager_mlx.server import EagerServer, ServerConfig  # noqa: E402
 
-from fakes import ByteTokenizer, tiny_model  # noqa: E402
-
-
-class ChatTokenizer(ByteTokenizer):
-    """Bytes, with a chat template that ends every message with END (an eos id, like <|im_end|>)."""
-
-    END = 258
-    chat_template = "<role>content END"
-
-    def __init__(self):
-        super().__init__()
-        self.eos_token_ids = {self.EOS, self.END}
-
-    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=True, **kwargs):
-        out = []
-        for m in messages:
-            out += self.encode(f"<{m['role']}>{m['content']}") + [self.END]
-        return out + (self.encode("<assistant>") if add_generation_prompt else [])
+from fakes import ChatTokenizer, tiny_model  # noqa: E402
 
 
 def _server(**config) -> EagerServer:

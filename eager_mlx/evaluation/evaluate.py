@@ -221,13 +221,18 @@ def _monitor(engine: Any, settings: EvalSettings) -> Optional[OnlineMonitor]:
     )
 
 
+def _prompt_parts(dataset: Dataset) -> dict:
+    """Few-shot exemplars and a system prompt, when the prompts have them (older manifests have neither key)."""
+    return {k: v for k, v in (("fewshot", len(dataset.fewshot)), ("system", dataset.system)) if v}
+
+
 def _manifest(dataset: Dataset, settings: EvalSettings, model: str, extra: Optional[dict]) -> dict:
     return {
         "format": FORMAT,
         "model": model,
         "method": settings.scheduler.method,
         "dataset": {"name": dataset.name, "source": dataset.source, "hash": dataset.hash, "size": len(dataset),
-                    "template": dataset.template},
+                    "template": dataset.template, **_prompt_parts(dataset)},
         "settings": settings.to_dict(),
         "seed": settings.seed,
         "versions": package_versions(),
