@@ -123,7 +123,7 @@ def pair(model: Any, tok: Any, prompt: list[int], rows: int, tokens: int, repeat
 
 
 # ---------------------------------------------------------------- token-statistics overhead
-def _plain_stats(logits, sampling, seeds, entropy_top_k=20):
+def _plain_stats(logits, sampling, seeds, entropy_top_k=20, alt=False):
     """Sampling only (Gumbel-max over the vocabulary, the same noise): no entropy, top-2 or log-probs."""
     tempered = logits.astype(mx.float32) / sampling.temperature
     token = mx.argmax(tempered + gumbel_noise(seeds, mx.arange(tempered.shape[-1])[None]), axis=-1)

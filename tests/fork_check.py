@@ -21,11 +21,15 @@ PLANS = {"a": {(0, 0), (0, 1), (1, 3), (0, 9)}, "b": {(0, 0), (1, 6)}}
 MAX_TOKENS = {"a": 12, "b": 14}
 JOIN_AT = 5  # request b is added after this many steps
 # attention.py module settings that force one attention path (attention.attend picks by them):
-# split always; joined for one request (never copied); copied for one request, also on the CPU.
+# split always; joined for one request (never copied); copied for one request, also on the CPU; solo
+# (a row alone in [prompt | suffix] buffers) where a request has one row, split otherwise.
 FORCE_PATH = {
-    "split": {"_SHORT_SCORES": 0, "_SHORT_PROMPT_BYTES": 0, "_COPY_BYTES": 0, "_COPY_ON_CPU": False},
-    "joined": {"_SHORT_SCORES": 1 << 40, "_SHORT_PROMPT_BYTES": 1 << 40, "_COPY_BYTES": 0, "_COPY_ON_CPU": False},
-    "copied": {"_SHORT_SCORES": 0, "_SHORT_PROMPT_BYTES": 0, "_COPY_BYTES": 1 << 40, "_COPY_ON_CPU": True},
+    "split": {"_SHORT_SCORES": 0, "_SHORT_PROMPT_BYTES": 0, "_COPY_BYTES": 0, "_COPY_ON_CPU": False, "_SOLO": False},
+    "joined": {"_SHORT_SCORES": 1 << 40, "_SHORT_PROMPT_BYTES": 1 << 40, "_COPY_BYTES": 0, "_COPY_ON_CPU": False,
+               "_SOLO": False},
+    "copied": {"_SHORT_SCORES": 0, "_SHORT_PROMPT_BYTES": 0, "_COPY_BYTES": 1 << 40, "_COPY_ON_CPU": True,
+               "_SOLO": False},
+    "solo": {"_SHORT_SCORES": 0, "_SHORT_PROMPT_BYTES": 0, "_COPY_BYTES": 0, "_COPY_ON_CPU": False, "_SOLO": True},
 }
 
 

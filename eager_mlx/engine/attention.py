@@ -1,6 +1,8 @@
 """The engine's attention: one decode token per row over [its request's prompt KV | its own suffix].
 
-Three exact ways, picked per pass by its shape (`attend`):
+A row alone (one request with one row, B = 1) keeps [prompt | suffix] of its global layers in one
+buffer and attends with one `mx.fast.scaled_dot_product_attention` call, as mlx-lm does (kv.py,
+"solo"); every other pass uses one of three exact ways, picked by its shape (`attend`):
 
 * split (any prompt length, several requests): two parts merged by their maxima and sums (as
   in cascade / flash-decoding attention): the queries of all rows of one request attend to
@@ -30,7 +32,7 @@ import mlx.core as mx
 
 from eager_mlx.engine import fastmath
 
-__all__ = ["attend"]
+__all__ = ["attend", "solo_allowed"]
 
 _HIDDEN = -1e9  # score of a key outside the window: finite, so an all-hidden part cannot give NaN
 # _joined (one softmax over [prompt | suffix]) while the scores stay small and every row can re-read
@@ -41,6 +43,14 @@ _SHORT_PROMPT_BYTES = 1 << 18  # prompt keys + values of one layer
 # copy stays under this per layer; on the CPU (no fused kernel) only when forced (tests).
 _COPY_BYTES = 1 << 20
 _COPY_ON_CPU = False
+# A row alone (one request, one row): global layers keep [prompt | suffix] in one buffer and attend with
+# one mx.fast call, as mlx-lm does at B = 1 (kv.LayerCache.enter_solo); off only to test the paths above.
+_SOLO = True
+
+
+def solo_allowed() -> bool:
+    """Whether a pass of one row alone runs on [prompt | suffix] buffers (kv.LayerCache's solo path)."""
+    return _SOLO
 
 
 def attend(layer: Any, queries: mx.array, scale: float, q_pe: Optional[mx.array],

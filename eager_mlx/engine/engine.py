@@ -320,6 +320,7 @@ class Engine:
             groups=groups,
             inverse=inverse,
             starts=starts,
+            solo=(rows[0].request.id, rows[0].sequence, rows[0].start) if slots is None and n == 1 else None,
         )
         caches = self._kv.begin_pass(layout)
         try:
@@ -556,6 +557,7 @@ class Engine:
         keep = [i for i, r in enumerate(self._rows) if r.finish is None]
         if len(keep) == len(self._rows):
             return
+        self._kv.drop_solo()  # a row alone that finished (any other rows left the solo path at their fork)
         n = len(keep)
         holes = [i for i in range(n) if self._rows[i].finish is not None]
         movers = [i for i in keep if i >= n]

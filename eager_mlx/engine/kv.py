@@ -39,6 +39,7 @@ from eager_mlx.engine.recurrent import RecurrentLeaf
 __all__ = ["PassLayout", "PromptGroup", "SharedPrefixKV", "LayerCache", "active_store"]
 
 _COLUMN_STEP = 16  # buffers grow by 1/16 of what is needed, in multiples of this
+_SOLO_STEP = 256  # a row alone grows its [prompt | suffix] buffers by this many positions (as mlx-lm's KVCache)
 _ACTIVE = threading.local()  # .store: the SharedPrefixKV whose pass runs on this thread
 
 
@@ -64,6 +65,7 @@ class PassLayout:
     groups: list[PromptGroup]
     inverse: Optional[mx.array]  # restores pass order after concatenating groups
     starts: Optional[mx.array] = None  # (n,) first column of each row (for ring buffers)
+    solo: Optional[tuple] = None  # (request id, sequence, first column) when the pass is one row alone
 
 
 class SharedPrefixKV:
@@ -84,6 +86,7 @@ class SharedPrefixKV:
         self.cap_slots = 0
         self.cap_cols = 0
         self.layout: Optional[PassLayout] = None
+        self.solo: Optional[tuple] = None  # the row that runs alone in [prompt | suffix] buffers (see LayerCache)
         self.probe: Any = None  # the load check (probe.Probe) while it runs: notes what the model does
         self._handed: list[tuple] = []  # (keys, layer) returned by update_and_fetch in this pass
         self._ring_masks: dict[int, mx.array] = {}
@@ -91,8 +94,24 @@ class SharedPrefixKV:
     # ---- capacity -------------------------------------------------------
     def release(self) -> None:
         """Drop the row buffers and states (no rows left); they are allocated again on the next write."""
+        self.solo = None
         for leaf in self.leaves:
             leaf.release()
+
+    # ---- one row alone ---------------------------------------------------
+    def leave_solo(self) -> None:
+        """The row that ran alone is joined by others: its suffix moves into row slot 0 of the row buffers
+        (call after `reserve`)."""
+        if self.solo is not None:
+            for leaf in self.attention:
+                leaf.leave_solo(self.solo[2])
+            self.solo = None
+
+    def drop_solo(self) -> None:
+        """The row that ran alone finished: its buffers go."""
+        self.solo = None
+        for leaf in self.attention:
+            leaf.solo_keys = leaf.solo_values = None
 
     def _allocated(self) -> bool:
         return any(x.keys is not None for x in self.attention)
@@ -142,6 +161,7 @@ class SharedPrefixKV:
     # ---- rows -----------------------------------------------------------
     def copy_row(self, src: int, dst: int, start: int, stop: int) -> None:
         """Copy slot `src`'s absolute columns [start, stop) and state into slot `dst` (a fork or a move)."""
+        self.leave_solo()
         for leaf in self.leaves:
             if isinstance(leaf, RecurrentLeaf):
                 leaf.copy_row(src, dst)
@@ -188,6 +208,13 @@ class SharedPrefixKV:
         self.layout = layout
         self._ring_masks = {}
         self._handed = []
+        if self.solo is not None and layout.solo != self.solo:
+            self.leave_solo()
+        if layout.solo is not None and attention.solo_allowed():
+            if self.solo is None:
+                for leaf in self.attention:
+                    leaf.enter_solo(layout)
+            self.solo = layout.solo
         _ACTIVE.store = self
         objs = [leaf.begin(layout.slots) if isinstance(leaf, RecurrentLeaf) else leaf for leaf in self.leaves]
         return nest(self.nesting, objs)
@@ -235,13 +262,20 @@ class LayerCache:
         self.keys: Optional[mx.array] = None  # (slots, heads, columns, D)
         self.values: Optional[mx.array] = None
         self._eye: Optional[mx.array] = None
+        # A row alone (B = 1, global layers): [prompt | suffix] in one buffer grown in steps, as mlx-lm's
+        # KVCache, attended with one fused call; `solo_len` positions are filled.
+        self.solo_ok = window is None and not mla
+        self.solo_keys: Optional[mx.array] = None
+        self.solo_values: Optional[mx.array] = None
+        self.solo_len = 0
+        self.solo_prompt = 0  # positions of the prompt at the start of the solo buffers
 
     # ---- storage --------------------------------------------------------
     def release(self) -> None:
-        self.keys = self.values = None
+        self.keys = self.values = self.solo_keys = self.solo_values = None
 
     def arrays(self) -> list[mx.array]:
-        return [a for a in (self.keys, self.values) if a is not None]
+        return [a for a in (self.keys, self.values, self.solo_keys, self.solo_values) if a is not None]
 
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.arrays())
@@ -291,6 +325,8 @@ class LayerCache:
         return None  # masking is done in attention.py
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
+        if self.solo_keys is not None:
+            return self._solo_write(keys, values)
         self._write(keys, values)
         if self.mla:
             # The model computes (q_pe * scale) @ k_pe^T as an additive mask: with k_pe = I that
@@ -327,11 +363,67 @@ class LayerCache:
             self.store.probe.attended(self.index, keys, values, sinks, shared)
         if isinstance(mask, str) and mask == "causal":
             mask = None
+        if self.solo_keys is not None and mask is None:  # one row alone: one fused call, as mlx-lm
+            return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=None, sinks=sinks)
         if mask is not None and not (self.mla and mask.shape[-1] == self.values.shape[-1]):
             raise ValueError("the model passes its own attention mask during decoding")
         if self.mla and mask is None:
             raise ValueError("a latent-attention layer did not pass its rope scores")
         return attention.attend(self, queries, scale, mask, sinks)
+
+
+    # ---- one row alone -----------------------------------------------------
+    def enter_solo(self, lay: PassLayout) -> None:
+        """Start [prompt | suffix] buffers for the pass's one row: its prompt KV, then the suffix columns it
+        has so far (from row slot 0)."""
+        if not self.solo_ok:
+            return
+        kp, vp, _ = self.store.prompts[lay.groups[0].request_id][self.index]
+        parts_k, parts_v = [kp], [vp]
+        start = lay.solo[2]
+        if self.keys is not None and lay.column > start:
+            a, b = self._col(start), self._col(lay.column)
+            parts_k.append(self.keys[:1, :, a:b, :])
+            parts_v.append(self.values[:1, :, a:b, :])
+        self.solo_prompt = kp.shape[2]
+        self.solo_len = sum(x.shape[2] for x in parts_k)
+        room = _SOLO_STEP * (1 + self.solo_len // _SOLO_STEP)
+        self.solo_keys = _padded(mx.concatenate(parts_k, axis=2), room)
+        self.solo_values = _padded(mx.concatenate(parts_v, axis=2), room)
+
+    def _solo_write(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
+        n = self.solo_len
+        if n >= self.solo_keys.shape[2]:
+            self.solo_keys = _padded(self.solo_keys, n + _SOLO_STEP)
+            self.solo_values = _padded(self.solo_values, n + _SOLO_STEP)
+        self.solo_keys[:, :, n : n + 1, :] = k
+        self.solo_values[:, :, n : n + 1, :] = v
+        self.solo_len = n + 1
+        keys, values = self.solo_keys[:, :, : n + 1, :], self.solo_values[:, :, : n + 1, :]
+        self.store._handed.append((keys, self))
+        return keys, values
+
+    def leave_solo(self, start: int) -> None:
+        """Write the solo row's suffix columns (from `start`) into row slot 0; drop the solo buffers."""
+        if self.solo_keys is None:
+            return
+        prompt = self.solo_prompt
+        written = self.solo_len - prompt
+        if written > 0:
+            if self.keys is None:
+                shape = (max(self.store.cap_slots, 1), self.solo_keys.shape[1], self.store.cap_cols)
+                self.keys = mx.zeros(shape + (self.solo_keys.shape[3],), self.solo_keys.dtype)
+                self.values = mx.zeros(shape + (self.solo_values.shape[3],), self.solo_values.dtype)
+            a = self._col(start)
+            self.keys[0, :, a : a + written, :] = self.solo_keys[0, :, prompt : self.solo_len, :]
+            self.values[0, :, a : a + written, :] = self.solo_values[0, :, prompt : self.solo_len, :]
+        self.solo_keys = self.solo_values = None
+
+
+def _padded(x: mx.array, size: int) -> mx.array:
+    """x grown along the position axis to `size` (zeros after its positions)."""
+    pad = mx.zeros(x.shape[:2] + (size - x.shape[2], x.shape[3]), x.dtype)
+    return mx.concatenate([x, pad], axis=2)
 
 
 def active_store() -> Optional[SharedPrefixKV]:
