@@ -16,6 +16,7 @@ A step, pipelined like mlx-lm's `generate_step`:
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Union
@@ -209,8 +210,8 @@ class Engine:
         return self._kv.nbytes()
 
     def prefix_stats(self) -> PrefixStats:
-        """The prefix cache's counts so far (hits, misses, prompt tokens saved and prefilled, memory)."""
-        return self._prefix.stats
+        """The prefix cache's counts so far (hits, misses, prompt tokens saved and prefilled, memory): a copy."""
+        return dataclasses.replace(self._prefix.stats)
 
     def add(self, request_id: str, prompt_tokens: list[int], config: EagerConfig,
             seed: Optional[int] = None, *, key_id: Optional[str] = None, first_sequence: int = 0) -> None:
