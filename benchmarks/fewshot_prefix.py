@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import eager_mlx  # noqa: F401  (preloads OpenBLAS before mlx.core on Linux, as the eval runs do)
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from perf_env import header_lines, load_average  # noqa: E402
 from sections import write_section  # noqa: E402
