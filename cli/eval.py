@@ -63,6 +63,9 @@ def _resume_hint(out: Optional[Path], run_dir: Optional[Path]) -> str:
 @click.option("--answer-field", default=None, help="Answer field of a data file.")
 @click.option("--template", default=None, help="Prompt template containing {question}.")
 @click.option("--split", default="test", show_default=True, help="Split of an hf: dataset.")
+@click.option("--fewshot", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Exemplars before every question, as chat turns: the first N of the train split (gsm8k).")
+@click.option("--system", default=None, help="A system prompt before every question.")
 @click.option("--fallback", "fallbacks", multiple=True, type=click.Choice(["answer_is", "last_number"]),
               help="Answer extraction fallbacks when there is no \\boxed{} (default: answer_is).")
 @click.option("--k", "ks", multiple=True, type=click.IntRange(min=1),
@@ -73,7 +76,8 @@ def _resume_hint(out: Optional[Path], run_dir: Optional[Path]) -> str:
 @click.option("--no-chat", is_flag=True, help="Do not apply the chat template.")
 @setting_options(*ADAPTIVE)
 def eval_cmd(model, data, limit, method, policy, budget, reserve_rows, token_budget, out, resume, store, no_store,
-             question_field, answer_field, template, split, fallbacks, ks, no_save_text, save_trace, no_chat,
+             question_field, answer_field, template, split, fewshot, system, fallbacks, ks, no_save_text, save_trace,
+             no_chat,
              **settings: Any) -> None:
     """Evaluate a method on a dataset; one JSONL record per problem in the run directory.
 
@@ -84,6 +88,8 @@ def eval_cmd(model, data, limit, method, policy, budget, reserve_rows, token_bud
 
     if resume and out is None:
         raise click.UsageError("--resume needs --out RUN_DIR")
+    if no_chat and (fewshot or system is not None):
+        raise click.UsageError("--fewshot and --system make chat turns: they need the chat template (drop --no-chat)")
     generation, engine = pop_settings(settings, *GENERATION), pop_settings(settings, *ENGINE)
     where: dict[str, Any] = {"out": out, "run_dir": None}  # for the interrupt message
     with stop_on_signals(lambda: _resume_hint(where["out"], where["run_dir"])):
@@ -94,14 +100,14 @@ def eval_cmd(model, data, limit, method, policy, budget, reserve_rows, token_bud
             dataset, shard, where["out"], where["run_dir"] = _prepare(
                 data, out, resume, scheduler, generation, engine,
                 dict(question_field=question_field, answer_field=answer_field, template=template, limit=limit,
-                     split=split))
+                     split=split, fewshot=fewshot, system=system))
             store_dir = None if no_store else _store_dir(store)
             loaded = load_model(model)
             eval_settings, extra = _settings(loaded, dataset, generation, engine, options, ks=ks, fallbacks=fallbacks,
                                              save_text=not no_save_text, chat=not no_chat, **scheduler)
             _evaluate(loaded, dataset, eval_settings, where["run_dir"], max_kv_memory=engine["max_kv_memory"],
-                      chat=not no_chat, save_trace=save_trace, extra_manifest=extra, resume=resume,
-                      store_dir=store_dir)
+                      prefix_cache=not engine["no_prefix_cache"], chat=not no_chat, save_trace=save_trace,
+                      extra_manifest=extra, resume=resume, store_dir=store_dir)
         except (EvalError, ValueError, OSError) as e:  # ModelError, DataError, SettingError; a full disk
             raise fail(e) from None
     _print_results(where["run_dir"], shard, barrier)
@@ -251,7 +257,7 @@ def report(run_dirs: tuple[Path, ...], plot: Path, no_plot: bool, html: bool, ba
             plot_runs(rows, plot, base)
             click.echo(f"plot: {plot}")
         if pages:
-            from eager_mlx.trees.pages import write_tree_pages
+            from eager_mlx.evaluation.pages import write_tree_pages
 
             for d in run_dirs:
                 click.echo(f"trees: {write_tree_pages(d)}")

@@ -58,7 +58,7 @@ def serve(model: Optional[str], host, port, chat_template_args, cors_origins, ap
     if not isinstance(template_args, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--chat-template-args")
     defaults = {k: v for k, v in pop_settings(settings, *GENERATION).items() if v is not None}
-    max_rows, seed = settings.pop("max_rows"), settings.pop("seed")
+    max_rows, seed, no_prefix = settings.pop("max_rows"), settings.pop("seed"), settings.pop("no_prefix_cache")
     if defaults["max_sequences"] > max_rows:
         raise click.BadParameter(f"{defaults['max_sequences']} is more than --max-rows {max_rows}",
                                  param_hint="--max-sequences")
@@ -68,7 +68,7 @@ def serve(model: Optional[str], host, port, chat_template_args, cors_origins, ap
         config = srv.ServerConfig(
             host=host, port=port, model_id=loaded.name, max_rows=max_rows, seed=seed, defaults=defaults,
             chat_template_args=template_args, cors_origins=cors_origins, api_key=api_key or None,
-            timeout=idle_timeout, max_connections=max_connections,
+            timeout=idle_timeout, max_connections=max_connections, prefix_cache=not no_prefix,
         )
         srv.serve(loaded, config)
     except ValueError as e:  # ModelError, SettingError

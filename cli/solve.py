@@ -20,7 +20,7 @@ __all__ = ["solve"]
 @click.argument("question")
 @click.option("--model", "-m", default=None, help="Preset name, mlx-lm folder, .gguf file or hub id (default: the default preset).")
 @setting_options(*GENERATION, auto_threshold=True)
-@setting_options(*ENGINE, exclude=("max_rows",))  # one prompt: the engine has M rows
+@setting_options(*ENGINE, exclude=("max_rows", "no_prefix_cache"))  # one prompt: the engine has M rows
 @click.option("--system", default=None, help="System message.")
 @click.option("--no-chat", is_flag=True, help="Do not apply the chat template.")
 @click.option("--view", type=click.Choice(["one", "all", "quiet"]), default="one", show_default=True,

@@ -1,9 +1,13 @@
-"""Answer extraction (last \\boxed{...}) and majority voting."""
+"""Answer extraction (last \\boxed{...}) and majority voting, done by the callers of the engine (its
+results carry text only): `with_answers` fills a RunResult's answers and vote."""
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+import dataclasses
+from typing import Callable, Iterable, Optional, Sequence
 
-__all__ = ["extract_boxed", "normalize_answer", "majority_vote", "voted_index"]
+from eager_mlx.results import RunResult
+
+__all__ = ["extract_boxed", "normalize_answer", "majority_vote", "voted_index", "with_answers"]
 
 
 def extract_boxed(text: str) -> Optional[str]:
@@ -66,3 +70,9 @@ def voted_index(answers: Sequence[Optional[str]], vote: Optional[str] = None) ->
         return None
     key = normalize_answer(vote)
     return next((i for i, a in enumerate(answers) if a is not None and normalize_answer(a) == key), None)
+
+
+def with_answers(result: RunResult, extract: Callable[[str], Optional[str]] = extract_boxed) -> RunResult:
+    """A copy of `result` with each sequence's answer extracted from its text and the majority vote over them."""
+    seqs = [dataclasses.replace(s, answer=extract(s.text)) for s in result.sequences]
+    return dataclasses.replace(result, sequences=seqs, answer=majority_vote(s.answer for s in seqs))

@@ -8,6 +8,7 @@ from typing import Any, Iterator, Optional
 from .adaptive.confidence import ConfidenceConfig
 from .adaptive.consensus import ConsensusConfig
 from .adaptive.online import OnlineMonitor
+from .answers import with_answers
 from .config import EagerConfig, EngineConfig, SamplingConfig
 from .prompts import Prompt, encode_prompt
 from .results import Event, RunFinished, RunResult
@@ -99,12 +100,17 @@ def stream_solve(
         monitor = OnlineMonitor(engine, confidence=confidence, consensus=consensus)
     while engine.has_work:
         if cancel is not None and cancel.is_set():
-            yield from engine.abort("0")
+            yield from _voted(engine.abort("0"))
             return
         events = engine.step()
-        yield from events
+        yield from _voted(events)
         if monitor is not None:
-            yield from monitor.feed(events)
+            yield from _voted(monitor.feed(events))
+
+
+def _voted(events: list[Event]) -> list[Event]:
+    """The events with each RunFinished's answers extracted and voted (the engine returns text only)."""
+    return [RunFinished(e.request_id, with_answers(e.result)) if isinstance(e, RunFinished) else e for e in events]
 
 
 def solve(model, prompt: Prompt, config: Optional[EagerConfig] = None, **kwargs: Any) -> RunResult:

@@ -72,12 +72,16 @@ class EagerConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """How an engine runs: rows per forward pass, the seed, a cap on KV memory."""
+    """How an engine runs: rows per forward pass, the seed, a cap on KV memory, the prefix cache."""
 
     max_rows: int = setting(16, "Rows decoded per forward pass, over all requests.", lo=1)
     seed: int = setting(55, "Random seed.")
-    max_kv_memory: Optional[int] = setting(None, "Cap on KV cache bytes (e.g. 2GB): forks past it are skipped.",
+    max_kv_memory: Optional[int] = setting(None, "Cap on KV cache bytes (e.g. 2GB): forks past it are skipped; the "
+                                                 "prefix cache keeps what is left (1 GiB when unset).",
                                            lo=1, optional=True, size=True)
+    no_prefix_cache: bool = setting(False, "Prefill every prompt whole: keep no prompt segments (system prompt, "
+                                           "few-shot exemplars, earlier chat turns) for later requests. Results "
+                                           "are the same either way.")
 
     def validate(self) -> None:
         """Raise SettingError (a ValueError) naming the first bad value."""

@@ -58,7 +58,7 @@ class LoadedModel:
         config.validate()
         return Engine(self.model, self.tokenizer, max_rows=config.max_rows, seed=config.seed,
                       context_length=self.context_length, token_events=token_events,
-                      max_kv_memory=config.max_kv_memory, preempt=preempt)
+                      max_kv_memory=config.max_kv_memory, preempt=preempt, prefix_cache=not config.no_prefix_cache)
 
     def encode(self, prompt: Any, *, chat: bool = True, system: str | None = None,
                template_args: dict | None = None) -> list[int]:

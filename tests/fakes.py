@@ -176,6 +176,23 @@ class MarkovModel(nn.Module):
         return self.table[inputs]
 
 
+class ChatTokenizer(ByteTokenizer):
+    """Bytes, with a chat template that ends every message with END (an eos id, like <|im_end|>)."""
+
+    END = 258
+    chat_template = "<role>content END"
+
+    def __init__(self):
+        super().__init__()
+        self.eos_token_ids = {self.EOS, self.END}
+
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=True, **kwargs):
+        out = []
+        for m in messages:
+            out += self.encode(f"<{m['role']}>{m['content']}") + [self.END]
+        return out + (self.encode("<assistant>") if add_generation_prompt else [])
+
+
 class FakeLoaded:
     """Stands in for `eager_mlx.models.LoadedModel` in CLI tests: `make_engine(config, token_events)` builds
     each engine (recorded in `made`), prompts go through `encode(text)`."""

@@ -20,12 +20,16 @@ PROMPTS = {"a": list(range(40, 51)), "b": list(range(60, 67))}  # longer than th
 PLANS = {"a": {(0, 0), (0, 1), (1, 3), (0, 9)}, "b": {(0, 0), (1, 6)}}
 MAX_TOKENS = {"a": 12, "b": 14}
 JOIN_AT = 5  # request b is added after this many steps
-# kv.py module settings that force one attention path (kv.LayerCache._attend picks by them):
-# split always; joined for one request (never copied); copied for one request, also on the CPU.
+# attention.py module settings that force one attention path (attention.attend picks by them):
+# split always; joined for one request (never copied); copied for one request, also on the CPU; solo
+# (a row alone in [prompt | suffix] buffers) where a request has one row, split otherwise.
 FORCE_PATH = {
-    "split": {"_SHORT_SCORES": 0, "_SHORT_PROMPT_BYTES": 0, "_COPY_BYTES": 0, "_COPY_ON_CPU": False},
-    "joined": {"_SHORT_SCORES": 1 << 40, "_SHORT_PROMPT_BYTES": 1 << 40, "_COPY_BYTES": 0, "_COPY_ON_CPU": False},
-    "copied": {"_SHORT_SCORES": 0, "_SHORT_PROMPT_BYTES": 0, "_COPY_BYTES": 1 << 40, "_COPY_ON_CPU": True},
+    "split": {"_SHORT_SCORES": 0, "_SHORT_PROMPT_BYTES": 0, "_COPY_BYTES": 0, "_COPY_ON_CPU": False, "_SOLO": False},
+    "joined": {"_SHORT_SCORES": 1 << 40, "_SHORT_PROMPT_BYTES": 1 << 40, "_COPY_BYTES": 0, "_COPY_ON_CPU": False,
+               "_SOLO": False},
+    "copied": {"_SHORT_SCORES": 0, "_SHORT_PROMPT_BYTES": 0, "_COPY_BYTES": 1 << 40, "_COPY_ON_CPU": True,
+               "_SOLO": False},
+    "solo": {"_SHORT_SCORES": 0, "_SHORT_PROMPT_BYTES": 0, "_COPY_BYTES": 0, "_COPY_ON_CPU": False, "_SOLO": True},
 }
 
 
@@ -95,4 +99,55 @@ def fork_errors(model) -> dict[str, float]:
         assert all(len(t) == MAX_TOKENS[rid] for t in tokens), f"request {rid}: a sequence ended early"
         refs = reference(model, PROMPTS[rid], tokens)
         errors[rid] = max(float(np.abs(np.array(s.logprobs) - r).max()) for s, r in zip(result.sequences, refs))
+    return errors
+
+
+# Shared prefixes: prompts cut into segments after SEP; a header of two segments (longer than the
+# sliding windows) shared by q1 and q2, and q1 asked twice (the second time wholly from the cache).
+SEP = 3
+HEADER = list(range(40, 48)) + [SEP] + list(range(50, 56)) + [SEP]
+SHARED = {"q1": HEADER + [60, 61, 62], "q2": HEADER + [70, 71, 72, 73], "again": HEADER + [60, 61, 62]}
+SHARED_PLANS = {"q1": {(0, 0), (1, 2)}, "q2": {(0, 1)}, "again": {(0, 0), (1, 2)}}
+
+
+def run_shared(engine):
+    """q1 alone, then q2 and q1 again together (same seed as q1's first run); {request id: RunResult}."""
+    results = {}
+
+    def add(rid):
+        config = EagerConfig(max_sequences=4, max_tokens=6, sampling=SamplingConfig(temperature=1.0))
+        engine.add(rid, SHARED[rid], config, seed=7 if rid in ("q1", "again") else 8)
+        engine._requests[rid].policy = Scheduled(config, SHARED_PLANS[rid])
+
+    for batch in (["q1"], ["q2", "again"]):
+        for rid in batch:
+            add(rid)
+        while engine.has_work:
+            for ev in engine.step():
+                if isinstance(ev, RunFinished):
+                    results[ev.request_id] = ev.result
+    return results
+
+
+def shared_prefix_errors(model) -> dict[str, float]:
+    """Run the shared-prefix requests with the prefix cache and without; the largest |log-prob - reference|
+    per request. Raises AssertionError unless the cache was used as planned and changed nothing (bitwise)."""
+    cached = Engine(model, TOK, max_rows=8, seed=1, segment_ends={SEP})
+    results = run_shared(cached)
+    plain = run_shared(Engine(model, TOK, max_rows=8, seed=1, segment_ends={SEP}, prefix_cache=False))
+    stats = cached.prefix_stats()
+    assert (stats.requests, stats.hits) == (3, 2), "q2 finds the header in the cache, q1 again all of q1"
+    assert stats.tokens_saved == len(HEADER) + len(SHARED["q1"])
+    for rid in SHARED:
+        for s, p in zip(results[rid].sequences, plain[rid].sequences):
+            assert (s.token_ids, s.logprobs, s.entropies) == (p.token_ids, p.logprobs, p.entropies), \
+                f"request {rid}: the prefix cache changed a result"
+    for s, p in zip(results["again"].sequences, results["q1"].sequences):  # batched with q2: tokens equal
+        assert s.token_ids == p.token_ids, "a prompt from the cache: another result"
+    errors = {}
+    for rid, result in results.items():
+        assert len(result.sequences) == 1 + len(SHARED_PLANS[rid]), f"request {rid}: a planned fork is missing"
+        tokens = [s.token_ids for s in result.sequences]
+        refs = reference(model, SHARED[rid], tokens)
+        errors[rid] = max(float(np.abs(np.array(s.logprobs[: len(r)]) - r).max()) for s, r in zip(result.sequences, refs))
     return errors

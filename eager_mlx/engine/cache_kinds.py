@@ -17,7 +17,7 @@ from typing import Optional, Union
 import mlx.core as mx
 from mlx_lm.models.cache import ArraysCache, CacheList, KVCache, RotatingKVCache
 
-__all__ = ["LeafSpec", "Nesting", "leaf_specs", "nest", "prompt_state", "cache_arrays"]
+__all__ = ["LeafSpec", "Nesting", "leaf_specs", "nest", "flat", "segment_state", "prompt_state", "cache_arrays"]
 
 # One entry per model layer: a leaf index, or a tuple of leaf indices (a CacheList).
 Nesting = list[Union[int, tuple[int, ...]]]
@@ -75,42 +75,49 @@ def nest(nesting: Nesting, leaves: list) -> list:
     return [CacheList(*(leaves[i] for i in entry)) if isinstance(entry, tuple) else leaves[entry] for entry in nesting]
 
 
-def _flat(caches: list) -> list:
+def flat(caches: list) -> list:
+    """The leaf caches of a model's cache list, CacheLists opened, in leaf order."""
     out = []
     for c in caches:
         out.extend(c.caches if type(c) is CacheList else [c])
     return out
 
 
-def prompt_state(caches: list, prompt_len: int) -> list:
-    """Per leaf, what the rows need from a prefilled mlx-lm cache.
+def segment_state(caches: list, start: int, end: int) -> list:
+    """Per leaf, what a prefilled mlx-lm cache holds of prompt positions [start, end) that later work needs
+    (end: the positions prefilled so far).
 
-    Attention: (keys, values, first position), compact copies; a sliding layer keeps only the
-    last W - 1 positions (all a decoded token can see), in temporal order. Recurrent: the arrays.
+    Global attention: (keys, values) of [start, end), compact copies. Sliding window: (keys, values) of the
+    last min(end, W - 1) positions (all a later token can see), in temporal order. Recurrent: the arrays.
     """
     out = []
-    for c in _flat(caches):
+    for c in flat(caches):
         if type(c) is ArraysCache:
             out.append(list(c.cache))
             continue
         keys, values = c.keys, c.values
         if type(c) is RotatingKVCache:
             keys, values = c._temporal_order(keys), c._temporal_order(values)
-            held = min(prompt_len, c.max_size - 1, keys.shape[2])
-            first = keys.shape[2] - held
-            keys, values = keys[:, :, first:, :], values[:, :, first:, :]
+            held = min(end, c.max_size - 1, keys.shape[2])
+            keys, values = keys[:, :, keys.shape[2] - held :, :], values[:, :, values.shape[2] - held :, :]
         else:
-            held = prompt_len
-            keys, values = keys[:, :, :prompt_len, :], values[:, :, :prompt_len, :]
+            keys, values = keys[:, :, start:end, :], values[:, :, start:end, :]
         # Compact copies: a slice would keep mlx-lm's 256-step buffer alive.
-        out.append((mx.contiguous(keys), mx.contiguous(values), prompt_len - held))
+        out.append((mx.contiguous(keys), mx.contiguous(values)))
     return out
+
+
+def prompt_state(caches: list, prompt_len: int) -> list:
+    """Per leaf, what the rows need from a cache prefilled with a whole prompt: attention (keys, values, first
+    position held), recurrent the arrays (see segment_state)."""
+    return [x if isinstance(x, list) else (x[0], x[1], prompt_len - x[0].shape[2])
+            for x in segment_state(caches, 0, prompt_len)]
 
 
 def cache_arrays(caches: list) -> list[mx.array]:
     """Every array a prefill cache holds (to evaluate between prefill chunks)."""
     out = []
-    for c in _flat(caches):
+    for c in flat(caches):
         arrays = c.cache if type(c) is ArraysCache else [c.keys, c.values]
         out.extend(a for a in arrays if a is not None)
     return out

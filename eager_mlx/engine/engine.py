@@ -16,20 +16,22 @@ A step, pipelined like mlx-lm's `generate_step`:
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import mlx.core as mx
 import numpy as np
 from mlx_lm.models.cache import make_prompt_cache
 
-from eager_mlx.answers import extract_boxed, majority_vote
 from eager_mlx.engine.branching import BranchCandidate, BranchPolicy
 from eager_mlx.config import EagerConfig, EngineConfig
-from eager_mlx.engine.cache_kinds import cache_arrays, leaf_specs
-from eager_mlx.engine.kv import PassLayout, PromptGroup, SharedPrefixKV, install_attention
+from eager_mlx.engine.cache_kinds import leaf_specs
+from eager_mlx.engine.kv import PassLayout, PromptGroup, SharedPrefixKV
+from eager_mlx.engine.prefix import DEFAULT_MEMORY, PrefixStats, PrefixTree
 from eager_mlx.engine.probe import check_model
+from eager_mlx.engine.routing import install_attention
 from eager_mlx.results import (
     BranchEvent,
     Event,
@@ -54,7 +56,6 @@ from eager_mlx.engine.sampling import (
 
 __all__ = ["Engine", "branch_tokens"]
 
-_PREFILL_CHUNK = 512
 _TOKEN, _TOP1, _TOP2, _ENT, _LP, _LP1, _LP2, _ALT, _LP_ALT = Stat  # the columns of token_stats
 
 
@@ -70,8 +71,7 @@ class _Request:
     rows: list["_Row"] = field(default_factory=list)  # every row ever created, by sequence index
     generated: int = 0  # token productions: shared prefixes counted once
     branch_points: int = 0
-    skipped_full: int = 0
-    skipped_memory: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: {"full": 0, "memory": 0})  # branches not made, by why
     preempted: int = 0  # times its rows were taken for an older request's branch
     admitted: int = 0  # admission number: the most recently admitted request is preempted first
     aborted: bool = False
@@ -82,7 +82,7 @@ class _Request:
         initial = self.config.max_sequences if self.config.parallel else 1
         self.policy = BranchPolicy(self.config, num_sequences=initial)
         self.rows, self.generated, self.branch_points = [], 0, 0
-        self.skipped_full = self.skipped_memory = 0
+        self.skipped = {"full": 0, "memory": 0}
 
 
 @dataclass(eq=False)
@@ -100,6 +100,24 @@ class _Row:
     text: str = ""
     think_done: bool = False
     finish: Optional[FinishReason] = None
+
+
+@dataclass(frozen=True)
+class Fork:
+    """A branch decided at a step: the parent keeps `parent` (token, log-prob), a new child row in
+    `child_slot` takes `child`. Pass k+1 was dispatched before the decision, so the child's column,
+    and the parent's when its token is not the one it was fed (`repair_parent`), are computed again."""
+
+    parent_slot: int
+    child_slot: int
+    parent: tuple[int, float]
+    child: tuple[int, float]
+    entropy: float
+    repair_parent: bool
+
+    def repairs(self) -> list[tuple[int, int]]:
+        """(slot, token to feed) of the rows whose column k+1 must be computed again."""
+        return [(self.child_slot, self.child[0])] + ([(self.parent_slot, self.parent[0])] if self.repair_parent else [])
 
 
 class Engine:
@@ -121,26 +139,38 @@ class Engine:
         token_events: bool = True,
         max_kv_memory: Optional[int] = None,
         preempt: bool = False,
+        prefix_cache: bool = True,
+        segment_ends: Optional[set[int]] = None,
+        reserve: bool = False,
     ):
         """`max_kv_memory` (bytes): a fork is skipped (generation goes on) when the rows, run to
         their max_tokens, would then need more KV than this. `preempt`: when a due branch finds
         every row taken, the most recently admitted requests give their rows up and run again
-        later (RunPreempted), so every branch decision is made; otherwise the branch is skipped."""
+        later (RunPreempted), so every branch decision is made; otherwise the branch is skipped.
+        `prefix_cache`: keep prompt segments for later requests (prefix.py), in what `max_kv_memory`
+        leaves free (else in prefix.DEFAULT_MEMORY); results are the same without it.
+        `segment_ends`: tokens after which a prompt segment ends (default: the tokenizer's eos ids).
+        `reserve`: a request starts only once its max_sequences rows are free and keeps them until it
+        ends, so its branches never find the engine full and its result never depends on the load
+        (the server; requests wait in order)."""
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         specs, nesting = leaf_specs(make_prompt_cache(model))
         install_attention(model)
-        mla = check_model(model, specs, nesting)
+        self.layer_kinds = check_model(model, specs, nesting)  # latent attention, sinks, shared KV (by leaf)
         self.model = model
         self.tokenizer = tokenizer
         self.max_rows = max_rows
         self.token_events = token_events
         self.max_kv_memory = max_kv_memory
         self.preempt = preempt
+        self.reserve = reserve
         self._admissions = 0
         self.context_length = context_length or _context_length(model)
         self.eos = set(tokenizer.eos_token_ids or ())
-        self._kv = SharedPrefixKV(specs, nesting, max_slots=max_rows, mla=mla)
+        self._kv = SharedPrefixKV(specs, nesting, max_slots=max_rows, mla=self.layer_kinds.mla)
+        ends = self.eos if segment_ends is None else segment_ends
+        self._prefix = PrefixTree(model, specs, ends, enabled=prefix_cache)
         self.seed = seed
         self._requests: dict[str, _Request] = {}
         self._waiting: list[_Request] = []
@@ -156,16 +186,32 @@ class Engine:
 
     @property
     def free_rows(self) -> int:
-        reserved = sum(r.policy.num_sequences for r in self._waiting)
-        return self.max_rows - len(self._rows) - reserved
+        """Rows neither used nor held for waiting requests (with `reserve`: nor held for running ones)."""
+        waiting = sum(self._rows_needed(r) for r in self._waiting)
+        return self.max_rows - self._rows_held() - waiting
+
+    def _rows_needed(self, req: _Request) -> int:
+        """Rows a request takes when it starts: its first rows, or with `reserve` all it may ever use."""
+        return req.config.max_sequences if self.reserve else req.policy.num_sequences
+
+    def _rows_held(self) -> int:
+        """Rows in use, or with `reserve` held by the running requests (max_sequences each)."""
+        if not self.reserve:
+            return len(self._rows)
+        return sum(r.config.max_sequences for r in {row.request: None for row in self._rows})
 
     @property
     def num_rows(self) -> int:
         return len(self._rows)
 
     def kv_bytes(self) -> int:
-        """Bytes of KV held now (prompts once, plus the row buffers)."""
+        """Bytes of KV held now by the requests (prompts once, plus the row buffers); prefix_stats().bytes
+        more are held by the prefix cache."""
         return self._kv.nbytes()
+
+    def prefix_stats(self) -> PrefixStats:
+        """The prefix cache's counts so far (hits, misses, prompt tokens saved and prefilled, memory): a copy."""
+        return dataclasses.replace(self._prefix.stats)
 
     def add(self, request_id: str, prompt_tokens: list[int], config: EagerConfig,
             seed: Optional[int] = None, *, key_id: Optional[str] = None, first_sequence: int = 0) -> None:
@@ -188,6 +234,8 @@ class Engine:
         initial = config.max_sequences if config.parallel else 1
         if initial > self.max_rows:
             raise ValueError(f"parallel sampling needs {initial} rows but the engine has max_rows={self.max_rows}")
+        if self.reserve and config.max_sequences > self.max_rows:
+            raise ValueError(f"max_sequences {config.max_sequences} is more than the engine's {self.max_rows} rows")
         policy = BranchPolicy(config, num_sequences=initial)
         if first_sequence < 0:
             raise ValueError(f"first_sequence must be >= 0, got {first_sequence}")
@@ -224,10 +272,9 @@ class Engine:
 
     def step(self) -> list[Event]:
         """Advance every row by one token; returns what happened."""
-        events: list[Event] = []
         self._admit()  # requests added since the last step join this one's pass
         if self._pending is None:
-            return events
+            return []
         read = self._pending
         # 1. Dispatch the next pass with the sampled tokens, before reading anything.
         nxt = self._forward(read[:, _TOKEN].astype(mx.int32), None, self._column)
@@ -235,13 +282,12 @@ class Engine:
         # 2. Read this pass's statistics (the one host sync of the step).
         stats = np.asarray(read)
         # 3. Decide: tokens, branches, finishes; then fork and repair the forked rows.
-        repairs, forks = self._decide(stats, events)  # children are in self._rows already
+        events, forks = self._decide(stats)  # children are in self._rows already
         if forks:
             self._kv.reserve(len(self._rows), self._column, min(r.start for r in self._rows))
-            for parent_slot, child_slot in forks:
-                self._kv.copy_row(parent_slot, child_slot, self._rows[child_slot].start, self._column)
-        if repairs:
-            nxt = self._repair(nxt, repairs)
+            for f in forks:
+                self._kv.copy_row(f.parent_slot, f.child_slot, self._rows[f.child_slot].start, self._column)
+            nxt = self._repair(nxt, sorted(r for f in forks for r in f.repairs()))
         self._column += 1
         self._pending = nxt
         self._remove_finished()
@@ -275,6 +321,7 @@ class Engine:
             groups=groups,
             inverse=inverse,
             starts=starts,
+            solo=(rows[0].request.id, rows[0].sequence, rows[0].start) if slots is None and n == 1 else None,
         )
         caches = self._kv.begin_pass(layout)
         try:
@@ -304,21 +351,19 @@ class Engine:
         return out
 
     def _prefill(self, req: _Request) -> mx.array:
-        cache = make_prompt_cache(self.model)
-        prompt = mx.array(req.prompt, dtype=mx.int32)[None]
-        for i in range(0, len(req.prompt), _PREFILL_CHUNK):
-            logits = self.model(prompt[:, i : i + _PREFILL_CHUNK], cache=cache)
-            if i + _PREFILL_CHUNK < len(req.prompt):
-                mx.eval(cache_arrays(cache))
-        self._kv.add_prompt(req.id, cache, len(req.prompt))
-        return logits[:, -1, :]
+        """Prefill the request's prompt (what the prefix cache holds of it is reused); its last logits."""
+        state, logits = self._prefix.prefill(req.prompt)
+        self._kv.prompts[req.id] = state
+        budget = DEFAULT_MEMORY if self.max_kv_memory is None else self.max_kv_memory - self._kv.nbytes()
+        self._prefix.trim(max(0, budget))
+        return logits
 
     def _admit(self) -> None:
         """Prefill waiting requests that fit and append their first rows."""
         while self._waiting:
             req = self._waiting[0]
             initial = req.policy.num_sequences
-            if len(self._rows) + initial > self.max_rows:
+            if self._rows_held() + self._rows_needed(req) > self.max_rows:
                 break
             self._waiting.pop(0)
             self._admissions += 1
@@ -366,16 +411,44 @@ class Engine:
         return mx.concatenate([nxt, fixed])[mx.array(select, dtype=mx.int32)]
 
     # ---- decisions ------------------------------------------------------------
-    def _decide(self, stats: np.ndarray, events: list[Event]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-        """Apply the read statistics to every row.
+    def _decide(self, stats: np.ndarray) -> tuple[list[Event], list["Fork"]]:
+        """Apply the read statistics to every row; returns the events and the forks made.
 
         Requests are visited in the order they were added and a request's rows in sequence
         (creation) order, so children are numbered, and the M cap taken, independently of
         batch slots. When the branches due need more rows than the engine has, `preempt` frees
         the rows of the most recently admitted requests first (else the branches that do not
-        fit are skipped). Returns the repairs (slot, token to feed) and the forks (parent slot,
-        child slot); a child takes a preempted row's slot, else a slot after the current rows.
+        fit are skipped). A child takes a preempted row's slot, else a slot after the current rows.
         """
+        due = self._due(stats)
+        victims = self._victims(due) if self.preempt else []
+        events = self._preempt(victims)
+        spare = sorted(s for v in victims for s in due[v][0])  # their slots, for the children
+        forks: list[Fork] = []
+        for req, (slots, branching) in due.items():
+            if req in victims:
+                continue
+            made_before = req.branch_points
+            for s in slots:
+                row, st = self._rows[s], stats[s]
+                token, lp = int(st[_TOKEN]), float(st[_LP])
+                if row.sequence in branching:
+                    decision = self._fork_decision(s, st, req.config.branch_rule, spare[0] if spare else None)
+                    if isinstance(decision, Fork):
+                        if spare and decision.child_slot == spare[0]:
+                            spare.pop(0)
+                        self._make_child(decision, events)
+                        forks.append(decision)
+                        token, lp = decision.parent
+                    else:
+                        req.skipped[decision] += 1
+                        req.policy.veto()
+                self._append(row, token, float(st[_ENT]), lp, events)
+            req.policy.end_step(req.branch_points > made_before)
+        return events, forks
+
+    def _due(self, stats: np.ndarray) -> dict[_Request, tuple[list[int], set[int]]]:
+        """Per request with rows: its slots in sequence order and the sequences its policy branches now."""
         slots_of: dict[_Request, list[int]] = {}
         for slot, row in enumerate(self._rows):
             slots_of.setdefault(row.request, []).append(slot)
@@ -386,29 +459,13 @@ class Engine:
                 cands = [BranchCandidate(self._rows[s].sequence, float(stats[s, _ENT]), self._rows[s].think_done)
                          for s in slots]
                 due[req] = (slots, set(req.policy.decide(cands)))
-        victims = self._preempt_for(due, events) if self.preempt else []
-        spare = sorted(s for v in victims for s in due[v][0])  # their slots, for the children
-        repairs: list[tuple[int, int]] = []
-        forks: list[tuple[int, int]] = []
-        for req, (slots, branching) in due.items():
-            if req in victims:
-                continue
-            made_before = req.branch_points
-            for s in slots:
-                row, st = self._rows[s], stats[s]
-                token, lp = int(st[_TOKEN]), float(st[_LP])
-                if row.sequence in branching and self._fork(s, st, spare, forks, repairs, events):
-                    token, lp = branch_tokens(st, req.config.branch_rule)[0]
-                self._append(row, token, float(st[_ENT]), lp, events)
-            req.policy.end_step(req.branch_points > made_before)
-        repairs.sort()
-        return repairs, forks
+        return due
 
-    def _preempt_for(self, due: dict[_Request, tuple[list[int], set[int]]], events: list[Event]) -> list[_Request]:
-        """Preempt the most recently admitted requests until every branch due has a row; returns them.
+    def _victims(self, due: dict[_Request, tuple[list[int], set[int]]]) -> list[_Request]:
+        """The most recently admitted requests to preempt so that every branch due has a row.
 
         The oldest request always keeps its rows (it needs at most M <= max_rows), so every request
-        finishes eventually; a preempted one waits at the head of the queue and runs again from its prompt.
+        finishes eventually.
         """
         need = len(self._rows) + sum(len(b) for _, b in due.values())
         victims: list[_Request] = []
@@ -418,43 +475,46 @@ class Engine:
             slots, branching = due[req]
             need -= len(slots) + len(branching)
             victims.append(req)
-            for s in slots:
-                self._rows[s].finish = FinishReason.PREEMPTED
+        return victims
+
+    def _preempt(self, victims: list[_Request]) -> list[Event]:
+        """Give up the victims' rows; they wait at the head of the queue and run again from their prompt."""
+        events: list[Event] = []
+        for req in victims:
+            for row in req.rows:
+                if row.finish is None:
+                    row.finish = FinishReason.PREEMPTED
             events.append(RunPreempted(req.id, req.generated))
             self._kv.drop_prompt(req.id)
             req.preempted += 1
             req.reset()
         self._waiting[:0] = sorted(victims, key=lambda r: r.admitted)  # the oldest of them first
-        return victims
+        return events
 
-    def _fork(self, slot: int, st: np.ndarray, spare: list[int], forks: list[tuple[int, int]],
-              repairs: list[tuple[int, int]], events: list[Event]) -> bool:
-        """Branch the row in `slot` (its child takes top-2) unless rows or memory run out; True if it branched."""
-        row = self._rows[slot]
+    def _fork_decision(self, slot: int, st: np.ndarray, rule: str, spare: Optional[int]) -> Union["Fork", str]:
+        """The fork of the row in `slot` (its child takes a preempted row's `spare` slot, else a new one), or
+        why it cannot be made: "full" (no row left) or "memory" (past max_kv_memory)."""
+        if spare is None and len(self._rows) >= self.max_rows:
+            return "full"
+        if self._over_memory(len(self._rows) + (0 if spare is not None else 1)):
+            return "memory"
+        parent, child = branch_tokens(st, rule)
+        child_slot = spare if spare is not None else len(self._rows)
+        return Fork(slot, child_slot, parent, child, float(st[_ENT]), int(st[_TOKEN]) != parent[0])
+
+    def _make_child(self, fork: "Fork", events: list[Event]) -> None:
+        """Create the child row of `fork` in its slot (it inherits the parent's tokens so far)."""
+        row = self._rows[fork.parent_slot]
         req = row.request
-        if not spare and len(self._rows) >= self.max_rows:
-            req.skipped_full += 1
-            req.policy.veto()
-            return False
-        if self._over_memory(len(self._rows) + (0 if spare else 1)):
-            req.skipped_memory += 1
-            req.policy.veto()
-            return False
         child = self._new_row(req, parent=row)
-        child_slot = spare.pop(0) if spare else len(self._rows)
-        if child_slot == len(self._rows):
+        if fork.child_slot == len(self._rows):
             self._rows.append(child)
         else:
-            self._rows[child_slot] = child
-        forks.append((slot, child_slot))
-        (mine, _), (theirs, lp_theirs) = branch_tokens(st, req.config.branch_rule)
-        repairs.append((child_slot, theirs))
-        if int(st[_TOKEN]) != mine:
-            repairs.append((slot, mine))
+            self._rows[fork.child_slot] = child
         req.branch_points += 1
-        events.append(BranchEvent(req.id, row.sequence, child.sequence, len(row.tokens), float(st[_ENT]), mine, theirs))
-        self._append(child, theirs, float(st[_ENT]), lp_theirs, events)
-        return True
+        events.append(BranchEvent(req.id, row.sequence, child.sequence, len(row.tokens), fork.entropy,
+                                  fork.parent[0], fork.child[0]))
+        self._append(child, fork.child[0], fork.entropy, fork.child[1], events)
 
     def _over_memory(self, slots: int) -> bool:
         """Would `slots` rows, each run to its max_tokens, need more KV than max_kv_memory?"""
@@ -498,6 +558,7 @@ class Engine:
         keep = [i for i, r in enumerate(self._rows) if r.finish is None]
         if len(keep) == len(self._rows):
             return
+        self._kv.drop_solo()  # a row alone that finished (any other rows left the solo path at their fork)
         n = len(keep)
         holes = [i for i in range(n) if self._rows[i].finish is not None]
         movers = [i for i in keep if i >= n]
@@ -542,7 +603,6 @@ class Engine:
                     branch_step=row.branch_step,
                     entropies=row.entropies,
                     logprobs=row.logprobs,
-                    answer=extract_boxed(text),
                 )
             )
         return RunResult(
@@ -550,13 +610,13 @@ class Engine:
             sequences=seqs,
             prompt_tokens=len(req.prompt),
             generated_tokens=req.generated,
-            answer=majority_vote(s.answer for s in seqs),
+            answer=None,  # answers are extracted and voted by the caller (eager_mlx.answers.with_answers)
             threshold=req.config.threshold,
             elapsed_s=time.perf_counter() - req.started,
             branch_points=req.branch_points,
             info={
-                "branches_skipped_full": req.skipped_full,
-                "branches_skipped_memory": req.skipped_memory,
+                "branches_skipped_full": req.skipped["full"],
+                "branches_skipped_memory": req.skipped["memory"],
                 "parallel": req.config.parallel,
             },
         )

@@ -1,78 +1,45 @@
-"""Shared-prefix KV cache: a prompt's KV is stored once; each row keeps only its own suffix.
+"""Shared-prefix KV storage: a prompt's KV is stored once per request; each row keeps only its own suffix.
 
 How a fork stays cheap
 ----------------------
-Every request is prefilled once with mlx-lm's ordinary caches; what the rows need of them
-(`cache_kinds.prompt_state`) is then kept per layer, shared by all of the request's rows. Rows
+Every request is prefilled once with mlx-lm's ordinary caches (prefix.py); what the rows need of
+them (`cache_kinds.prompt_state`) is then kept per layer, shared by all of the request's rows. Rows
 store only what they generated, in one batch buffer per attention layer of shape
 (row slots, heads, columns, D). All rows advance in lockstep, so a column is a decode pass: a
 row that joined later simply starts at a later column, and the columns before its start are
 masked out. Recurrent layers (`recurrent.RecurrentLeaf`) keep a fixed-size state per row.
 
-Attention for a row is over [its request's prompt KV | its own suffix columns], computed one of
-three ways, all exact (LayerCache._attend picks by the pass's shape):
-
-* split (any prompt length, several requests): two parts merged by their maxima and sums (as
-  in cascade / flash-decoding attention): the queries of all rows of one request attend to
-  that request's prompt KV together, as one matmul (rows play the role of query positions, so
-  the prompt KV is read once per pass), and each row attends to its own suffix columns;
-* joined (one request, short prompt): the scores against the prompt and the suffix under one
-  softmax; every row multiplies against the prompt KV in place (it stays in cache). Fewer
-  graph nodes, which is what a short-prompt step costs;
-* copied (the same case on a GPU): [prompt | suffix] put together per row for the pass (a
-  small copy, never stored) and one fused `mx.fast.scaled_dot_product_attention` kernel.
-
-Matmuls run in the KV's dtype (float16 on a GPU: the rounding of mlx-lm's unfused attention);
-softmax statistics are float32. On the CPU exp goes through exp2 (fastmath.py).
-
 Sliding-window layers (a `RotatingKVCache(max_size=W)` in the model's `make_cache`) keep only the
-last W - 1 prompt positions and a ring of the last W suffix columns, and hide what lies outside
-the window (a fully hidden part gets a large finite score, not -inf, so the merge stays finite).
-Attention sinks (one logit per head, gpt-oss) join the merged log-sum-exp.
+last W - 1 prompt positions and a ring of the last W suffix columns. Latent attention (MLA:
+deepseek_v3, glm4_moe_lite, ...) caches (kv_latent, k_pe); for those layers `update_and_fetch`
+returns an identity matrix as k_pe, so the additive "mask" the model computes from it is exactly
+the scaled rope query, and attention.py computes the rope scores against prompt and suffix.
 
-Latent attention (MLA: deepseek_v3, glm4_moe_lite, ...) caches (kv_latent, k_pe) and adds the
-rope part of the scores as an additive mask computed from the keys the cache returns. For those
-layers `update_and_fetch` returns an identity matrix as k_pe, so that "mask" is exactly the
-scaled rope query; the rope scores against the shared prompt and the row's suffix are then
-computed here like the rest.
+Forking a row copies only its suffix columns into a free slot: the cost grows with the tokens
+generated since the prompt (at most W on sliding layers), never with the prompt length, and the
+prompt's KV is never copied.
 
-Forking a row copies only its suffix columns into a free slot: the cost grows
-with the tokens generated since the prompt (at most W on sliding layers), never with the
-prompt length, and the prompt's KV is never copied.
-
-The cache plugs into unmodified mlx-lm models: `LayerCache` is passed as each
-attention layer's cache (it provides per-row rope `offset`, `update_and_fetch` and a
-`make_mask` that returns None), and `install_attention` wraps the model
-module's `scaled_dot_product_attention` so that a call made with a `LayerCache`
-is routed to `LayerCache.attend`; every other call goes to mlx-lm unchanged. A model whose
-attention does not go through that function (hand-written attention) is caught by the engine's
-load check (`probe.py`) and refused.
+This module is the storage and the cache protocol mlx-lm layers call (`LayerCache`: per-row rope
+`offset`, `update_and_fetch`, a `make_mask` that returns None); attention.py computes attention
+over it and routing.py routes the model's `scaled_dot_product_attention` calls to it. The load
+check (probe.py) watches what the model does through `SharedPrefixKV.probe`.
 """
 from __future__ import annotations
 
-import sys
 import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import mlx.core as mx
 
-from eager_mlx.engine import fastmath
+from eager_mlx.engine import attention
 from eager_mlx.engine.cache_kinds import LeafSpec, Nesting, nest, prompt_state
 from eager_mlx.engine.recurrent import RecurrentLeaf
 
-__all__ = ["PassLayout", "PromptGroup", "SharedPrefixKV", "LayerCache", "install_attention"]
+__all__ = ["PassLayout", "PromptGroup", "SharedPrefixKV", "LayerCache", "active_store"]
 
 _COLUMN_STEP = 16  # buffers grow by 1/16 of what is needed, in multiples of this
-_HIDDEN = -1e9  # score of a key outside the window: finite, so an all-hidden part cannot give NaN
-# _attend_joined (one softmax over [prompt | suffix]) while the scores stay small and every row can
-# re-read the prompt KV from cache; else _attend_split (reads the prompt once for all rows).
-_SHORT_SCORES = 1 << 16  # query heads x (prompt + suffix) columns
-_SHORT_PROMPT_BYTES = 1 << 18  # prompt keys + values of one layer
-# On a GPU, _attend_copied (one fused attention kernel over a per-pass copy of [prompt | suffix])
-# while the copy stays under this per layer; on the CPU (no fused kernel) only when forced (tests).
-_COPY_BYTES = 1 << 20
-_COPY_ON_CPU = False
+_SOLO_STEP = 256  # a row alone grows its [prompt | suffix] buffers by this many positions (as mlx-lm's KVCache)
 _ACTIVE = threading.local()  # .store: the SharedPrefixKV whose pass runs on this thread
 
 
@@ -98,6 +65,7 @@ class PassLayout:
     groups: list[PromptGroup]
     inverse: Optional[mx.array]  # restores pass order after concatenating groups
     starts: Optional[mx.array] = None  # (n,) first column of each row (for ring buffers)
+    solo: Optional[tuple] = None  # (request id, sequence, first column) when the pass is one row alone
 
 
 class SharedPrefixKV:
@@ -118,17 +86,32 @@ class SharedPrefixKV:
         self.cap_slots = 0
         self.cap_cols = 0
         self.layout: Optional[PassLayout] = None
-        self.discover = False  # load check: let every call through, note what the model passes
-        self.checking = False  # load check: compare what attention gets with what the cache returned
-        self.unrouted = 0  # attention calls in a pass on keys no cache of the pass returned
+        self.solo: Optional[tuple] = None  # the row that runs alone in [prompt | suffix] buffers (see LayerCache)
+        self.probe: Any = None  # the load check (probe.Probe) while it runs: notes what the model does
         self._handed: list[tuple] = []  # (keys, layer) returned by update_and_fetch in this pass
         self._ring_masks: dict[int, mx.array] = {}
 
     # ---- capacity -------------------------------------------------------
     def release(self) -> None:
         """Drop the row buffers and states (no rows left); they are allocated again on the next write."""
+        self.solo = None
         for leaf in self.leaves:
             leaf.release()
+
+    # ---- one row alone ---------------------------------------------------
+    def leave_solo(self) -> None:
+        """The row that ran alone is joined by others: its suffix moves into row slot 0 of the row buffers
+        (call after `reserve`)."""
+        if self.solo is not None:
+            for leaf in self.attention:
+                leaf.leave_solo(self.solo[2])
+            self.solo = None
+
+    def drop_solo(self) -> None:
+        """The row that ran alone finished: its buffers go."""
+        self.solo = None
+        for leaf in self.attention:
+            leaf.solo_keys = leaf.solo_values = None
 
     def _allocated(self) -> bool:
         return any(x.keys is not None for x in self.attention)
@@ -178,6 +161,7 @@ class SharedPrefixKV:
     # ---- rows -----------------------------------------------------------
     def copy_row(self, src: int, dst: int, start: int, stop: int) -> None:
         """Copy slot `src`'s absolute columns [start, stop) and state into slot `dst` (a fork or a move)."""
+        self.leave_solo()
         for leaf in self.leaves:
             if isinstance(leaf, RecurrentLeaf):
                 leaf.copy_row(src, dst)
@@ -224,6 +208,13 @@ class SharedPrefixKV:
         self.layout = layout
         self._ring_masks = {}
         self._handed = []
+        if self.solo is not None and layout.solo != self.solo:
+            self.leave_solo()
+        if layout.solo is not None and attention.solo_allowed():
+            if self.solo is None:
+                for leaf in self.attention:
+                    leaf.enter_solo(layout)
+            self.solo = layout.solo
         _ACTIVE.store = self
         objs = [leaf.begin(layout.slots) if isinstance(leaf, RecurrentLeaf) else leaf for leaf in self.leaves]
         return nest(self.nesting, objs)
@@ -256,64 +247,6 @@ def _round_up(columns: int) -> int:
     return -(-columns // _COLUMN_STEP) * _COLUMN_STEP
 
 
-def _f32(x: mx.array) -> mx.array:
-    return x if x.dtype == mx.float32 else x.astype(mx.float32)
-
-
-_COMPILED: dict = {}
-
-
-def _compiled(fn):
-    """`fn` compiled once per exp flavour (fastmath picks one by device at trace time), shapeless:
-    the suffix grows by one column every step."""
-    key = (fn, fastmath.uses_exp2())
-    if key not in _COMPILED:
-        _COMPILED[key] = mx.compile(fn, shapeless=True)
-    return _COMPILED[key]
-
-
-def _weigh(scores: mx.array, values: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-    """One part of a split softmax over the last axis: (e @ values, max, sum of e), e = exp(scores - max).
-
-    The softmax over [part 1 | part 2] is then (o1 a1 + o2 a2) / (l1 a1 + l2 a2) with
-    a_i = exp(max_i - max): see _merge.
-    """
-    scores = _f32(scores)
-    peak = scores.max(axis=-1, keepdims=True)
-    e = fastmath.exp(scores - peak)
-    return _f32(e.astype(values.dtype) @ values), peak, e.sum(axis=-1, keepdims=True)
-
-
-def _exp_sum(scores: mx.array) -> tuple[mx.array, mx.array]:
-    """exp(scores - max) and its sum over the last axis: a softmax before its division."""
-    e = fastmath.exp(scores - scores.max(axis=-1, keepdims=True))
-    return e, e.sum(axis=-1, keepdims=True)
-
-
-def _exp_part(scores: mx.array) -> tuple[mx.array, mx.array]:
-    # mlx 0.32.4 crashes on a shapeless-compiled reduction over an axis of size 1 (one column).
-    return (_exp_sum if scores.shape[-1] == 1 else _compiled(_exp_sum))(scores)
-
-
-def _merge(o1, m1, l1, o2, m2, l2):
-    """Softmax-weighted output over two parts from their _weigh results."""
-    peak = mx.maximum(m1, m2)
-    a, b = fastmath.exp(m1 - peak), fastmath.exp(m2 - peak)
-    return (o1 * a + o2 * b) / (l1 * a + l2 * b)
-
-
-def _merge_sinks(o1, m1, l1, o2, m2, l2, sinks):
-    """_merge with one extra logit per head (attention sinks) that has no value."""
-    peak = mx.maximum(mx.maximum(m1, m2), sinks)
-    a, b = fastmath.exp(m1 - peak), fastmath.exp(m2 - peak)
-    return (o1 * a + o2 * b) / (l1 * a + l2 * b + fastmath.exp(sinks - peak))
-
-
-def _weigh_part(scores: mx.array, values: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-    # (see _exp_part)
-    return (_weigh if scores.shape[-1] == 1 else _compiled(_weigh))(scores, values)
-
-
 class LayerCache:
     """What one attention layer sees as its cache during an engine pass; holds its row suffixes.
 
@@ -328,23 +261,21 @@ class LayerCache:
         self.mla = mla
         self.keys: Optional[mx.array] = None  # (slots, heads, columns, D)
         self.values: Optional[mx.array] = None
-        self._returned: Optional[tuple] = None
         self._eye: Optional[mx.array] = None
-        # What the model did in the last passes (checked at load by probe.py).
-        self.writes = 0
-        self.attends = 0
-        self.asked_window: Optional[int] = None
-        self.changed = False  # attention got other keys or values than the cache returned
-        self.sinks = False  # the layer passes attention sinks
-        self.shared = 0  # calls from layers that reuse this layer's KV
-        self.seen: list[tuple] = []
+        # A row alone (B = 1, global layers): [prompt | suffix] in one buffer grown in steps, as mlx-lm's
+        # KVCache, attended with one fused call; `solo_len` positions are filled.
+        self.solo_ok = window is None and not mla
+        self.solo_keys: Optional[mx.array] = None
+        self.solo_values: Optional[mx.array] = None
+        self.solo_len = 0
+        self.solo_prompt = 0  # positions of the prompt at the start of the solo buffers
 
     # ---- storage --------------------------------------------------------
     def release(self) -> None:
-        self.keys = self.values = None
+        self.keys = self.values = self.solo_keys = self.solo_values = None
 
     def arrays(self) -> list[mx.array]:
-        return [a for a in (self.keys, self.values) if a is not None]
+        return [a for a in (self.keys, self.values, self.solo_keys, self.solo_values) if a is not None]
 
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.arrays())
@@ -389,19 +320,22 @@ class LayerCache:
         return self.store.layout.offsets
 
     def make_mask(self, *args, window_size: Optional[int] = None, **kwargs):
-        self.asked_window = window_size
-        return None  # masking is done in attend()
+        if self.store.probe is not None:
+            self.store.probe.asked(self.index, window_size)
+        return None  # masking is done in attention.py
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
-        self.writes += 1
+        if self.solo_keys is not None:
+            return self._solo_write(keys, values)
         self._write(keys, values)
-        if self.mla and not self.store.discover:
+        if self.mla:
             # The model computes (q_pe * scale) @ k_pe^T as an additive mask: with k_pe = I that
-            # mask is the scaled rope query itself, and attend() does the rest.
+            # mask is the scaled rope query itself, and attention.py does the rest.
             if self._eye is None or self._eye.shape[-1] != values.shape[-1]:
                 self._eye = mx.eye(values.shape[-1], dtype=values.dtype)[None, None]
             values = self._eye
-        self._returned = (keys, values)
+        if self.store.probe is not None:
+            self.store.probe.wrote(self.index, keys, values)
         self.store._handed.append((keys, self))
         return keys, values
 
@@ -420,196 +354,78 @@ class LayerCache:
             self.keys[lay.slots, :, c : c + 1, :] = k
             self.values[lay.slots, :, c : c + 1, :] = v
 
-    # ---- attention --------------------------------------------------------
     def attend(self, queries, keys, values, scale, mask=None, sinks=None, shared=False) -> mx.array:
-        """Attention of one decode token per row over [prompt KV | own suffix].
+        """Attention of one decode token per row over [prompt KV | own suffix] (attention.py).
 
         `shared`: the call comes from another layer that reuses this layer's KV (gemma4).
         """
-        self.attends += not shared
-        self.shared += shared
-        self.sinks = sinks is not None
-        if self.store.checking:
-            rk, rv = self._returned or (None, None)
-            self.changed = not _same(keys, rk) or (not self.mla and not _same(values, rv))
+        if self.store.probe is not None:
+            self.store.probe.attended(self.index, keys, values, sinks, shared)
         if isinstance(mask, str) and mask == "causal":
             mask = None
+        if self.solo_keys is not None and mask is None:  # one row alone: one fused call, as mlx-lm
+            return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=None, sinks=sinks)
         if mask is not None and not (self.mla and mask.shape[-1] == self.values.shape[-1]):
             raise ValueError("the model passes its own attention mask during decoding")
         if self.mla and mask is None:
             raise ValueError("a latent-attention layer did not pass its rope scores")
-        return self._attend(queries, scale, mask, sinks)
-
-    def _suffix(self, lay: PassLayout) -> tuple[mx.array, mx.array, mx.array]:
-        """(keys, values, visible) of the pass's rows' suffix columns."""
-        if self.window:
-            a, b, visible = 0, self.window, self.store.ring_mask(self.window)
-        else:
-            a, b, visible = lay.lo - self.store.base, lay.column - self.store.base + 1, lay.mask
-        if lay.slots is None:
-            return self.keys[: lay.n, :, a:b, :], self.values[: lay.n, :, a:b, :], visible
-        return self.keys[lay.slots, :, a:b, :], self.values[lay.slots, :, a:b, :], visible
-
-    def _scores(self, q, k, v, q_pe):
-        """Scores of q against keys k (plus the rope part for latent attention) and the values to mix."""
-        s = q.astype(k.dtype) @ k.swapaxes(-1, -2)
-        if q_pe is None:
-            return s, v
-        return _f32(s) + _f32(q_pe.astype(v.dtype) @ v.swapaxes(-1, -2)), k  # MLA: the latents are the values
-
-    def _attend(self, queries, scale, q_pe, sinks) -> mx.array:
-        lay = self.store.layout
-        n, heads, _, dim = queries.shape
-        kv_heads = self.keys.shape[1]
-        rep = heads // kv_heads
-        q = queries.reshape(n, kv_heads, rep, dim) * scale
-        if q_pe is not None:
-            q_pe = q_pe.reshape(n, kv_heads, rep, -1)
-        ks, vs, visible = self._suffix(lay)
-        if q_pe is None and self._copy_prompt(lay):
-            return self._attend_copied(lay, queries, scale, ks, vs, visible, sinks)
-        if sinks is not None:
-            sinks = _f32(sinks).reshape(1, kv_heads, rep, 1)
-        if self._short(lay, n * heads, ks.shape[2]):
-            out = self._attend_joined(lay, q, q_pe, ks, vs, visible, sinks)
-        else:
-            out = self._attend_split(lay, q, q_pe, ks, vs, visible, sinks)
-        return out.reshape(n, heads, 1, -1).astype(queries.dtype)
-
-    def _copy_prompt(self, lay: PassLayout) -> bool:
-        """Whether the pass uses _attend_copied: off on the CPU (no fused kernel there) unless forced."""
-        if len(lay.groups) != 1 or (fastmath.uses_exp2() and not _COPY_ON_CPU):
-            return False
-        kp, vp = self.store.prompts[lay.groups[0].request_id][self.index][:2]
-        return lay.n * (kp.nbytes + vp.nbytes) <= _COPY_BYTES
-
-    def _attend_copied(self, lay, queries, scale, ks, vs, visible, sinks) -> mx.array:
-        """One request, short prompt, on a GPU: [prompt | suffix] KV put together per row for this
-        pass (a copy of at most _COPY_BYTES, never stored) and one fused attention kernel."""
-        g = lay.groups[0]
-        kp, vp, first = self.store.prompts[g.request_id][self.index]
-        n, length = ks.shape[0], kp.shape[2]
-        k = mx.concatenate([mx.broadcast_to(kp, (n,) + kp.shape[1:]), ks], axis=2)
-        v = mx.concatenate([mx.broadcast_to(vp, (n,) + vp.shape[1:]), vs], axis=2)
-        mask = None
-        if self.window or visible is not None:
-            seen = self._in_window(g, first, length) if self.window else mx.ones((length,), dtype=mx.bool_)
-            own = mx.ones((n, ks.shape[2]), dtype=mx.bool_) if visible is None else visible
-            mask = mx.concatenate([mx.broadcast_to(seen, (n, length)), own], axis=1)[:, None, None, :]
-        return mx.fast.scaled_dot_product_attention(queries, k, v, scale=scale, mask=mask, sinks=sinks)
-
-    def _short(self, lay: PassLayout, queries: int, suffix: int) -> bool:
-        """Whether the pass attends over [prompt | suffix] as one softmax (_attend_joined)."""
-        if len(lay.groups) != 1:
-            return False
-        kp, vp = self.store.prompts[lay.groups[0].request_id][self.index][:2]
-        prompt = kp.shape[2]
-        cached = lay.n == 1 or (kp.nbytes + vp.nbytes) <= _SHORT_PROMPT_BYTES
-        return cached and queries * (prompt + suffix) <= _SHORT_SCORES
-
-    def _attend_joined(self, lay, q, q_pe, ks, vs, visible, sinks) -> mx.array:
-        """One request, short prompt: the scores of [prompt | suffix (| sink)] under one softmax.
-
-        Every row multiplies against the prompt KV itself (broadcast, no copy): cheap while the
-        prompt KV stays in cache, and far fewer graph nodes than _attend_split.
-        """
-        g = lay.groups[0]
-        kp, vp, first = self.store.prompts[g.request_id][self.index]
-        sp, vals_p = self._scores(q, kp, vp, q_pe)
-        sp = self._prompt_window(g, _f32(sp), first, kp.shape[2])
-        ss, vals_s = self._scores(q, ks, vs, q_pe)
-        ss = _f32(ss)
-        if visible is not None:
-            ss = mx.where(visible[:, None, None, :], ss, -mx.inf)  # a row always sees its current token
-        parts = [sp, ss] if sinks is None else [sp, ss, mx.broadcast_to(sinks, ss.shape[:-1] + (1,))]
-        e, total = _exp_part(mx.concatenate(parts, axis=-1))  # unnormalised: divide the output instead
-        split = sp.shape[-1]
-        o = _f32(e[..., :split].astype(vals_p.dtype) @ vals_p)
-        return (o + _f32(e[..., split : split + ss.shape[-1]].astype(vals_s.dtype) @ vals_s)) / total
-
-    def _attend_split(self, lay, q, q_pe, ks, vs, visible, sinks) -> mx.array:
-        """Suffix and prompt parts apart, merged by their maxima and sums (any prompt length)."""
-        s, vals = self._scores(q, ks, vs, q_pe)
-        if visible is not None:
-            s = mx.where(visible[:, None, None, :], s, -mx.inf)  # a row always sees its current token
-        suffix = _weigh_part(s, vals)
-
-        # Prompt part: all rows of a request at once against its prompt KV.
-        parts = [self._prompt_part(g, q, q_pe) for g in lay.groups]
-        prompt = parts[0] if len(parts) == 1 else [mx.concatenate(x, axis=0) for x in zip(*parts)]
-        if lay.inverse is not None:
-            prompt = [x[lay.inverse] for x in prompt]
-        if sinks is None:
-            return _compiled(_merge)(*prompt, *suffix)
-        return _compiled(_merge_sinks)(*prompt, *suffix, sinks)  # one extra logit per head, no value
-
-    def _prompt_window(self, g: PromptGroup, s: mx.array, first: int, length: int) -> mx.array:
-        """Hide prompt positions that fell out of a sliding window (no-op on global layers)."""
-        if not self.window:
-            return s
-        return mx.where(self._in_window(g, first, length), s, _HIDDEN)
-
-    def _in_window(self, g: PromptGroup, first: int, length: int) -> mx.array:
-        """(length,) bool: which held prompt positions the group's rows still see (sliding layers)."""
-        return mx.arange(first, first + length) >= g.offset - self.window + 1
-
-    def _prompt_part(self, g: PromptGroup, q: mx.array, q_pe: Optional[mx.array]) -> list[mx.array]:
-        """_weigh of the group's rows against its prompt KV, in row layout (m, kv_heads, rep, .)."""
-        kp, vp, first = self.store.prompts[g.request_id][self.index]
-        _, kv_heads, rep, dim = q.shape
-
-        def fold(x):  # (m, kvh, rep, d) -> (1, kvh, rep*m, d): the group's rows as query positions
-            x = x if g.positions is None else x[g.positions]
-            return x.transpose(1, 2, 0, 3).reshape(1, kv_heads, -1, x.shape[-1])
-
-        m = q.shape[0] if g.positions is None else g.positions.shape[0]
-        s, vals = self._scores(fold(q), kp, vp, None if q_pe is None else fold(q_pe))
-        s = self._prompt_window(g, s, first, kp.shape[2])
-        # Unfolding is a free reshape and a transposed view: the merge reads it strided.
-        return [x.reshape(kv_heads, rep, m, -1).transpose(2, 0, 1, 3) for x in _weigh_part(s, vals)]
+        return attention.attend(self, queries, scale, mask, sinks)
 
 
-def _same(a, b) -> bool:
-    """The same array, or equal values (a cast to another float type is harmless)."""
-    return a is b or (b is not None and a.shape == b.shape and mx.array_equal(a, b).item())
+    # ---- one row alone -----------------------------------------------------
+    def enter_solo(self, lay: PassLayout) -> None:
+        """Start [prompt | suffix] buffers for the pass's one row: its prompt KV, then the suffix columns it
+        has so far (from row slot 0)."""
+        if not self.solo_ok:
+            return
+        kp, vp, _ = self.store.prompts[lay.groups[0].request_id][self.index]
+        parts_k, parts_v = [kp], [vp]
+        start = lay.solo[2]
+        if self.keys is not None and lay.column > start:
+            a, b = self._col(start), self._col(lay.column)
+            parts_k.append(self.keys[:1, :, a:b, :])
+            parts_v.append(self.values[:1, :, a:b, :])
+        self.solo_prompt = kp.shape[2]
+        self.solo_len = sum(x.shape[2] for x in parts_k)
+        room = _SOLO_STEP * (1 + self.solo_len // _SOLO_STEP)
+        self.solo_keys = _padded(mx.concatenate(parts_k, axis=2), room)
+        self.solo_values = _padded(mx.concatenate(parts_v, axis=2), room)
+
+    def _solo_write(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
+        n = self.solo_len
+        if n >= self.solo_keys.shape[2]:
+            self.solo_keys = _padded(self.solo_keys, n + _SOLO_STEP)
+            self.solo_values = _padded(self.solo_values, n + _SOLO_STEP)
+        self.solo_keys[:, :, n : n + 1, :] = k
+        self.solo_values[:, :, n : n + 1, :] = v
+        self.solo_len = n + 1
+        keys, values = self.solo_keys[:, :, : n + 1, :], self.solo_values[:, :, : n + 1, :]
+        self.store._handed.append((keys, self))
+        return keys, values
+
+    def leave_solo(self, start: int) -> None:
+        """Write the solo row's suffix columns (from `start`) into row slot 0; drop the solo buffers."""
+        if self.solo_keys is None:
+            return
+        prompt = self.solo_prompt
+        written = self.solo_len - prompt
+        if written > 0:
+            if self.keys is None:
+                shape = (max(self.store.cap_slots, 1), self.solo_keys.shape[1], self.store.cap_cols)
+                self.keys = mx.zeros(shape + (self.solo_keys.shape[3],), self.solo_keys.dtype)
+                self.values = mx.zeros(shape + (self.solo_values.shape[3],), self.solo_values.dtype)
+            a = self._col(start)
+            self.keys[0, :, a : a + written, :] = self.solo_keys[0, :, prompt : self.solo_len, :]
+            self.values[0, :, a : a + written, :] = self.solo_values[0, :, prompt : self.solo_len, :]
+        self.solo_keys = self.solo_values = None
 
 
-def _routed(original):
-    def scaled_dot_product_attention(queries, keys, values, cache=None, scale=1.0, mask=None, **kw):
-        store = getattr(_ACTIVE, "store", None)
-        if store is not None and not isinstance(cache, LayerCache):
-            cache = store.owner(keys)
-            if cache is None:  # attention on keys the engine does not hold
-                store.unrouted += 1
-                if not store.discover:
-                    raise ValueError("a layer attends to keys that did not come from its cache")
-            elif not store.discover:
-                sinks = kw.pop("sinks", None)
-                return cache.attend(queries, keys, values, scale, mask, sinks, shared=True)
-            return original(queries, keys, values, cache=None, scale=scale, mask=mask, **kw)
-        if isinstance(cache, LayerCache):
-            sinks = kw.pop("sinks", None)
-            if cache.store.discover:
-                cache.seen.append((keys is values, mask is not None and not isinstance(mask, str), bool(kw)))
-                if sinks is not None:
-                    kw["sinks"] = sinks
-                return original(queries, keys, values, cache=None, scale=scale, mask=mask, **kw)
-            if kw:
-                raise ValueError(f"unsupported attention arguments {sorted(kw)}")
-            return cache.attend(queries, keys, values, scale, mask, sinks)
-        return original(queries, keys, values, cache=cache, scale=scale, mask=mask, **kw)
-
-    scaled_dot_product_attention._eager_original = original
-    return scaled_dot_product_attention
+def _padded(x: mx.array, size: int) -> mx.array:
+    """x grown along the position axis to `size` (zeros after its positions)."""
+    pad = mx.zeros(x.shape[:2] + (size - x.shape[2], x.shape[3]), x.dtype)
+    return mx.concatenate([x, pad], axis=2)
 
 
-def install_attention(model) -> None:
-    """Route the attention of `model`'s modules through LayerCache when one is passed.
-
-    Idempotent; calls without a LayerCache behave exactly as before.
-    """
-    for _, module in model.named_modules():
-        mod = sys.modules.get(type(module).__module__)
-        fn = getattr(mod, "scaled_dot_product_attention", None)
-        if fn is not None and not hasattr(fn, "_eager_original"):
-            setattr(mod, "scaled_dot_product_attention", _routed(fn))
+def active_store() -> Optional[SharedPrefixKV]:
+    """The store whose pass runs on this thread (None outside a pass)."""
+    return getattr(_ACTIVE, "store", None)

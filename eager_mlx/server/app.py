@@ -99,8 +99,9 @@ class EagerServer:
         def default_engine():
             from eager_mlx.engine.engine import Engine
 
+            # reserve: an eager request starts once its M rows are free, so no branch is lost to the load
             return Engine(model, tokenizer, max_rows=self.config.max_rows, seed=self.config.seed,
-                          context_length=self.context_length)
+                          context_length=self.context_length, prefix_cache=self.config.prefix_cache, reserve=True)
 
         self.worker = EngineWorker(make_engine or default_engine)
         self.worker.start()

@@ -23,6 +23,7 @@ class ServerConfig:
     page may). `api_key`: when set, every route but /health needs ``Authorization: Bearer KEY``.
     `timeout`: seconds a connection may sit idle on a read or write before it is closed.
     `max_connections`: open connections at once; past it a new one gets a 503 at once.
+    `prefix_cache`: keep prompt segments (system prompts, earlier chat turns) for later requests.
     """
 
     host: str = "127.0.0.1"
@@ -36,6 +37,7 @@ class ServerConfig:
     api_key: Optional[str] = field(default=None, repr=False)
     timeout: float = 30.0
     max_connections: int = 128
+    prefix_cache: bool = True
 
     def __post_init__(self) -> None:
         bad = next((o for o in self.cors_origins if not valid_origin(o)), None)

@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Protocol
 
 from eager_mlx.results import RunFinished
 
@@ -23,10 +23,8 @@ from .access import check_api_key, check_origin, cors_headers
 from .errors import APIError
 from .requests import content_length, parse_json, parse_request
 from .responses import ResponseShaper
-from .worker import Failure
-
-if TYPE_CHECKING:
-    from .app import EagerServer
+from .config import ServerConfig
+from .worker import EngineWorker, Failure
 
 __all__ = ["Handler", "POST_ROUTES", "allowed_methods", "CLIENT_GONE"]
 
@@ -50,6 +48,20 @@ class _Disconnected(Exception):
     pass
 
 
+class App(Protocol):
+    """What the handler uses of the server (app.EagerServer), which imports the handler (not the reverse)."""
+
+    config: ServerConfig
+    worker: EngineWorker
+    tokenizer: Any
+    preset: Any
+    context_length: Optional[int]
+    vocab_size: Optional[int]
+    fingerprint: str
+
+    def model_card(self) -> dict: ...
+
+
 class Handler(BaseHTTPRequestHandler):
     """One connection, one request (HTTP/1.0: the connection closes after the answer)."""
 
@@ -59,7 +71,7 @@ class Handler(BaseHTTPRequestHandler):
     _started = False  # a streamed answer's headers are out: errors go into the stream
 
     @property
-    def app(self) -> "EagerServer":
+    def app(self) -> App:
         return self.server.app  # type: ignore[attr-defined]
 
     def setup(self) -> None:

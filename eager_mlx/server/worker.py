@@ -6,12 +6,14 @@ HTTP handler threads talk to it with typed messages on its inbox (`Submit`, `Abo
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
+from eager_mlx.answers import with_answers
 from eager_mlx.config import EagerConfig
 from eager_mlx.results import Event, RunFinished
 from eager_mlx.threads import start_mlx_thread
@@ -58,7 +60,8 @@ Message = Union[Submit, Abort, Stop]
 class EngineWorker:
     """The one thread that owns and steps the engine; other threads talk to it through queues.
 
-    `stats` is a snapshot (rows, requests in flight, counters) that other threads may read.
+    `stats` is a snapshot (rows, requests in flight, counters, the prefix cache's counts when the engine
+    has one) that other threads may read.
     """
 
     def __init__(self, make_engine: Callable[[], Any]):
@@ -71,7 +74,7 @@ class EngineWorker:
         self._engine: Any = None
         self._outboxes: dict[str, queue.Queue] = {}
         self._counts = dict(peak_rows=0, completed=0, aborted=0, failed=0)
-        self.stats: dict[str, int] = {"rows": 0, "requests": 0, **self._counts}
+        self.stats: dict[str, Any] = {"rows": 0, "requests": 0, **self._counts}
 
     # ---- called from other threads ----------------------------------------------------------
     def start(self, timeout: float = 120.0) -> None:
@@ -116,7 +119,13 @@ class EngineWorker:
                 self._handle(msg)
             if self._engine.has_work:
                 self._step()
-            self.stats = {"rows": self._engine.num_rows, "requests": len(self._outboxes), **self._counts}
+            self.stats = self._snapshot()
+
+    def _snapshot(self) -> dict:
+        stats = {"rows": self._engine.num_rows, "requests": len(self._outboxes), **self._counts}
+        if hasattr(self._engine, "prefix_stats"):
+            stats["prefix_cache"] = dataclasses.asdict(self._engine.prefix_stats())
+        return stats
 
     def _take_messages(self) -> list[Message]:
         """Every message waiting; blocks for one when the engine is idle."""
@@ -154,6 +163,8 @@ class EngineWorker:
         for ev in events:
             out = self._outboxes.get(ev.request_id)
             if out is not None:
+                if isinstance(ev, RunFinished):  # answers and their vote are the server's, not the engine's
+                    ev = RunFinished(ev.request_id, with_answers(ev.result))
                 out.put(ev)
                 if isinstance(ev, RunFinished):
                     del self._outboxes[ev.request_id]

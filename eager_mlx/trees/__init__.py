@@ -1,2 +1,2 @@
-"""The branch tree of a run: recording it and rendering it as HTML pages."""
+"""The branch tree of a run as data, and rendering it as HTML (no evaluation imports: evaluation uses it)."""
 __all__: list[str] = []

@@ -1,24 +1,20 @@
-"""The branch tree of a run as data: what the pages draw, and its recording during an eval.
+"""The branch tree of a run as data: what the pages draw.
 
 `tree_from_result` keeps what a page needs of a RunResult as a JSON-able `Tree`;
 eval runs store one per run in RUN_DIR/trees.jsonl with `--save-trace`
-(`TraceRecorder`, an evaluation's `on_run` hook); `tree_from_record` rebuilds the
-trees of a results.jsonl record (without a saved trace a tree has no fork tokens
-or entropies, only its shape and answers).
+(eager_mlx/evaluation/traces.py); `tree_from_record` rebuilds the trees of a
+results.jsonl record (without a saved trace a tree has no fork tokens or
+entropies, only its shape and answers).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from eager_mlx.answers import majority_vote
-from eager_mlx.evaluation.rundir import TRACES, Journal, read_records
 from eager_mlx.results import RunResult
 
-__all__ = ["TRACES", "Tree", "TreeSequence", "tree_from_result", "tree_from_dict", "tree_from_record",
-           "TraceRecorder", "read_traces"]
-
+__all__ = ["Tree", "TreeSequence", "tree_from_result", "tree_from_dict", "tree_from_record"]
 
 
 @dataclass
@@ -110,20 +106,3 @@ def tree_from_record(record: dict, traces: Optional[dict[str, dict]] = None) -> 
                 for s in seqs], majority_vote([s.get("answer") for s in seqs]), label)
         trees.append(tree)
     return trees
-
-
-class TraceRecorder:
-    """Appends the Tree of each finished run to `path` (JSONL, fsynced): pass it as an evaluation's `on_run`."""
-
-    def __init__(self, path: Path, tokenizer: Any = None):
-        self.journal = Journal(Path(path))  # a run journal: a resume repairs it with the others (rundir.py)
-        self.tokenizer = tokenizer
-
-    def __call__(self, result: RunResult) -> None:
-        tree = tree_from_result(result, self.tokenizer, keep_text=False)
-        self.journal.append({"request_id": result.request_id, "tree": tree.to_dict()})
-
-
-def read_traces(run_dir: Path) -> dict[str, dict]:
-    """Request id -> saved Tree dict of one run directory (a torn last line is skipped)."""
-    return {e["request_id"]: e["tree"] for e in read_records(Path(run_dir) / TRACES)}

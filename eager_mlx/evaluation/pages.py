@@ -1,6 +1,6 @@
 """Branch-tree pages of an eval run: `write_tree_pages(RUN_DIR)` writes RUN_DIR/trees/p<index>.html for every
 prompt of the run (sharded runs merged) and RUN_DIR/trees/index.html linking them (`eager-mlx report --html`),
-from the records and the trees saved with `--save-trace` (eager_mlx/trees/tree.py).
+from the records and the trees saved with `--save-trace` (eager_mlx/evaluation/traces.py).
 """
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 
 from eager_mlx.answers import majority_vote
 from eager_mlx.evaluation.shards import load_merged, rank_dirs
+from eager_mlx.evaluation.traces import read_traces
 from eager_mlx.trees.html import page, render_html
-from eager_mlx.trees.tree import read_traces, tree_from_record
+from eager_mlx.trees.tree import tree_from_record
 
 __all__ = ["write_tree_pages"]
 
