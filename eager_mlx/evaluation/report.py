@@ -11,6 +11,11 @@ from eager_mlx.evaluation.scheduler import METHODS
 __all__ = ["run_summary", "format_table", "plot_runs", "find_baseline", "equal_cost_rows", "format_equal_cost"]
 
 _POLICY_METHODS = ("eager-adapt", "parallel-adapt")
+_UNBRANCHED = ("parallel", "parallel-adapt")  # theta plays no part
+
+
+def _theta(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:g}"
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
@@ -33,9 +38,9 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "run": Path(run_dir).name,
         "method": manifest["method"],
         "M": sched["max_sequences"],
-        "theta": sched["threshold"],
+        "theta": None if manifest["method"] in _UNBRANCHED else sched["threshold"],
         "policy": sched.get("policy", "hit-m") if manifest["method"] in _POLICY_METHODS else "-",
-        "rule": eager.get("branch_rule", "top2") if manifest["method"] not in ("parallel", "parallel-adapt") else "-",
+        "rule": "-" if manifest["method"] in _UNBRANCHED else eager.get("branch_rule", "top2"),
         "dataset": manifest["dataset"]["name"],
         "hash": manifest["dataset"]["hash"],
         "prompts": f"{m.num_prompts}/{manifest['dataset']['size']}",  # that ran / in the dataset
@@ -51,7 +56,7 @@ COLUMNS: Sequence[tuple[str, str, Callable[[Any], str]]] = (
     ("run", "run", str),
     ("method", "method", str),
     ("M", "M", str),
-    ("theta", "theta", lambda v: f"{v:g}"),
+    ("theta", "theta", _theta),
     ("policy", "policy", str),
     ("rule", "rule", str),
     ("prompts", "prompts", str),
@@ -116,7 +121,7 @@ def format_equal_cost(rows: Sequence[tuple[dict[str, Any], EqualCost]], baseline
     cells = [head]
     for r, e in rows:
         n = f"{e.n:.2f}" + (f" (>M: par at {e.max_n})" if e.beyond_parallel else "")
-        cells.append([r["run"], r["method"], r["policy"], r["rule"], f"{r['theta']:g}", str(e.problems),
+        cells.append([r["run"], r["method"], r["policy"], r["rule"], _theta(r["theta"]), str(e.problems),
                       f"{e.tokens_ratio:.0%}", n, f"{e.pass_at_k:.3f}", f"{e.parallel_pass:.3f}",
                       ci(e.pass_diff, e.pass_ci), f"{e.cons_at_k:.3f}", f"{e.parallel_cons:.3f}",
                       ci(e.cons_diff, e.cons_ci)])
