@@ -7,20 +7,22 @@ from typing import Any, Optional
 
 import click
 
-from .options import ENGINE, GENERATION, FiniteFloatRange, fail, output_file, pop_settings, setting_options
+from .options import (ENGINE, GENERATION, FiniteFloatRange, IntRange, fail, not_empty, output_file, pop_settings,
+                      setting_options)
 from .progress import load_model
 
 __all__ = ["calibrate"]
 
 
 @click.command()
-@click.option("--model", "-m", default=None, help="Preset name, mlx-lm folder, .gguf file or hub id.")
+@click.option("--model", "-m", default=None, callback=not_empty,
+              help="Preset name, mlx-lm folder, .gguf file or hub id.")
 @click.option("--data", "-d", required=True,
               help="gsm8k-train (not an eval set), gsm8k, math500, svamp, hf:NAME[:CONFIG], or a .jsonl/.json/.csv "
                    "file.")
-@click.option("--limit", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--limit", type=IntRange(min=1), default=8, show_default=True,
               help="Prompts to sample (the first ones).")
-@click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--samples", type=IntRange(min=1), default=4, show_default=True,
               help="Unbranched samples per prompt.")
 @click.option("--target-sequences", type=FiniteFloatRange(min=1), default=None,
               help="Mean sequences per prompt (#S) to aim at, simulated with the branch rule [default: M/4].")

@@ -10,8 +10,8 @@ import click
 from eager_mlx.evaluation.scheduler import METHODS
 
 from .interrupt import stop_on_signals
-from .options import (ADAPTIVE, ENGINE, GENERATION, fail, output_dir, pop_settings, setting_options, writable_dir,
-                      writable_file)
+from .options import (ADAPTIVE, ENGINE, GENERATION, IntRange, fail, not_empty, output_dir, pop_settings, setting_options,
+                      writable_dir, writable_file)
 from .progress import EvalBar, load_model
 
 __all__ = ["eval_cmd", "report"]
@@ -33,28 +33,35 @@ def _resume_hint(out: Optional[Path], run_dir: Optional[Path]) -> str:
     return f"what is written in {out} is kept; to continue, run the same command with --resume --out {out}"
 
 
+def _template(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[str]:
+    if value is not None and "{question}" not in value:
+        raise click.BadParameter("the prompt template must contain {question}")
+    return value
+
+
 @click.command("eval")
-@click.option("--model", "-m", default=None, help="Preset name, mlx-lm folder, .gguf file or hub id.")
-@click.option("--data", "-d", required=True, help=DATA_HELP)
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="First N problems only.")
+@click.option("--model", "-m", default=None, callback=not_empty,
+              help="Preset name, mlx-lm folder, .gguf file or hub id.")
+@click.option("--data", "-d", required=True, callback=not_empty, help=DATA_HELP)
+@click.option("--limit", type=IntRange(min=1), default=None, help="First N problems only.")
 @click.option("--method", type=click.Choice(METHODS), default="eager-adapt", show_default=True)
 @setting_options(*GENERATION, exclude=("parallel",), auto_threshold=True)
 @setting_options(*ENGINE)
 @click.option("--reserve-rows", is_flag=True,
               help="Reserve M rows per branching run instead of preempting younger runs when a branch finds the "
                    "batch full (both exact; reserving leaves most rows idle).")
-@click.option("--token-budget", type=click.IntRange(min=0), default=None,
+@click.option("--token-budget", type=IntRange(min=0), default=None,
               help="eager-adapt / eager: pool this many generated tokens instead of M x |D| sequences.")
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None, callback=output_dir,
+@click.option("--out", "out", default=None, callback=output_dir,
               help="Run directory (default: runs/...).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
 @click.option("--question-field", default=None, help="Question field of a data file.")
 @click.option("--answer-field", default=None, help="Answer field of a data file.")
-@click.option("--template", default=None, help="Prompt template containing {question}.")
+@click.option("--template", default=None, callback=_template, help="Prompt template containing {question}.")
 @click.option("--split", default="test", show_default=True, help="Split of an hf: dataset.")
 @click.option("--fallback", "fallbacks", multiple=True, type=click.Choice(["answer_is", "last_number"]),
               help="Answer extraction fallbacks when there is no \\boxed{} (default: answer_is).")
-@click.option("--k", "ks", multiple=True, type=click.IntRange(min=1),
+@click.option("--k", "ks", multiple=True, type=IntRange(min=1),
               help="Also report unbiased pass@k for this k (repeatable).")
 @click.option("--no-save-text", is_flag=True, help="Do not store completions in the records.")
 @click.option("--save-trace", is_flag=True,

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import click
 
-from .options import ADAPTIVE, ENGINE, GENERATION, fail, output_file, pop_settings, setting_options
+from .options import ADAPTIVE, ENGINE, GENERATION, fail, not_empty, output_file, pop_settings, setting_options
 from .progress import load_model
 
 __all__ = ["solve"]
@@ -18,7 +18,8 @@ __all__ = ["solve"]
 
 @click.command()
 @click.argument("question")
-@click.option("--model", "-m", default=None, help="Preset name, mlx-lm folder, .gguf file or hub id (default: the default preset).")
+@click.option("--model", "-m", default=None, callback=not_empty,
+              help="Preset name, mlx-lm folder, .gguf file or hub id (default: the default preset).")
 @setting_options(*GENERATION, auto_threshold=True)
 @setting_options(*ENGINE, exclude=("max_rows",))  # one prompt: the engine has M rows
 @click.option("--system", default=None, help="System message.")
