@@ -123,9 +123,14 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in {**cors_headers(self._origin(), self.app.config.cors_origins), **(headers or {})}.items():
             self.send_header(name, value)
         self.end_headers()
-        if self.command != "HEAD":  # a HEAD answer is the GET answer's status and headers only
+        if not self._head():  # a HEAD answer is the GET answer's status and headers only
             self.wfile.write(data)
         self.wfile.flush()
+
+    def _head(self) -> bool:
+        """A HEAD request, also one whose request line the base class refused before it set `command`."""
+        first = (getattr(self, "raw_requestline", b"") or b"").split(b" ", 1)[0]
+        return (self.command or first.decode("latin-1")) == "HEAD"
 
     def _send_error(self, error: APIError) -> None:
         self._send_json(error.status, error.body(), error.headers)
