@@ -75,6 +75,7 @@ def eval_cmd(model, data, limit, method, reserve_rows, token_budget, out, resume
     SIGINT / SIGTERM stop it and say how to continue it (--resume); exit code 130 / 143."""
     from eager_mlx.adaptive.options import AdaptiveOptions
     from eager_mlx.evaluation.evaluate import EvalError
+    from eager_mlx.evaluation.rundir import check_run_dir, run_lock
     from eager_mlx.evaluation.shards import barrier
 
     if resume and out is None:
@@ -85,26 +86,27 @@ def eval_cmd(model, data, limit, method, reserve_rows, token_budget, out, resume
         try:
             options = AdaptiveOptions.from_settings(pop_settings(settings, *ADAPTIVE))
             dataset, shard, where["out"], where["run_dir"] = _prepare(
-                data, out, resume, method, generation, engine, token_budget,
+                data, out, method, generation, engine, token_budget,
                 dict(question_field=question_field, answer_field=answer_field, template=template, limit=limit,
                      split=split))
-            loaded = load_model(model)
-            eval_settings, extra = _settings(loaded, dataset, generation, engine, options, method=method,
-                                             reserve_rows=reserve_rows, token_budget=token_budget, ks=ks,
-                                             fallbacks=fallbacks, save_text=not no_save_text, chat=not no_chat)
-            _evaluate(loaded, dataset, eval_settings, where["run_dir"], max_kv_memory=engine["max_kv_memory"],
-                      chat=not no_chat, save_trace=save_trace, extra_manifest=extra, resume=resume)
+            with run_lock(where["run_dir"]):  # a second eval of this directory is refused from here on
+                check_run_dir(where["run_dir"], resume)
+                loaded = load_model(model)
+                eval_settings, extra = _settings(loaded, dataset, generation, engine, options, method=method,
+                                                 reserve_rows=reserve_rows, token_budget=token_budget, ks=ks,
+                                                 fallbacks=fallbacks, save_text=not no_save_text, chat=not no_chat)
+                _evaluate(loaded, dataset, eval_settings, where["run_dir"], max_kv_memory=engine["max_kv_memory"],
+                          chat=not no_chat, save_trace=save_trace, extra_manifest=extra, resume=resume)
         except (EvalError, ValueError, OSError) as e:  # ModelError, DataError, SettingError; a full disk
             raise fail(e) from None
     _print_results(where["run_dir"], shard, barrier)
 
 
-def _prepare(data: str, out: Optional[Path], resume: bool, method: str, generation: dict, engine: dict,
+def _prepare(data: str, out: Optional[Path], method: str, generation: dict, engine: dict,
              token_budget: Optional[int], data_options: dict) -> tuple[Any, Any, Path, Path]:
-    """Everything checked before the model loads: the scheduler settings, the data, the run directory.
+    """What is checked before the run directory is locked and the model loads: the scheduler settings, the data.
     Returns (this rank's dataset, the shard, the --out folder, this rank's run directory)."""
     from eager_mlx.evaluation.data import load_dataset
-    from eager_mlx.evaluation.rundir import check_run_dir
     from eager_mlx.evaluation.scheduler import SchedulerConfig
     from eager_mlx.evaluation.shards import current_shard, shard_run
 
@@ -115,7 +117,6 @@ def _prepare(data: str, out: Optional[Path], resume: bool, method: str, generati
     if out is None and shard.size == 1:
         out = _default_out(data, method, generation["max_sequences"])
     run_dir, dataset = shard_run(out, dataset, shard)
-    check_run_dir(run_dir, resume)
     return dataset, shard, out, run_dir
 
 

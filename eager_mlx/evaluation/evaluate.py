@@ -57,7 +57,7 @@ from eager_mlx.adaptive.online import OnlineMonitor
 from eager_mlx.adaptive.options import AdaptiveOptions
 from eager_mlx.results import RunFinished, RunPreempted, RunResult
 from eager_mlx.evaluation.rundir import (JOURNAL, MANIFEST, RESULTS, EvalError, Journal, load_run, prepare_run_dir,
-                                         read_manifest, read_records, write_json_atomic)
+                                         read_manifest, read_records, run_lock, write_json_atomic)
 from eager_mlx.evaluation.scheduler import RunOutcome, RunRequest, Scheduler, SchedulerConfig, prompt_of_run
 
 __all__ = [
@@ -467,8 +467,10 @@ class Evaluation:
 
 def evaluate(engine: EngineLike, encode: Callable[[str], list[int]], dataset: Dataset, settings: EvalSettings,
              run_dir: Path, **kwargs: Any) -> EvalResult:
-    """Evaluate ``dataset`` with ``engine`` under ``settings`` (keyword arguments: see `Evaluation`)."""
-    return Evaluation(engine, encode, dataset, settings, run_dir, **kwargs).run()
+    """Evaluate ``dataset`` with ``engine`` under ``settings`` (keyword arguments: see `Evaluation`), holding the run
+    directory's lock (rundir.run_lock: a second evaluation of it is refused)."""
+    with run_lock(run_dir):
+        return Evaluation(engine, encode, dataset, settings, run_dir, **kwargs).run()
 
 
 def evaluate_model(loaded: Any, dataset: Dataset, settings: EvalSettings, run_dir: Path, *,
