@@ -136,3 +136,21 @@ def fake_eval(monkeypatch):
     loaded = FakeLoaded(lambda config, events: FakeEngine(adapt_script, max_rows=config.max_rows), encode)
     loaded.asked = patch_load(monkeypatch, loaded)
     return loaded
+
+
+def test_occupancy_counts_the_steps_of_a_session_killed_by_kill_9(tmp_path, monkeypatch, markov):  # noqa: F811
+    import dist_eval_entry
+
+    out = tmp_path / "run"
+    killed = subprocess.run([sys.executable, str(ENTRY), *markov, "--out", str(out)], cwd=tmp_path,
+                            env=dict(ENV, EAGER_TEST_KILL_AT_STEP="40"), stdin=subprocess.DEVNULL, capture_output=True)
+    assert killed.returncode == -9
+    saved = [e["occupancy"] for e in read_records(out / JOURNAL)]
+    assert saved and 0 < saved[-1]["steps"] < 40  # journaled with the killed session's last finished run
+    loaded = dist_eval_entry.loaded_model("markov")
+    patch_load(monkeypatch, loaded)
+    res = CliRunner().invoke(cli, ["eval", *markov, "--out", str(out), "--resume"])
+    assert res.exit_code == 0, res.output
+    occupancy = json.loads((out / MANIFEST).read_text())["occupancy"]
+    assert occupancy["steps"] == saved[-1]["steps"] + loaded.steps  # both sessions counted
+    assert loaded.steps > 0

@@ -124,6 +124,17 @@ class Occupancy:
         self.steps += 1
         self.rows += rows
 
+    def counts(self) -> dict:
+        """The counters, journaled with every finished run so a resume starts from them (a killed session's
+        steps up to its last finished run are kept)."""
+        return {"steps": self.steps, "rows": self.rows, "preempted_tokens": self.preempted_tokens}
+
+    @classmethod
+    def resumed(cls, saved: list) -> "Occupancy":
+        """The counters of earlier sessions: the furthest of `saved` (journal entries' and the manifest's)."""
+        counts = max((c for c in saved if isinstance(c, dict)), key=lambda c: c.get("steps", 0), default={})
+        return cls(**{k: counts.get(k, 0) for k in ("steps", "rows", "preempted_tokens")})
+
     def summary(self, max_rows: int) -> dict:
         mean = self.rows / self.steps if self.steps else 0.0
         return {"steps": self.steps, "rows": self.rows, "max_rows": max_rows, "mean_rows": mean,
@@ -278,7 +289,8 @@ class Evaluation:
                        "sequences": sum(r["metrics"]["num_sequences"] for r in ran),
                        "passed": sum(r["metrics"]["pass_at_k"] for r in ran)}
         self._offset = max([r["t_done"] for r in records] + [e["t"] for e in journal], default=0.0)
-        self.occupancy = Occupancy()
+        old = read_manifest(self.run_dir / MANIFEST).get("occupancy") if resume else None
+        self.occupancy = Occupancy.resumed([old] + [e.get("occupancy") for e in journal])
         self._t0 = time.perf_counter()
 
     def run(self) -> EvalResult:
@@ -398,7 +410,8 @@ class Evaluation:
         }
         st.sequences += seqs
         st.runs.append(run)
-        self._journal.append({"index": i, "t_start": st.started, "t": self._clock(), "run": run, "sequences": seqs})
+        self._journal.append({"index": i, "t_start": st.started, "t": self._clock(), "run": run, "sequences": seqs,
+                              "occupancy": self.occupancy.counts()})
         return RunOutcome(rid, req.prompt_index, len(seqs), result.generated_tokens, any_correct,
                           _voters(seqs, rid), run["consensus_abort"])
 
@@ -457,9 +470,6 @@ class Evaluation:
         if self.resume:
             old = read_manifest(mpath)
             manifest["created"] = old.get("created", manifest["created"])
-            if old.get("occupancy"):  # earlier sessions that reached the end of a run
-                for key in ("steps", "rows", "preempted_tokens"):
-                    setattr(self.occupancy, key, getattr(self.occupancy, key) + old["occupancy"].get(key, 0))
         manifest["occupancy"] = self.occupancy.summary(self.settings.scheduler.max_rows)
         write_json_atomic(mpath, manifest)
         return EvalResult(self.run_dir, metrics, ordered, resumed=self.resumed, skipped=manifest["skipped"])
