@@ -9,7 +9,11 @@ from __future__ import annotations
 import json
 from typing import Any, Union
 
-__all__ = ["loads"]
+__all__ = ["loads", "TooDeep"]
+
+
+class TooDeep(ValueError):
+    """Arrays and objects nested past what the parser can follow."""
 
 
 def _no_constant(name: str) -> Any:
@@ -37,4 +41,4 @@ def loads(text: Union[str, bytes]) -> Any:
     try:
         return json.loads(text, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_unique)
     except RecursionError:
-        raise ValueError("nested too deeply (arrays and objects inside each other)") from None
+        raise TooDeep("nested too deeply (arrays and objects inside each other)") from None

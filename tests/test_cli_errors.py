@@ -111,6 +111,39 @@ def test_solve(tmp_path, monkeypatch, tiny, args, code, message):
         assert not asked  # refused before the model loads
 
 
+@pytest.mark.parametrize("args,stdin,message", [
+    (["solve", "-"], b"\xff\xfe\x00\x01binary", "stdin is not UTF-8 text (byte 0xff at offset 0)"),
+    (["solve", "-"], b"What is 2+2?\xc3", "stdin is not UTF-8 text (byte 0xc3 at offset 12)"),
+    (["solve", "a\udcffb"], b"", "the question is not UTF-8 text (character 1)"),  # argv bytes that were not UTF-8
+    (["solve", "q", "--system", "s\ud800"], b"", "the system message holds a lone surrogate '\\ud800' at character 1"),
+])
+def test_solve_refuses_what_is_not_text(monkeypatch, tiny, args, stdin, message):
+    asked = patch_load(monkeypatch, tiny)
+    check(CliRunner().invoke(cli, args, input=stdin), 2 if "--system" not in args else 1, message)
+    assert not asked or "--system" in args  # the system message is checked where the prompt is encoded
+
+
+def test_solve_speed_line_keeps_the_prompt_apart():
+    """8 tokens over 11.1 s, 10.7 of them the prompt's (prefill and first-step compilation): the decode rate is
+    the 7 tokens after the first over 0.4 s, not 0.7 tokens/s over the whole time."""
+    from eager_mlx.cli.solve import _speed
+
+    assert _speed(41, 8, 10.7, 11.1) == ("prompt 41 tokens in 10.70 s (3.8 tokens/s, first token included); "
+                                         "decode 17.5 tokens/s (7 tokens in 0.40 s)")
+    assert _speed(41, 1, 0.5, 0.5).endswith("decode -")
+
+
+def test_solve_prints_the_speed_line(monkeypatch, tiny):
+    patch_load(monkeypatch, tiny)
+    res = CliRunner().invoke(cli, ["solve", "What is 2+2?", "--max-tokens", "6", "-t", "100", "--view", "quiet"])
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("speed:"))
+    assert "prompt 12 tokens in " in line and "decode " in line
+    res = CliRunner().invoke(cli, ["solve", "What is 2+2?", "--max-tokens", "6", "-t", "100", "--json"])
+    out = json.loads(res.output)
+    assert 0 < out["prompt_s"] <= out["elapsed_s"] and "tokens_per_s" not in out
+
+
 def test_solve_reads_the_question_from_stdin(monkeypatch, tiny):
     patch_load(monkeypatch, tiny)
     res = CliRunner().invoke(cli, ["solve", "-", "--json", "--max-tokens", "4", "--threshold", "100"],

@@ -81,6 +81,8 @@ def parse_json(raw: bytes) -> Any:
     deep; else a 400 APIError."""
     try:
         value = strict_json.loads(raw)
+    except strict_json.TooDeep:
+        raise APIError(400, f"the request body nests deeper than {MAX_DEPTH} levels", code="invalid_json") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, NaN, a duplicate key, too deep, a huge integer
         raise APIError(400, f"invalid JSON in the request body: {e}", code="invalid_json") from None
     if _depth(value) > MAX_DEPTH:
