@@ -26,9 +26,7 @@ def _default_out(data: str, method: str, m: int) -> Path:
 
 def _resume_hint(out: Optional[Path], run_dir: Optional[Path]) -> str:
     """What to do after an interrupt: resume when the evaluation had begun (its manifest is written)."""
-    from eager_mlx.evaluation.evaluate import MANIFEST
-
-    if out is None or run_dir is None or not (run_dir / MANIFEST).exists():
+    if out is None or run_dir is None or not (run_dir / "manifest.json").exists():  # rundir.MANIFEST
         return "stopped before the evaluation began, nothing was written"
     return f"what is written in {out} is kept; to continue, run the same command with --resume --out {out}"
 
@@ -73,16 +71,16 @@ def eval_cmd(model, data, limit, method, reserve_rows, token_budget, out, resume
     """Evaluate a method on a dataset; one JSONL record per problem in the run directory.
 
     SIGINT / SIGTERM stop it and say how to continue it (--resume); exit code 130 / 143."""
-    from eager_mlx.adaptive.options import AdaptiveOptions
-    from eager_mlx.evaluation.evaluate import EvalError
-    from eager_mlx.evaluation.rundir import check_run_dir, run_lock
-    from eager_mlx.evaluation.shards import barrier
-
     if resume and out is None:
         raise click.UsageError("--resume needs --out RUN_DIR")
     generation, engine = pop_settings(settings, *GENERATION), pop_settings(settings, *ENGINE)
     where: dict[str, Any] = {"out": out, "run_dir": None}  # for the interrupt message
     with stop_on_signals(lambda: _resume_hint(where["out"], where["run_dir"])):
+        from eager_mlx.adaptive.options import AdaptiveOptions  # inside: a Ctrl-C while they load is handled too
+        from eager_mlx.evaluation.evaluate import EvalError
+        from eager_mlx.evaluation.rundir import check_run_dir, run_lock
+        from eager_mlx.evaluation.shards import barrier
+
         try:
             options = AdaptiveOptions.from_settings(pop_settings(settings, *ADAPTIVE))
             dataset, shard, where["out"], where["run_dir"] = _prepare(

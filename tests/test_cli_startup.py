@@ -1,0 +1,36 @@
+"""A Ctrl-C while the command line starts (Python importing mlx and the engine) ends in one line and exit code
+130, never a traceback from inside an import."""
+import subprocess
+import sys
+
+import pytest
+
+from eager_mlx.cli.entry import main  # noqa: F401 (the console script's entry point exists)
+
+# The child sends itself a SIGINT (as a Ctrl-C) `delay` seconds after main() is called: while it imports mlx.
+CHILD = ("import os, signal, sys, threading; from eager_mlx.cli.entry import main; "
+         "threading.Timer(float(sys.argv.pop(1)), os.kill, (os.getpid(), signal.SIGINT)).start(); main()")
+
+
+@pytest.mark.parametrize("delay", [0.02, 0.1, 0.3])
+def test_ctrl_c_while_starting(tmp_path, delay):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "q", "answer": "1"}\n')
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(delay), "eval", "--data", str(data), "--model",
+                           str(tmp_path / "no"), "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=120)
+    err = proc.stderr
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    if delay < 0.1 or proc.returncode != 1:  # (1: it had already finished, refusing the missing model)
+        assert proc.returncode == 130, err
+        assert err.strip().splitlines()[-1].startswith("interrupted (SIGINT)"), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_console_script_is_the_guarded_entry():
+    import tomllib
+
+    from test_packaging import ROOT
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["eager-mlx"] == "eager_mlx.cli.entry:main"
