@@ -1,5 +1,8 @@
 """Advisory file locks (flock): one process at a time on a run directory or on a cache entry.
 
+A cache entry (a fetched package, a converted model) is written by one process at a time (`cache_entry`), in
+temporary folders renamed into place; what a holder killed mid-way left behind is removed by the next one.
+
 The kernel drops a lock when its process dies (kill -9 included), so a lock never outlives a crash. The
 lock file holds its holder ("pid N on HOST since TIME") for the refusal message, and is removed on release.
 A process may take a lock it already holds again (the inner hold is a no-op), so a command can lock a run
@@ -8,7 +11,9 @@ directory before the model loads and the library lock it again when the run star
 from __future__ import annotations
 
 import fcntl
+import glob
 import os
+import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -16,7 +21,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-__all__ = ["LockHeld", "hold"]
+__all__ = ["LockHeld", "hold", "cache_entry"]
 
 _HELD: dict[str, int] = {}  # lock file -> times this process holds it
 _GUARD = threading.Lock()
@@ -75,3 +80,15 @@ def hold(path: Path, wait: bool = False) -> Iterator[None]:
                 except FileNotFoundError:
                     pass
                 os.close(fd)
+
+
+@contextmanager
+def cache_entry(folder: Path, name: str) -> Iterator[str]:
+    """Hold the cache entry `name` of `folder` (waiting while another process fetches or converts it) and remove
+    the temporary folders a killed holder left (``.NAME.tmp-*``); yields the prefix for this holder's own."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with hold(folder / f".{name}.lock", wait=True):
+        for leftover in glob.glob(os.path.join(glob.escape(str(folder)), f".{glob.escape(name)}.tmp-*")):
+            shutil.rmtree(leftover, ignore_errors=True)  # nobody else may hold it: whoever wrote it is gone
+        yield f".{name}.tmp-"
