@@ -34,3 +34,36 @@ def test_the_console_script_is_the_guarded_entry():
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["eager-mlx"] == "eager_mlx.cli.entry:main"
+
+
+def test_two_mlx_backends_get_a_warning(monkeypatch, capsys):
+    from eager_mlx.cli import entry
+
+    assert entry.backend_warning(["mlx-cpu"]) is None and entry.backend_warning([]) is None
+    monkeypatch.setattr(entry, "_installed_backends", lambda: ["mlx-cpu", "mlx-cuda-12"])
+    monkeypatch.setattr(sys, "argv", ["eager-mlx", "--version"])
+    with pytest.raises(SystemExit) as e:
+        entry.main()
+    assert e.value.code == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: mlx-cpu and mlx-cuda-12 are installed together; they ship the same libmlx.so")
+
+
+def test_an_mlx_without_backend_is_one_line(monkeypatch, capsys):
+    import builtins
+
+    from eager_mlx.cli import entry
+
+    real = builtins.__import__
+
+    def no_libmlx(name, *args, **kwargs):
+        if name == "main" or name.endswith("cli.main"):
+            raise ImportError("libmlx.so: cannot open shared object file: No such file or directory (mlx)")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_libmlx)
+    monkeypatch.delitem(sys.modules, "eager_mlx.cli.main", raising=False)
+    with pytest.raises(SystemExit) as e:
+        entry.main()
+    assert e.value.code == 1
+    assert capsys.readouterr().err.startswith("Error: MLX cannot load (libmlx.so: cannot open shared object file")
