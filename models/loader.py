@@ -67,6 +67,13 @@ class LoadedModel:
                       context_length=self.context_length, token_events=token_events,
                       max_kv_memory=config.max_kv_memory, preempt=preempt)
 
+    def check_memory(self, rows: int, max_tokens: int) -> None:
+        """SettingError when `rows` rows run to `max_tokens` would need more KV cache than this machine has
+        (models/memory.py), checked before anything is generated."""
+        from .memory import check_kv_fits
+
+        check_kv_fits(self.model, rows, max_tokens, context_length=self.context_length, on_cpu=on_cpu())
+
     def encode(self, prompt: Any, *, chat: bool = True, system: str | None = None,
                template_args: dict | None = None) -> list[int]:
         """Token ids of text, chat messages or token ids (eager_mlx.prompts.encode_prompt), with the preset's

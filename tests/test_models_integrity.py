@@ -138,3 +138,43 @@ def test_a_fetch_killed_midway_is_cleaned_up(tmp_path, monkeypatch):
     monkeypatch.setattr(packages, "_download_wheel", _fake_download(calls))
     assert packages.fetch_package("demo", "1.0", cache_dir=cache, sha256=PINS) == cache / "demo-1.0"
     assert sorted(p.name for p in cache.iterdir()) == [".demo-10.0.tmp-xyz", "demo-1.0"]
+
+
+# ---- what the machine can hold ------------------------------------------------------------------
+def test_kv_fits_the_machine():
+    from eager_mlx.models.memory import check_kv_fits, kv_bytes_per_token
+    from eager_mlx.settings import SettingError
+    from fakes import tiny_model
+
+    model = tiny_model()  # 2 layers, 2 KV heads of 16: 2 * 2 * 2 * 16 * 4 bytes a token
+    assert kv_bytes_per_token(model) == 512 and kv_bytes_per_token(model, on_cpu=False) == 256
+    check_kv_fits(model, 8, 1024, memory=8 * 1024 * 512)
+    with pytest.raises(SettingError, match=r"^1024 rows of up to 4096 tokens need up to 2\.0 GiB of KV cache for this "
+                                           r"model, more than this machine's 1\.0 GiB of memory: lower"):
+        check_kv_fits(model, 1024, 2**20, context_length=4096, memory=2**30)  # the context caps a row
+    check_kv_fits(object(), 10**6, 10**9, memory=1)  # a shape it cannot read: no claim either way
+
+
+def test_solve_and_the_server_refuse_what_the_machine_cannot_hold(monkeypatch):
+    import json as _json
+    import socket
+
+    from eager_mlx.models import LoadedModel
+    from eager_mlx.models import memory
+    from fakes import ByteTokenizer, patch_load, tiny_model
+    from test_server_hardening import CHAT, HI, read_response, req, start
+
+    monkeypatch.setattr(memory, "machine_memory", lambda: 2**30)
+    patch_load(monkeypatch, LoadedModel(tiny_model(), ByteTokenizer(), None, Path("."), "tiny"))
+    res = CliRunner().invoke(cli, ["solve", "q", "-M", "1024", "--max-tokens", "4096"])
+    assert res.exit_code == 2 and res.output.strip().splitlines()[-1].startswith("Error: 1024 rows of up to 4096 tokens")
+    assert CliRunner().invoke(cli, ["solve", "q", "-M", "2", "--max-tokens", "4"]).exit_code == 0
+    monkeypatch.setattr(memory, "machine_memory", lambda: 2**26)  # 64 MiB: 64 rows of 4096 tokens need 128
+    srv = start(max_rows=64)
+    try:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+            s.sendall(req("POST", CHAT, {"messages": HI, "n": 64, "max_tokens": 100_000}))
+            status, _, body = read_response(s)
+        assert status == 400 and "64 rows of up to 4096 tokens need up to" in _json.loads(body)["error"]["message"]
+    finally:
+        srv.shutdown()

@@ -491,6 +491,7 @@ def evaluate_model(loaded: Any, dataset: Dataset, settings: EvalSettings, run_di
     `eager-mlx report --html`). Other keyword arguments go to `Evaluation`."""
     from eager_mlx.trees.tree import TRACES, TraceRecorder
 
+    loaded.check_memory(settings.scheduler.max_rows, settings.eager.max_tokens)  # (models/memory.py)
     online = settings.consensus_abort or settings.confidence.prune_percentile is not None
     engine = EngineConfig(max_rows=settings.scheduler.max_rows, seed=settings.seed, max_kv_memory=max_kv_memory)
     runner = loaded.engine(engine, token_events=online, preempt=not settings.scheduler.reserve_rows)

@@ -152,6 +152,7 @@ class EagerServer:
         self.context_length = context_length or (preset.context_length if preset is not None else None) \
             or getattr(args, "max_position_embeddings", None)
         self.vocab_size: Optional[int] = getattr(args, "vocab_size", None)
+        self.model = model
         self.host_names = host_names(self.config.host, self.config.allowed_hosts)  # None: any Host
         self.fingerprint = "eager-mlx-" + uuid.uuid4().hex[:8]
         self.created = int(time.time())
@@ -179,6 +180,17 @@ class EagerServer:
     def url(self) -> str:
         host = self.config.host
         return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    def check_memory(self, rows: int, max_tokens: int) -> None:
+        """400 when a request's rows, run to its max_tokens, would need more KV cache than the machine has."""
+        from eager_mlx.models.loader import on_cpu
+        from eager_mlx.models.memory import check_kv_fits
+        from eager_mlx.settings import SettingError
+
+        try:
+            check_kv_fits(self.model, rows, max_tokens, context_length=self.context_length, on_cpu=on_cpu())
+        except SettingError as e:
+            raise APIError(400, str(e), param="max_tokens", code="invalid_value") from None
 
     def model_card(self) -> dict:
         return {"id": self.config.model_id, "object": "model", "created": self.created, "owned_by": "eager-mlx"}

@@ -240,6 +240,7 @@ class Handler(BaseHTTPRequestHandler):
         app = self.app
         req = parse_request(self._read_body(), POST_ROUTES[path], app.tokenizer, app.config, app.preset,
                             app.context_length, app.vocab_size)
+        app.check_memory(req.config.max_sequences, req.config.max_tokens)
         rid = ("chatcmpl-" if req.kind == "chat" else "cmpl-") + uuid.uuid4().hex
         out = app.worker.submit(rid, req.tokens, req.config, req.seed)
         shaper = ResponseShaper(rid, req, app.fingerprint, int(time.time()))
