@@ -77,9 +77,11 @@ class LoadedModel:
     def encode(self, prompt: Any, *, chat: bool = True, system: str | None = None,
                template_args: dict | None = None) -> list[int]:
         """Token ids of text, chat messages or token ids (eager_mlx.prompts.encode_prompt), with the preset's
-        chat-template arguments (`template_args` added on top). Raises PromptError."""
+        chat-template arguments (`template_args` added on top); a preset with `chat = false` (a base model)
+        encodes text plainly. Raises PromptError."""
         from eager_mlx.prompts import encode_prompt
 
+        chat = chat and (self.preset is None or self.preset.chat)
         args = dict(self.preset.chat_template_kwargs if self.preset is not None else {}, **(template_args or {}))
         return encode_prompt(self.tokenizer, prompt, chat=chat, chat_template_kwargs=args, system=system)
 
