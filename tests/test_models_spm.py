@@ -16,24 +16,27 @@ def sentencepiece_reference(tokens: list[str], scores: list[float], types: list[
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2 as pb
 
+    unk = types.index(2) if 2 in types else tokens.index("<unk>")  # (Gemma's GGUF marks <unk> as control)
     proto = pb.ModelProto()
-    for piece, score, kind in zip(tokens, scores, types):
+    for i, (piece, score, kind) in enumerate(zip(tokens, scores, types)):
         p = proto.pieces.add()
-        p.piece, p.score, p.type = piece, score, kind
+        p.piece, p.score, p.type = piece, score, 2 if i == unk else kind
     proto.trainer_spec.model_type = pb.TrainerSpec.BPE
     proto.trainer_spec.byte_fallback = True
-    proto.trainer_spec.unk_id = types.index(2)
+    proto.trainer_spec.unk_id = unk
     spec = proto.normalizer_spec
     spec.name, spec.add_dummy_prefix, spec.escape_whitespaces, spec.remove_extra_whitespaces = \
         "identity", add_space_prefix, True, False
     sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
-    special = sorted((t for t, k in zip(tokens, types) if k in (3, 4)), key=len, reverse=True)
+    special: dict[str, list[str]] = {}  # by first character, longest first
+    for t in sorted((t for t, k in zip(tokens, types) if k in (3, 4) and t), key=len, reverse=True):
+        special.setdefault(t[0], []).append(t)
     ids = {t: i for i, t in enumerate(tokens)}
 
     def encode(text: str) -> list[int]:
         out, i, start = [], 0, 0
         while i < len(text):
-            hit = next((s for s in special if text.startswith(s, i)), None)
+            hit = next((s for s in special.get(text[i], ()) if text.startswith(s, i)), None)
             if hit is None:
                 i += 1
                 continue
