@@ -93,7 +93,7 @@ def test_forked_log_probs_equal_a_plain_forward_pass_past_the_window(gemma):
         logprobs = np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
         want = logprobs[np.arange(12), s.token_ids]
         worst = max(worst, float(np.abs(np.array(s.logprobs) - want).max()))
-    assert worst < 2e-3, worst
+    assert worst < 1e-4, worst  # measured 2.3e-5 (fp32 on the CPU)
 
 
 def _run(engine):
