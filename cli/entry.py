@@ -36,6 +36,20 @@ def _installed_backends() -> list[str]:
     return found
 
 
+def _caused_by_interrupt(error: BaseException) -> bool:
+    seen = error.__cause__ or error.__context__
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _interrupted() -> None:
+    sys.stderr.write("interrupted (SIGINT) while starting: nothing was done\n")
+    sys.exit(130)
+
+
 def main() -> None:
     """Run the eager-mlx command line (the console script's entry point)."""
     try:
@@ -44,10 +58,11 @@ def main() -> None:
             sys.stderr.write(warning + "\n")
         from .main import cli
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted (SIGINT) while starting: nothing was done\n")
-        sys.exit(130)
+        _interrupted()
     except ImportError as e:
-        if "mlx" not in str(e):
+        if _caused_by_interrupt(e):  # mlx turns a Ctrl-C during its own initialisation into an ImportError
+            _interrupted()
+        if "mlx" not in str(e) and not (e.name or "").startswith("mlx"):
             raise
         sys.stderr.write(f"Error: MLX cannot load ({str(e).splitlines()[0]}); on Linux it needs one backend: "
                          "scripts/setup, or pip install 'eager-mlx[cpu]' (or [cuda])\n")

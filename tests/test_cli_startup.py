@@ -67,3 +67,26 @@ def test_an_mlx_without_backend_is_one_line(monkeypatch, capsys):
         entry.main()
     assert e.value.code == 1
     assert capsys.readouterr().err.startswith("Error: MLX cannot load (libmlx.so: cannot open shared object file")
+
+
+def test_a_ctrl_c_that_mlx_turns_into_an_import_error_is_an_interrupt(monkeypatch, capsys):
+    import builtins
+
+    from eager_mlx.cli import entry
+
+    real = builtins.__import__
+
+    def interrupted_init(name, *args, **kwargs):
+        if name == "main" or name.endswith("cli.main"):
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as e:  # what mlx's extension does with a Ctrl-C during its initialisation
+                raise ImportError("Encountered an error while initializing the extension.") from e
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted_init)
+    monkeypatch.delitem(sys.modules, "eager_mlx.cli.main", raising=False)
+    with pytest.raises(SystemExit) as e:
+        entry.main()
+    assert e.value.code == 130
+    assert capsys.readouterr().err == "interrupted (SIGINT) while starting: nothing was done\n"
