@@ -49,44 +49,39 @@ def test_two_mlx_backends_get_a_warning(monkeypatch, capsys):
     assert err.startswith("warning: mlx-cpu and mlx-cuda-12 are installed together; they ship the same libmlx.so")
 
 
-def test_an_mlx_without_backend_is_one_line(monkeypatch, capsys):
+def _main_when_loading_the_commands_raises(monkeypatch, make_error) -> int:
+    """Run entry.main() with the import of the commands (cli/main.py) raising `make_error()`; its exit code."""
     import builtins
 
     from eager_mlx.cli import entry
 
     real = builtins.__import__
 
-    def no_libmlx(name, *args, **kwargs):
+    def failing(name, *args, **kwargs):
         if name == "main" or name.endswith("cli.main"):
-            raise ImportError("libmlx.so: cannot open shared object file: No such file or directory (mlx)")
+            raise make_error()
         return real(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_libmlx)
+    monkeypatch.setattr(builtins, "__import__", failing)
     monkeypatch.delitem(sys.modules, "eager_mlx.cli.main", raising=False)
     with pytest.raises(SystemExit) as e:
         entry.main()
-    assert e.value.code == 1
+    return e.value.code
+
+
+def test_an_mlx_without_backend_is_one_line(monkeypatch, capsys):
+    def error() -> ImportError:
+        return ImportError("libmlx.so: cannot open shared object file: No such file or directory (mlx)")
+
+    assert _main_when_loading_the_commands_raises(monkeypatch, error) == 1
     assert capsys.readouterr().err.startswith("Error: MLX cannot load (libmlx.so: cannot open shared object file")
 
 
 def test_a_ctrl_c_that_mlx_turns_into_an_import_error_is_an_interrupt(monkeypatch, capsys):
-    import builtins
+    def error() -> ImportError:  # what mlx's extension makes of a Ctrl-C during its initialisation
+        chained = ImportError("Encountered an error while initializing the extension.")
+        chained.__cause__ = KeyboardInterrupt()
+        return chained
 
-    from eager_mlx.cli import entry
-
-    real = builtins.__import__
-
-    def interrupted_init(name, *args, **kwargs):
-        if name == "main" or name.endswith("cli.main"):
-            try:
-                raise KeyboardInterrupt
-            except KeyboardInterrupt as e:  # what mlx's extension does with a Ctrl-C during its initialisation
-                raise ImportError("Encountered an error while initializing the extension.") from e
-        return real(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", interrupted_init)
-    monkeypatch.delitem(sys.modules, "eager_mlx.cli.main", raising=False)
-    with pytest.raises(SystemExit) as e:
-        entry.main()
-    assert e.value.code == 130
+    assert _main_when_loading_the_commands_raises(monkeypatch, error) == 130
     assert capsys.readouterr().err == "interrupted (SIGINT) while starting: nothing was done\n"
