@@ -8,21 +8,22 @@ from typing import Any, Optional
 
 import click
 
-from .options import (ENGINE, GENERATION, FiniteFloatRange, fail, output_dir, output_file, pop_settings,
-                      setting_options, writable_dir)
+from .options import (ENGINE, GENERATION, FiniteFloatRange, IntRange, fail, not_empty, output_dir, output_file,
+                      pop_settings, setting_options, writable_dir)
 from .progress import load_model
 
 __all__ = ["calibrate"]
 
 
 @click.command()
-@click.option("--model", "-m", default=None, help="Preset name, mlx-lm folder, .gguf file or hub id.")
-@click.option("--data", "-d", default="gsm8k-train", show_default=True,
+@click.option("--model", "-m", default=None, callback=not_empty,
+              help="Preset name, mlx-lm folder, .gguf file or hub id.")
+@click.option("--data", "-d", default="gsm8k-train", show_default=True, callback=not_empty,
               help="gsm8k-train (not an eval set), gsm8k, math500, svamp, hf:NAME[:CONFIG], or a .jsonl/.json/.csv "
                    "file.")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
+@click.option("--limit", type=IntRange(min=1), default=None,
               help="Prompts to use (the first ones) [default: 8; 50 with the frontier objective].")
-@click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--samples", type=IntRange(min=1), default=4, show_default=True,
               help="Unbranched samples per prompt.")
 @click.option("--target-sequences", type=FiniteFloatRange(min=1), default=None,
               help="Mean sequences per prompt (#S) to aim at, simulated with the branch rule [default: M/4].")
@@ -41,14 +42,14 @@ __all__ = ["calibrate"]
 @click.option("--objective", type=click.Choice(["sequences", "frontier"]), default="sequences", show_default=True,
               help="sequences: theta for a target mean #S; frontier: eval's configuration (policy, theta, branch "
                    "rule) that does best against parallel sampling at equal tokens on this (dev) data.")
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None, callback=output_dir,
+@click.option("--out", "out", default=None, callback=output_dir,
               help="frontier: folder of the grid's eval runs (resumable) [default: runs/frontier-MODEL-DATA].")
 @click.option("--thresholds", default=None,
               help="frontier: comma-separated thetas [default: the preset's theta x 0.9, 1, 1.1].")
 @click.option("--branch-rules", default="top2,keep", show_default=True, help="frontier: comma-separated rules.")
 @click.option("--policies", default="hit-m,rank,disagree,sequential", show_default=True,
               help="frontier: eager-adapt policies (parallel-adapt is tried with sequential and disagree).")
-@click.option("--store", "store", type=click.Path(path_type=Path), default=None,
+@click.option("--store", "store", default=None,
               help="frontier: run store [default: runs/ in the cache dir].")
 def calibrate(model: Optional[str], data: str, limit: int, samples: int, target_sequences: Optional[float],
               question_field, template, no_chat: bool, write_preset: bool, save_traces: Optional[Path],
@@ -142,7 +143,7 @@ def _frontier(model, data, limit, question_field, template, no_chat, write_prese
     engine = {"max_rows": settings.pop("max_rows"), "seed": settings.pop("seed")}
     generation = pop_settings(settings, *GENERATION)
     out = writable_dir(out or Path("runs") / f"frontier-{model or 'default'}-{Path(data).stem}", "'--out'")
-    store_dir = writable_dir(store or default_store_dir(), "'--store'")
+    store_dir = writable_dir(store if store is not None else default_store_dir(), "'--store'")
     try:
         dataset = load_dataset(data, question_field=question_field, template=template, limit=limit)
         loaded = load_model(model)

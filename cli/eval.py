@@ -10,8 +10,8 @@ import click
 from eager_mlx.evaluation.scheduler import METHODS, POLICIES
 
 from .interrupt import stop_on_signals
-from .options import (ADAPTIVE, ENGINE, GENERATION, fail, output_dir, pop_settings, setting_options, writable_dir,
-                      writable_file)
+from .options import (ADAPTIVE, ENGINE, GENERATION, IntRange, fail, not_empty, output_dir, pop_settings, setting_options,
+                      writable_dir, writable_file)
 from .progress import EvalBar, load_model
 
 __all__ = ["eval_cmd", "report"]
@@ -26,17 +26,22 @@ def _default_out(data: str, method: str, m: int) -> Path:
 
 def _resume_hint(out: Optional[Path], run_dir: Optional[Path]) -> str:
     """What to do after an interrupt: resume when the evaluation had begun (its manifest is written)."""
-    from eager_mlx.evaluation.evaluate import MANIFEST
-
-    if out is None or run_dir is None or not (run_dir / MANIFEST).exists():
+    if out is None or run_dir is None or not (run_dir / "manifest.json").exists():  # rundir.MANIFEST
         return "stopped before the evaluation began, nothing was written"
     return f"what is written in {out} is kept; to continue, run the same command with --resume --out {out}"
 
 
+def _template(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[str]:
+    if value is not None and "{question}" not in value:
+        raise click.BadParameter("the prompt template must contain {question}")
+    return value
+
+
 @click.command("eval")
-@click.option("--model", "-m", default=None, help="Preset name, mlx-lm folder, .gguf file or hub id.")
-@click.option("--data", "-d", required=True, help=DATA_HELP)
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="First N problems only.")
+@click.option("--model", "-m", default=None, callback=not_empty,
+              help="Preset name, mlx-lm folder, .gguf file or hub id.")
+@click.option("--data", "-d", required=True, callback=not_empty, help=DATA_HELP)
+@click.option("--limit", type=IntRange(min=1), default=None, help="First N problems only.")
 @click.option("--method", type=click.Choice(METHODS), default=None,
               help="[default: the preset's eval configuration, else eager-adapt]")
 @click.option("--policy", type=click.Choice(POLICIES), default=None,
@@ -50,25 +55,25 @@ def _resume_hint(out: Optional[Path], run_dir: Optional[Path]) -> str:
 @click.option("--reserve-rows", is_flag=True,
               help="Reserve M rows per branching run instead of preempting younger runs when a branch finds the "
                    "batch full (both exact; reserving leaves most rows idle).")
-@click.option("--token-budget", type=click.IntRange(min=0), default=None,
+@click.option("--token-budget", type=IntRange(min=0), default=None,
               help="eager-adapt / eager: pool this many generated tokens instead of M x |D| sequences.")
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None, callback=output_dir,
+@click.option("--out", "out", default=None, callback=output_dir,
               help="Run directory (default: runs/...).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
-@click.option("--store", "store", type=click.Path(path_type=Path), default=None,
+@click.option("--store", "store", default=None,
               help="Run store: finished runs are kept here and read back instead of generated again "
                    "[default: runs/ in the cache dir].")
 @click.option("--no-store", is_flag=True, help="Neither read nor keep runs in the run store.")
 @click.option("--question-field", default=None, help="Question field of a data file.")
 @click.option("--answer-field", default=None, help="Answer field of a data file.")
-@click.option("--template", default=None, help="Prompt template containing {question}.")
+@click.option("--template", default=None, callback=_template, help="Prompt template containing {question}.")
 @click.option("--split", default="test", show_default=True, help="Split of an hf: dataset.")
-@click.option("--fewshot", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--fewshot", type=IntRange(min=0), default=0, show_default=True,
               help="Exemplars before every question, as chat turns: the first N of the train split (gsm8k).")
 @click.option("--system", default=None, help="A system prompt before every question.")
 @click.option("--fallback", "fallbacks", multiple=True, type=click.Choice(["answer_is", "last_number"]),
               help="Answer extraction fallbacks when there is no \\boxed{} (default: answer_is).")
-@click.option("--k", "ks", multiple=True, type=click.IntRange(min=1),
+@click.option("--k", "ks", multiple=True, type=IntRange(min=1),
               help="Also report unbiased pass@k for this k (repeatable).")
 @click.option("--no-save-text", is_flag=True, help="Do not store completions in the records.")
 @click.option("--save-trace", is_flag=True,
@@ -82,10 +87,6 @@ def eval_cmd(model, data, limit, method, policy, budget, reserve_rows, token_bud
     """Evaluate a method on a dataset; one JSONL record per problem in the run directory.
 
     SIGINT / SIGTERM stop it and say how to continue it (--resume); exit code 130 / 143."""
-    from eager_mlx.adaptive.options import AdaptiveOptions
-    from eager_mlx.evaluation.evaluate import EvalError
-    from eager_mlx.evaluation.shards import barrier
-
     if resume and out is None:
         raise click.UsageError("--resume needs --out RUN_DIR")
     if no_chat and (fewshot or system is not None):
@@ -93,21 +94,29 @@ def eval_cmd(model, data, limit, method, policy, budget, reserve_rows, token_bud
     generation, engine = pop_settings(settings, *GENERATION), pop_settings(settings, *ENGINE)
     where: dict[str, Any] = {"out": out, "run_dir": None}  # for the interrupt message
     with stop_on_signals(lambda: _resume_hint(where["out"], where["run_dir"])):
+        from eager_mlx.adaptive.options import AdaptiveOptions  # inside: a Ctrl-C while they load is handled too
+        from eager_mlx.evaluation.evaluate import EvalError
+        from eager_mlx.evaluation.rundir import check_run_dir, run_lock
+        from eager_mlx.evaluation.shards import barrier
+
         try:
             options = AdaptiveOptions.from_settings(pop_settings(settings, *ADAPTIVE))
             scheduler = _configuration(model, method, policy, generation,
                                        dict(budget=budget, reserve_rows=reserve_rows, token_budget=token_budget))
             dataset, shard, where["out"], where["run_dir"] = _prepare(
-                data, out, resume, scheduler, generation, engine,
+                data, out, scheduler, generation, engine,
                 dict(question_field=question_field, answer_field=answer_field, template=template, limit=limit,
                      split=split, fewshot=fewshot, system=system))
             store_dir = None if no_store else _store_dir(store)
-            loaded = load_model(model)
-            eval_settings, extra = _settings(loaded, dataset, generation, engine, options, ks=ks, fallbacks=fallbacks,
-                                             save_text=not no_save_text, chat=not no_chat, **scheduler)
-            _evaluate(loaded, dataset, eval_settings, where["run_dir"], max_kv_memory=engine["max_kv_memory"],
-                      prefix_cache=not engine["no_prefix_cache"], chat=not no_chat, save_trace=save_trace,
-                      extra_manifest=extra, resume=resume, store_dir=store_dir)
+            with run_lock(where["run_dir"]):  # a second eval of this directory is refused from here on
+                check_run_dir(where["run_dir"], resume)
+                loaded = load_model(model)
+                eval_settings, extra = _settings(loaded, dataset, generation, engine, options, ks=ks,
+                                                 fallbacks=fallbacks, save_text=not no_save_text, chat=not no_chat,
+                                                 **scheduler)
+                _evaluate(loaded, dataset, eval_settings, where["run_dir"], max_kv_memory=engine["max_kv_memory"],
+                          prefix_cache=not engine["no_prefix_cache"], chat=not no_chat, save_trace=save_trace,
+                          extra_manifest=extra, resume=resume, store_dir=store_dir)
         except (EvalError, ValueError, OSError) as e:  # ModelError, DataError, SettingError; a full disk
             raise fail(e) from None
     _print_results(where["run_dir"], shard, barrier)
@@ -141,12 +150,11 @@ def _store_dir(store: Optional[Path]) -> Path:
     return writable_dir(store if store is not None else default_store_dir(), "'--store'")
 
 
-def _prepare(data: str, out: Optional[Path], resume: bool, scheduler: dict, generation: dict, engine: dict,
+def _prepare(data: str, out: Optional[Path], scheduler: dict, generation: dict, engine: dict,
              data_options: dict) -> tuple[Any, Any, Path, Path]:
-    """Everything checked before the model loads: the scheduler settings, the data, the run directory.
+    """What is checked before the run directory is locked and the model loads: the scheduler settings, the data.
     Returns (this rank's dataset, the shard, the --out folder, this rank's run directory)."""
     from eager_mlx.evaluation.data import load_dataset
-    from eager_mlx.evaluation.rundir import check_run_dir
     from eager_mlx.evaluation.scheduler import SchedulerConfig
     from eager_mlx.evaluation.shards import current_shard, shard_run
 
@@ -158,7 +166,6 @@ def _prepare(data: str, out: Optional[Path], resume: bool, scheduler: dict, gene
     if out is None and shard.size == 1:
         out = _default_out(data, scheduler["method"], generation["max_sequences"])
     run_dir, dataset = shard_run(out, dataset, shard)
-    check_run_dir(run_dir, resume)
     return dataset, shard, out, run_dir
 
 

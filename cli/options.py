@@ -20,7 +20,8 @@ from eager_mlx.config import EagerConfig, EngineConfig, SamplingConfig
 from eager_mlx.settings import Setting, SettingError, check, settings_of
 
 __all__ = ["GENERATION", "ADAPTIVE", "ENGINE", "setting_options", "pop_settings", "parse_size", "ThresholdType",
-           "fail", "output_file", "output_dir", "writable_file", "writable_dir", "FiniteFloatRange"]
+           "fail", "output_file", "output_dir", "writable_file", "writable_dir", "not_empty", "IntRange", "FloatRange",
+           "FiniteFloatRange"]
 
 GENERATION = (EagerConfig, SamplingConfig)
 ADAPTIVE = (ConsensusConfig, AdaptiveOptions, ConfidenceConfig)
@@ -40,8 +41,17 @@ def output_file(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     return None if value is None else writable_file(value)
 
 
+def not_empty(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Click callback: an option given as '' (or blanks) is refused, never read as "not given"."""
+    if isinstance(value, str) and not value.strip():
+        raise click.BadParameter(f"{value!r} is empty")
+    return value
+
+
 def writable_file(value: Any, param_hint: Optional[str] = None) -> Path:
     """`value` as a path to a file we can write (its folder exists and is writable); else click.BadParameter."""
+    if not str(value).strip():  # Path("") is the current folder
+        raise click.BadParameter(f"{str(value)!r} is empty", param_hint=param_hint)
     path = Path(value).expanduser()
     if path.is_dir():
         raise click.BadParameter(f"{path} is a directory", param_hint=param_hint)
@@ -61,6 +71,8 @@ def output_dir(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 
 def writable_dir(value: Any, param_hint: Optional[str] = None) -> Path:
     """`value` as a folder that is writable or can be created; else click.BadParameter."""
+    if not str(value).strip():  # Path("") is the current folder
+        raise click.BadParameter(f"{str(value)!r} is empty", param_hint=param_hint)
     path = Path(value).expanduser()
     existing = path
     while not existing.exists() and existing != existing.parent:
@@ -88,8 +100,35 @@ def parse_size(text: Optional[str]) -> Optional[int]:
     return int(float(m.group(1)) * _UNITS[m.group(2)])
 
 
-class FiniteFloatRange(click.FloatRange):
-    """click.FloatRange that also refuses nan and inf (nan passes every range comparison)."""
+# Numbers on the command line are written as in JSON (and docs/settings.md): Python's int() and float() also
+# take '1_000' and surrounding blanks, which a request body cannot, so they are refused here.
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE)
+
+
+def _number_text(value: Any, pattern: re.Pattern, what: str, param, ctx, type_: click.ParamType) -> None:
+    if isinstance(value, str) and not pattern.fullmatch(value):
+        type_.fail(f"{value!r} is not {what}", param, ctx)
+
+
+class IntRange(click.IntRange):
+    """click.IntRange (no bounds: any integer) taking decimal digits only, not '1_000'."""
+
+    def convert(self, value: Any, param, ctx) -> Any:
+        _number_text(value, _INT, "an integer", param, ctx, self)
+        return super().convert(value, param, ctx)
+
+
+class FloatRange(click.FloatRange):
+    """click.FloatRange (no bounds: any number) taking decimal notation only, not '1_0.5'."""
+
+    def convert(self, value: Any, param, ctx) -> Any:
+        _number_text(value, _FLOAT, "a number", param, ctx, self)
+        return super().convert(value, param, ctx)
+
+
+class FiniteFloatRange(FloatRange):
+    """FloatRange that also refuses nan and inf (nan passes every range comparison)."""
 
     def convert(self, value: Any, param, ctx) -> Any:
         rv = super().convert(value, param, ctx)
@@ -106,10 +145,9 @@ class ThresholdType(click.ParamType):
     def convert(self, value: Any, param, ctx) -> Any:
         if value is None or isinstance(value, float) or value == "auto":
             return value
-        try:
-            return float(value)
-        except ValueError:
+        if not _FLOAT.fullmatch(str(value)):
             self.fail(f"{value!r} is neither a number nor 'auto'", param, ctx)
+        return float(value)
 
 
 def _checked(s: Setting) -> Callable:
@@ -142,7 +180,7 @@ def _option(s: Setting, auto_threshold: bool) -> Callable:
         elif s.size:
             kwargs["type"] = str
         else:
-            kwargs["type"] = s.type
+            kwargs["type"] = {int: IntRange(), float: FloatRange()}.get(s.type, s.type)
     return click.option(*s.flags, s.key, **kwargs)
 
 

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import click
 
-from .options import ADAPTIVE, ENGINE, GENERATION, fail, output_file, pop_settings, setting_options
+from .options import ADAPTIVE, ENGINE, GENERATION, fail, not_empty, output_file, pop_settings, setting_options
 from .progress import load_model
 
 __all__ = ["solve"]
@@ -18,7 +18,8 @@ __all__ = ["solve"]
 
 @click.command()
 @click.argument("question")
-@click.option("--model", "-m", default=None, help="Preset name, mlx-lm folder, .gguf file or hub id (default: the default preset).")
+@click.option("--model", "-m", default=None, callback=not_empty,
+              help="Preset name, mlx-lm folder, .gguf file or hub id (default: the default preset).")
 @setting_options(*GENERATION, auto_threshold=True)
 @setting_options(*ENGINE, exclude=("max_rows", "no_prefix_cache"))  # one prompt: the engine has M rows
 @click.option("--system", default=None, help="System message.")
@@ -35,18 +36,15 @@ def solve(question: str, model: Optional[str], system: Optional[str], no_chat: b
     from eager_mlx.adaptive.options import AdaptiveOptions
     from eager_mlx.config import EngineConfig
 
-    if question == "-":
-        question = sys.stdin.read()
-    if not question.strip():
-        raise click.UsageError("the question is empty")
+    question = _read_question(question)
     generation = pop_settings(settings, *GENERATION)
     engine = EngineConfig(seed=settings.pop("seed"), max_kv_memory=settings.pop("max_kv_memory"))
     try:
         options = AdaptiveOptions.from_settings(pop_settings(settings, *ADAPTIVE), abort_implied=True)
         loaded = load_model(model)
         config = _config(loaded, question, generation, engine.seed, chat=not no_chat, system=system)
-        result, elapsed = _run(loaded, question, config, engine, options, chat=not no_chat, system=system,
-                               view="quiet" if as_json else view)
+        result, timing = _run(loaded, question, config, engine, options, chat=not no_chat, system=system,
+                              view="quiet" if as_json else view)
     except ValueError as e:  # ModelError, SettingError and PromptError are ValueErrors
         raise fail(e) from None
     if html_path:
@@ -63,11 +61,30 @@ def solve(question: str, model: Optional[str], system: Optional[str], no_chat: b
         weighted = confidence_vote(result, options.confidence)
     if as_json:
         out = dataclasses.asdict(result)
-        out.update(model=loaded.name, elapsed_s=elapsed, tokens_per_s=_rate(result, elapsed),
+        out.update(model=loaded.name, elapsed_s=timing[1], prompt_s=timing[0],
+                   decode_tokens_per_s=_decode_rate(result.generated_tokens, *timing),
                    config=dataclasses.asdict(config), confidence_answer=weighted)
         click.echo(json.dumps(out))
     else:
-        _print_summary(result, elapsed, options.confidence_vote, weighted, newline=view == "one")
+        _print_summary(result, timing, options.confidence_vote, weighted, newline=view == "one")
+
+
+def _read_question(question: str) -> str:
+    """The question (QUESTION '-': stdin, read as UTF-8 bytes); a UsageError when it is empty or not text."""
+    if question == "-":
+        raw = sys.stdin.buffer.read()
+        try:
+            question = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise click.UsageError(f"stdin is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") \
+                from None
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError as e:  # an argument whose bytes were not UTF-8 arrives with lone surrogates
+        raise click.UsageError(f"the question is not UTF-8 text (character {e.start})") from None
+    if not question.strip():
+        raise click.UsageError("the question is empty")
+    return question
 
 
 def _config(loaded: Any, question: str, generation: dict, seed: int, *, chat: bool, system: Optional[str]):
@@ -89,17 +106,18 @@ def _config(loaded: Any, question: str, generation: dict, seed: int, *, chat: bo
 
 def _run(loaded: Any, question: str, config: Any, engine: Any, options: Any, *, chat: bool,
          system: Optional[str], view: str) -> tuple[Any, float]:
-    """Stream the run to the terminal as `view` asks; return (RunResult, seconds)."""
+    """Stream the run to the terminal as `view` asks; return (RunResult, (seconds to the first token, seconds))."""
     from eager_mlx import stream_solve
     from eager_mlx.results import BranchEvent, RunFinished, TokenEvent
 
     start = time.perf_counter()
     status = _Status(enabled=view == "all")
-    result = None
+    result, first = None, None
     for event in stream_solve(loaded, question, config, seed=engine.seed, chat=chat, system=system,
                               max_kv_memory=engine.max_kv_memory, confidence=options.confidence,
                               consensus=options.consensus):
         if isinstance(event, TokenEvent):
+            first = time.perf_counter() - start if first is None else first
             status.token()
             if view == "one" and event.sequence == 0:
                 click.echo(event.text, nl=False)
@@ -108,14 +126,26 @@ def _run(loaded: Any, question: str, config: Any, engine: Any, options: Any, *, 
         elif isinstance(event, RunFinished):
             result = event.result
     status.close()
-    return result, time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    return result, (elapsed if first is None else first, elapsed)
 
 
-def _rate(result: Any, elapsed: float) -> float:
-    return result.generated_tokens / elapsed if elapsed > 0 else 0.0
+def _decode_rate(generated: int, first_s: float, elapsed_s: float) -> Optional[float]:
+    """Tokens per second after the first (all rows together), or None when there is no such time to divide by."""
+    return (generated - 1) / (elapsed_s - first_s) if generated > 1 and elapsed_s > first_s else None
 
 
-def _print_summary(result: Any, elapsed: float, vote: bool, weighted: Optional[str], newline: bool) -> None:
+def _speed(prompt_tokens: int, generated: int, first_s: float, elapsed_s: float) -> str:
+    """The speed line: the prompt's time (prefill, first-step compilation, first token) and the decode rate apart,
+    as mlx_lm.generate reports them; a rate over the whole time would count the prompt's work as decoding."""
+    rate = _decode_rate(generated, first_s, elapsed_s)
+    decode = "-" if rate is None else f"{rate:.1f} tokens/s ({generated - 1} tokens in {elapsed_s - first_s:.2f} s)"
+    return (f"prompt {prompt_tokens} tokens in {first_s:.2f} s ({prompt_tokens / max(first_s, 1e-9):.1f} tokens/s, "
+            f"first token included); decode {decode}")
+
+
+def _print_summary(result: Any, timing: tuple[float, float], vote: bool, weighted: Optional[str],
+                   newline: bool) -> None:
     if newline:
         click.echo()
     votes = Counter(s.answer for s in result.sequences if s.answer is not None)
@@ -128,7 +158,7 @@ def _print_summary(result: Any, elapsed: float, vote: bool, weighted: Optional[s
         click.echo("votes:      " + ", ".join(f"{a} x{n}" for a, n in votes.most_common(5)))
     click.echo(f"sequences:  {result.num_sequences} (branch points {result.branch_points}, theta {result.threshold:g})")
     click.echo(f"tokens:     {result.generated_tokens} generated, {result.prompt_tokens} prompt")
-    click.echo(f"speed:      {_rate(result, elapsed):.1f} tokens/s over {elapsed:.1f} s")
+    click.echo(f"speed:      {_speed(result.prompt_tokens, result.generated_tokens, *timing)}")
 
 
 class _Status:

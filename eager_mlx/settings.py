@@ -55,8 +55,9 @@ class Setting:
     def describe_range(self) -> str:
         if self.choices:
             return " | ".join(self.choices)
-        lo = "" if self.lo is None else f"{'>' if self.lo_open else '>='} {self.lo:g}"
-        hi = "" if self.hi is None else f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        shown = (lambda v: str(int(v))) if self.type is int else (lambda v: f"{v:g}")
+        lo = "" if self.lo is None else f"{'>' if self.lo_open else '>='} {shown(self.lo)}"
+        hi = "" if self.hi is None else f"{'<' if self.hi_open else '<='} {shown(self.hi)}"
         return ", ".join(p for p in (lo, hi) if p)
 
 

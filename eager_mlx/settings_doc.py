@@ -7,7 +7,7 @@ from eager_mlx.adaptive.options import AdaptiveOptions
 from eager_mlx.config import EagerConfig, EngineConfig, SamplingConfig
 from eager_mlx.settings import markdown_table
 
-__all__ = ["SETTINGS_DOC", "settings_markdown"]
+__all__ = ["SETTINGS_DOC", "GROUPS", "settings_markdown"]
 
 SETTINGS_DOC = "docs/settings.md"
 
@@ -24,11 +24,13 @@ preset's recommended value (models/presets/*.toml).
 """
 
 
+GROUPS = {"generation": EagerConfig, "sampling": SamplingConfig, "engine": EngineConfig,
+          "consensus": ConsensusConfig, "adaptive": AdaptiveOptions, "confidence": ConfidenceConfig}
+
+
 def settings_markdown() -> str:
     """The whole docs/settings.md text."""
-    groups = {"generation": EagerConfig, "sampling": SamplingConfig, "engine": EngineConfig,
-              "consensus": ConsensusConfig, "adaptive": AdaptiveOptions, "confidence": ConfidenceConfig}
-    return _INTRO + markdown_table(groups)
+    return _INTRO + markdown_table(GROUPS)
 
 
 if __name__ == "__main__":

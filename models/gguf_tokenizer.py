@@ -1,9 +1,14 @@
 """Rebuild a Hugging Face tokenizer (tokenizer.json + tokenizer_config.json) from GGUF metadata.
 
-Only byte-level BPE vocabularies (`tokenizer.ggml.model == "gpt2"`) are
-supported: SmolLM, Qwen2/2.5/3, DeepSeek-R1-Distill-Qwen and Llama 3 use them. The pre-tokenizer follows
-`tokenizer.ggml.pre`, mirroring llama.cpp's rules, so token ids match the
-model's own tokenizer.
+Two kinds of vocabulary, as llama.cpp reads them:
+
+* byte-level BPE (`tokenizer.ggml.model == "gpt2"`: SmolLM, Qwen2/2.5/3, DeepSeek-R1-Distill-Qwen,
+  Llama 3): the pre-tokenizer follows `tokenizer.ggml.pre`, mirroring llama.cpp's rules;
+* SentencePiece BPE (`"llama"`: Gemma 3, Llama 2, Mistral, Phi-3): pieces merged by score with byte
+  fallback, built the way transformers converts a SentencePiece model (merges ordered by the merged
+  piece's score), and checked against the sentencepiece library itself (tests/test_models_spm.py).
+
+So token ids match the model's own tokenizer.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ __all__ = ["build_tokenizer", "write_tokenizer"]
 
 log = logging.getLogger(__name__)
 
-_CONTROL, _USER_DEFINED = 3, 4
+_NORMAL, _CONTROL, _USER_DEFINED = 1, 3, 4  # token types (SentencePiece's numbering, kept by llama.cpp)
 
 _QWEN2_SPLIT = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
                 r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -45,24 +50,61 @@ def _pre_tokenizer(pre: str):
     return byte_level
 
 
-def build_tokenizer(gguf: GGUFModel) -> tuple[Tokenizer, dict]:
-    """The `tokenizers.Tokenizer` and the tokenizer_config.json contents for a GGUF file."""
-    kind = gguf.get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ModelError(f"{gguf.path}: tokenizer type {kind!r} is not supported (only byte-level BPE, 'gpt2')")
-    tokens: list[str] = gguf.get("tokenizer.ggml.tokens")
-    merges: list[str] = gguf.get("tokenizer.ggml.merges") or []
-    types: list[int] = gguf.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    pre = str(gguf.get("tokenizer.ggml.pre", "default"))
-
+def spm_merges(tokens: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
+    """BPE merges that reproduce SentencePiece's merging (the adjacent pair whose merged piece scores highest,
+    leftmost first): every split of a normal or user-defined piece into two pieces of the vocabulary, ordered by
+    the merged piece's score (transformers' SentencePieceExtractor)."""
     vocab = {tok: i for i, tok in enumerate(tokens)}
-    bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges],
+    found = []
+    for i, piece in enumerate(tokens):
+        if types[i] not in (_NORMAL, _USER_DEFINED):
+            continue
+        pairs = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
+        pairs.sort(key=lambda p: (vocab[p[0]], vocab[p[1]]))
+        found += [(scores[i], left, right) for left, right in pairs]
+    found.sort(key=lambda m: m[0], reverse=True)  # stable: ties keep the vocabulary's order
+    return [(left, right) for _, left, right in found]
+
+
+def _spm(gguf: GGUFModel, tokens: list[str], types: list[int]) -> Tokenizer:
+    """A SentencePiece BPE vocabulary as a `tokenizers.Tokenizer` (normalizer, model, decoder; no pre-tokenizer)."""
+    scores = [float(x) for x in gguf.get("tokenizer.ggml.scores") or [0.0] * len(tokens)]
+    unk = gguf.get("tokenizer.ggml.unknown_token_id")
+    bpe = models.BPE(vocab={tok: i for i, tok in enumerate(tokens)}, merges=spm_merges(tokens, scores, types),
+                     unk_token=tokens[int(unk)] if unk is not None else None, fuse_unk=True, byte_fallback=True)
+    tokenizer = Tokenizer(bpe)
+    prefix = bool(gguf.get("tokenizer.ggml.add_space_prefix", True))  # SentencePiece's add_dummy_prefix
+    tokenizer.normalizer = normalizers.Sequence(
+        ([normalizers.Prepend("▁")] if prefix else []) + [normalizers.Replace(" ", "▁")])
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+                                          + ([decoders.Strip(" ", 1, 0)] if prefix else []))
+    return tokenizer
+
+
+def _bpe(gguf: GGUFModel, tokens: list[str]) -> Tokenizer:
+    """A byte-level BPE vocabulary as a `tokenizers.Tokenizer`, pre-tokenized by `tokenizer.ggml.pre`."""
+    merges: list[str] = gguf.get("tokenizer.ggml.merges") or []
+    pre = str(gguf.get("tokenizer.ggml.pre", "default"))
+    bpe = models.BPE(vocab={tok: i for i, tok in enumerate(tokens)}, merges=[tuple(m.split(" ", 1)) for m in merges],
                      fuse_unk=False, byte_fallback=False)
     tokenizer = Tokenizer(bpe)
     if pre in _QWEN2_NAMES:
         tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = _pre_tokenizer(pre)
     tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def build_tokenizer(gguf: GGUFModel) -> tuple[Tokenizer, dict]:
+    """The `tokenizers.Tokenizer` and the tokenizer_config.json contents for a GGUF file."""
+    kind = gguf.get("tokenizer.ggml.model")
+    if kind not in ("gpt2", "llama"):
+        raise ModelError(f"{gguf.path}: tokenizer type {kind!r} is not supported (byte-level BPE 'gpt2', or "
+                         "SentencePiece 'llama')")
+    tokens: list[str] = gguf.get("tokenizer.ggml.tokens")
+    types: list[int] = gguf.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    tokenizer = _bpe(gguf, tokens) if kind == "gpt2" else _spm(gguf, tokens, types)
+    vocab = {tok: i for i, tok in enumerate(tokens)}
     tokenizer.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
                                   for i, t in enumerate(types) if t == _CONTROL])
     tokenizer.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
@@ -72,9 +114,9 @@ def build_tokenizer(gguf: GGUFModel) -> tuple[Tokenizer, dict]:
         i = gguf.get(f"tokenizer.ggml.{key}_token_id")
         return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
 
-    bos, eos, pad = token("bos"), token("eos"), token("padding")
+    bos, eos, pad, unk = token("bos"), token("eos"), token("padding"), token("unknown")
     add_bos = bool(gguf.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
-    processor = [processors.ByteLevel(trim_offsets=False)]
+    processor = [processors.ByteLevel(trim_offsets=False)] if kind == "gpt2" else []
     if add_bos:
         processor.append(processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])]))
@@ -85,6 +127,7 @@ def build_tokenizer(gguf: GGUFModel) -> tuple[Tokenizer, dict]:
         "bos_token": bos,
         "eos_token": eos,
         "pad_token": pad or eos,
+        **({"unk_token": unk} if unk is not None else {}),
         "add_bos_token": add_bos,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,

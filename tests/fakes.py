@@ -211,6 +211,9 @@ class FakeLoaded:
         self.made.append((config, token_events, engine))
         return engine
 
+    def check_memory(self, rows: int, max_tokens: int) -> None:
+        """A scripted engine keeps no KV cache: any size fits."""
+
     def encode(self, prompt, *, chat: bool = True, system=None, template_args=None) -> list[int]:
         return self._encode(prompt)
 

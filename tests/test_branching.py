@@ -97,8 +97,8 @@ def test_eos_and_stop_strings():
     "cfg, message",
     [
         (dict(threshold=-0.5), "threshold must be >= 0, got -0.5"),
-        (dict(max_sequences=0), "max_sequences must be >= 1, got 0"),
-        (dict(entropy_top_k=1), "entropy_top_k must be >= 2, got 1"),
+        (dict(max_sequences=0), "max_sequences must be >= 1, <= 1024, got 0"),
+        (dict(entropy_top_k=1), "entropy_top_k must be >= 2, <= 1048576, got 1"),
     ],
 )
 def test_bad_config_errors_name_the_value(cfg, message):

@@ -121,7 +121,8 @@ def test_calibrate_measures_on_the_engine():
 # ---------------------------------------------------------------- presets and --threshold auto
 
 # Runs here but not calibrated yet: 1.5B at a few tokens/s on this 2-core CPU (issue 12 item 2 is open for it).
-NOT_YET_CALIBRATED = {"qwen2.5-coder-1.5b"}
+# gemma-3-270m: added by issue 21 for its sliding-window layers (a base model; its theta is the paper's for now).
+NOT_YET_CALIBRATED = {"qwen2.5-coder-1.5b", "gemma-3-270m"}
 
 
 def test_shipped_presets_say_how_theta_was_obtained():

@@ -84,6 +84,20 @@ SOLVE = [
     (["solve", "q", "--bogus"], 2, "No such option '--bogus'"),
     (["solve", "q", "--model", "no-such-model-anywhere"], 1, "no-such-model-anywhere"),
     (["solve", "-", "--max-tokens", "4"], 1, "the prompt has 5000 tokens, the model's context is 4096"),
+    (["solve", "hi", "--top-k", "4294967296"], 2, "top_k must be >= 0, <= 1048576, got 4294967296"),
+    (["solve", "q", "--entropy-top-k", "4294967296"], 2, "entropy_top_k must be >= 2, <= 1048576"),
+    (["solve", "q", "-M", "99999999999999999999"], 2, "max_sequences must be >= 1, <= 1024"),
+    (["solve", "q", "--max-tokens", "9223372036854775808"], 2, "max_tokens must be >= 1, <= 1048576"),
+    (["solve", "q", "--no-branch-window", "9223372036854775808"], 2, "no_branch_window must be >= 1, <= 1048576"),
+    (["solve", "q", "--seed", "9223372036854775808"], 2, "seed must be >= -9223372036854775808, <= 9223372036854775807"),
+    (["solve", "q", "--seed", "-9223372036854775809"], 2, "seed must be >= -9223372036854775808"),
+    (["solve", "q", "-M", "1_0"], 2, "'1_0' is not an integer"),
+    (["solve", "q", "--max-tokens", " 5"], 2, "' 5' is not an integer"),
+    (["solve", "q", "--temperature", "1_0"], 2, "'1_0' is not a number"),
+    (["solve", "q", "-t", "1_0.5"], 2, "'1_0.5' is neither a number nor 'auto'"),
+    (["solve", "q", "--model", ""], 2, "Invalid value for '--model' / '-m': '' is empty"),
+    (["solve", "q", "--model", "  "], 2, "'  ' is empty"),
+    (["solve", "q", "--html", ""], 2, "Invalid value for '--html': '' is empty"),
 ]
 
 
@@ -95,6 +109,39 @@ def test_solve(tmp_path, monkeypatch, tiny, args, code, message):
     check(CliRunner().invoke(cli, _fill(args, tmp_path), input=stdin), code, _fill([message], tmp_path)[0])
     if code == 2:
         assert not asked  # refused before the model loads
+
+
+@pytest.mark.parametrize("args,stdin,message", [
+    (["solve", "-"], b"\xff\xfe\x00\x01binary", "stdin is not UTF-8 text (byte 0xff at offset 0)"),
+    (["solve", "-"], b"What is 2+2?\xc3", "stdin is not UTF-8 text (byte 0xc3 at offset 12)"),
+    (["solve", "a\udcffb"], b"", "the question is not UTF-8 text (character 1)"),  # argv bytes that were not UTF-8
+    (["solve", "q", "--system", "s\ud800"], b"", "the system message holds a lone surrogate '\\ud800' at character 1"),
+])
+def test_solve_refuses_what_is_not_text(monkeypatch, tiny, args, stdin, message):
+    asked = patch_load(monkeypatch, tiny)
+    check(CliRunner().invoke(cli, args, input=stdin), 2 if "--system" not in args else 1, message)
+    assert not asked or "--system" in args  # the system message is checked where the prompt is encoded
+
+
+def test_solve_speed_line_keeps_the_prompt_apart():
+    """8 tokens over 11.1 s, 10.7 of them the prompt's (prefill and first-step compilation): the decode rate is
+    the 7 tokens after the first over 0.4 s, not 0.7 tokens/s over the whole time."""
+    from eager_mlx.cli.solve import _speed
+
+    assert _speed(41, 8, 10.7, 11.1) == ("prompt 41 tokens in 10.70 s (3.8 tokens/s, first token included); "
+                                         "decode 17.5 tokens/s (7 tokens in 0.40 s)")
+    assert _speed(41, 1, 0.5, 0.5).endswith("decode -")
+
+
+def test_solve_prints_the_speed_line(monkeypatch, tiny):
+    patch_load(monkeypatch, tiny)
+    res = CliRunner().invoke(cli, ["solve", "What is 2+2?", "--max-tokens", "6", "-t", "100", "--view", "quiet"])
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("speed:"))
+    assert "prompt 12 tokens in " in line and "decode " in line
+    res = CliRunner().invoke(cli, ["solve", "What is 2+2?", "--max-tokens", "6", "-t", "100", "--json"])
+    out = json.loads(res.output)
+    assert 0 < out["prompt_s"] <= out["elapsed_s"] and "tokens_per_s" not in out
 
 
 def test_solve_reads_the_question_from_stdin(monkeypatch, tiny):
@@ -129,14 +176,21 @@ EVAL = [  # every row but the last is refused before the model loads
     (["--data", "{d}/missing.jsonl"], 1, "missing.jsonl: no such file"),
     (["--data", "gsm9k"], 1, "unknown dataset 'gsm9k'"),
     (["--answer-field", "label"], 1, "no answer field 'label'"),
-    (["--template", "no placeholder"], 1, "the prompt template must contain {question}"),
+    (["--template", "no placeholder"], 2, "Invalid value for '--template': the prompt template must contain {question}"),
+    (["--out", ""], 2, "Invalid value for '--out': '' is empty"),
+    (["--model", ""], 2, "Invalid value for '--model' / '-m': '' is empty"),
+    (["--data", ""], 2, "Invalid value for '--data' / '-d': '' is empty"),
+    (["--top-k", "1099511627776"], 2, "top_k must be >= 0, <= 1048576"),
+    (["--max-rows", "5000"], 2, "max_rows must be >= 1, <= 1024"),
+    (["--limit", "1_0"], 2, "'1_0' is not an integer"),
     (["-M", "8", "--resume", "--out", "{d}/done"], 1, "cannot resume {d}/done: settings differ (settings.eager.max_sequences"),
 ]
 
 
 @pytest.mark.parametrize("args,code,message", EVAL)
-def test_eval(tmp_path, fake_eval, args, code, message):
+def test_eval(tmp_path, monkeypatch, fake_eval, args, code, message):
     _files(tmp_path)
+    monkeypatch.chdir(tmp_path / "adir")  # a refusal that failed would write here, not into the repository
     base = ["eval", "--data", str(tmp_path / "good.jsonl"), "-M", "4"]
     if "{d}/done" in args:  # a finished run to resume with other settings
         assert CliRunner().invoke(cli, base + ["--out", str(tmp_path / "done")]).exit_code == 0
@@ -159,6 +213,43 @@ def test_eval_out_in_a_read_only_folder(tmp_path, fake_eval):
         ro.chmod(0o700)
     check(res, 2, f"cannot be created: {ro} is not writable")
     assert not fake_eval.asked
+
+
+@pytest.mark.parametrize("seed", [-(2**63), 2**63 - 1])
+def test_the_largest_values_run(monkeypatch, tiny, seed):
+    """The caps are values the engine takes: the extreme seeds, and top-k larger than the vocabulary, run."""
+    patch_load(monkeypatch, tiny)
+    res = CliRunner().invoke(cli, ["solve", "q", "--json", "--max-tokens", "3", "--seed", str(seed), "--top-k",
+                                   "1048576", "--entropy-top-k", "1048576", "-M", "2", "-t", "0"])
+    assert res.exit_code == 0 and res.exception is None, res.output
+    out = json.loads(res.output)
+    assert out["config"]["sampling"]["top_k"] == 1048576 and out["generated_tokens"] > 0
+
+
+# ---------------------------------------------------------------------------------------------- serve
+SERVE = [  # all refused before the model loads
+    (["--api-key", ""], {}, "'' is empty: give a key, or leave --api-key out to serve without one"),
+    (["--api-key", "  "], {}, "'  ' is empty"),
+    ([], {"EAGER_MLX_API_KEY": ""}, "EAGER_MLX_API_KEY is set but empty: unset it to serve without a key"),
+    (["--idle-timeout", "nan"], {}, "'nan' is not a finite number"),
+    (["--idle-timeout", "inf"], {}, "inf is not in the range 0<x<=86400"),
+    (["--header-timeout", "0"], {}, "0.0 is not in the range 0<x<=86400"),
+    (["--body-timeout", "-1"], {}, "is not in the range 0<x<=86400"),
+    (["--model", ""], {}, "'' is empty"),
+    (["--allow-host", ""], {}, "'' is not a host name"),
+    (["--port", "8_080"], {}, "'8_080' is not an integer"),
+    (["--top-k", "4294967296"], {}, "top_k must be >= 0, <= 1048576"),
+    (["--seed", "18446744073709551616"], {}, "seed must be >= -9223372036854775808"),
+    (["--chat-template-args", '{"a": 1, "a": 2}'], {}, "duplicate key 'a'"),
+]
+
+
+@pytest.mark.parametrize("args,env,message", SERVE)
+def test_serve(monkeypatch, tiny, args, env, message):
+    asked = patch_load(monkeypatch, tiny)
+    monkeypatch.delenv("EAGER_MLX_API_KEY", raising=False)
+    check(CliRunner().invoke(cli, ["serve", *args], env=env), 2, message)
+    assert not asked
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -252,6 +343,15 @@ DATA = [  # (file name, bytes, message): `eval --data FILE` refuses it, naming f
     ("blank.jsonl", b'{"question": "a", "answer": "1"}\n{"question": "  ", "answer": "2"}\n',
      "blank.jsonl:2: empty question"),
     ("wide.csv", b"question,answer\na,1,extra\n", "wide.csv:2: more values than header columns"),
+    ("deep.jsonl", b'{"question": "a", "answer": "1"}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n",
+     "deep.jsonl:2: not valid JSON (nested too deeply"),
+    ("deep.json", b"[" * 100_000 + b"]" * 100_000, "deep.json: not valid JSON (nested too deeply"),
+    ("number.jsonl", b'{"question": 12345, "answer": "1"}\n', "number.jsonl:1: the question is not text (got int 12345)"),
+    ("surrogate.jsonl", b'{"question": "a", "answer": "1"}\n{"question": "a\\ud800b", "answer": "2"}\n',
+     "surrogate.jsonl:2: the question holds a lone surrogate '\\ud800' (at character 1)"),
+    ("twice.jsonl", b'{"question": "a", "answer": "1", "answer": "2"}\n',
+     "twice.jsonl:1: not valid JSON (duplicate key 'answer' in an object)"),
+    ("nan.jsonl", b'{"question": "a", "answer": NaN}\n', "nan.jsonl:1: not valid JSON (NaN is not a JSON value"),
     ("object.json", b'{"a": 1, "b": 2}', "object.json: expected a list of objects"),
     ("empty.jsonl", b"\n\n", "empty.jsonl: the dataset is empty"),
     ("notes.txt", b"question: a", "notes.txt: unsupported file type"),

@@ -54,9 +54,9 @@ def test_text_view_prints_summary(fake_load):
     "args, message",
     [
         (["--threshold", "-1"], "Invalid value for '--threshold' / '-t': threshold must be >= 0, got -1.0"),
-        (["-M", "0"], "Invalid value for '--max-sequences' / '-M': max_sequences must be >= 1, got 0"),
+        (["-M", "0"], "Invalid value for '--max-sequences' / '-M': max_sequences must be >= 1, <= 1024, got 0"),
         (["--entropy-k", "1"], "Invalid value for '--entropy-top-k' / '--entropy-k': entropy_top_k must be >= 2, "
-                               "got 1"),
+                               "<= 1048576, got 1"),
         (["--top-p", "0"], "Invalid value for '--top-p': top_p must be > 0, <= 1, got 0.0"),
         (["--temperature", "nan"], "Invalid value for '--temperature' / '--temp': temperature must be a finite "
                                    "number, got nan"),

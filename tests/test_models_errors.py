@@ -59,7 +59,7 @@ def test_unsupported_architecture(tmp_path, monkeypatch):
     real = gguf.GGUFWriter.__init__
     monkeypatch.setattr(gguf.GGUFWriter, "__init__", lambda self, path, arch, **kw: real(self, path, "gemma", **kw))
     tiny = write_tiny_gguf(tmp_path / "g.gguf", "llama", "F32", layers=1)
-    assert _error(tiny.path) == f"{tiny.path}: architecture 'gemma' is not supported (supported: llama, qwen2, qwen3)"
+    assert _error(tiny.path) == f"{tiny.path}: architecture 'gemma' is not supported (supported: llama, qwen2, qwen3, qwen2moe, qwen3moe, gemma3, phi3)"
 
 
 def test_unsupported_tensor_type(tmp_path, monkeypatch):

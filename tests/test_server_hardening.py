@@ -3,8 +3,10 @@ OpenAI-style JSON error (never HTML, never a traceback in the log), idle connect
 connection cap keeps the server answering, CORS is off unless origins are named, an optional API key."""
 import json
 import logging
+import select
 import socket
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -116,7 +118,31 @@ BAD = [  # (name, raw request, status, words in the message)
     ("temperature 1e999", req("POST", CHAT, b'{"temperature": 1e999}'), 400, "1e999 is too large"),
     ("temperature -1", req("POST", CHAT, {"messages": HI, "temperature": -1}), 400, "temperature must be >= 0"),
     ("n 0", req("POST", CHAT, {"messages": HI, "n": 0}), 400, "n must be >= 1"),
-    ("seed 2**64", req("POST", CHAT, {"messages": HI, "seed": 2**64}), 400, "seed must be <="),
+    ("seed 2**64", req("POST", CHAT, {"messages": HI, "seed": 2**64}), 400,
+     "seed must be >= -9223372036854775808, <= 9223372036854775807, got 18446744073709551616"),
+    ("seed 2**63", req("POST", CHAT, {"messages": HI, "seed": 2**63}), 400, "seed must be >="),
+    ("top_k 2**40", req("POST", CHAT, {"messages": HI, "top_k": 2**40}), 400, "top_k must be >= 0, <= 1048576"),
+    ("max_tokens 2**63", req("POST", CHAT, {"messages": HI, "max_tokens": 2**63}), 400, "max_tokens must be >= 1"),
+    ("max_sequences 2**70", req("POST", CHAT, {"messages": HI, "eager": {"max_sequences": 2**70}}), 400,
+     "max_sequences must be >= 1, <= 1024"),
+    ("duplicate key", req("POST", CHAT, b'{"messages": [], "max_tokens": 1, "max_tokens": 9}'), 400,
+     "duplicate key 'max_tokens'"),
+    ("unknown key", req("POST", CHAT, {"messages": HI, "temprature": 0.5}), 400,
+     "unknown request key(s): [\"temprature\"]"),
+    ("unknown eager key", req("POST", CHAT, {"messages": HI, "eager": {"theta": 1}}), 400, "unknown eager option"),
+    ("unsupported penalty", req("POST", CHAT, {"messages": HI, "frequency_penalty": 0.5}), 400,
+     "frequency_penalty is not supported by this server (only 0 or null), got 0.5"),
+    ("two content-lengths", req("POST", CHAT, b"{}", Content_Length="2\r\nContent-Length: 20"), 400,
+     "more than one Content-Length header"),
+    ("content-length and chunked", req("POST", CHAT, b"2\r\n{}\r\n0\r\n\r\n", Transfer_Encoding="chunked"), 400,
+     "Transfer-Encoding is not supported"),
+    ("chunked alone", req("POST", CHAT, b"2\r\n{}\r\n0\r\n\r\n", Content_Length=None, Transfer_Encoding="chunked"),
+     400, "Transfer-Encoding is not supported"),
+    ("foreign host (DNS rebinding)", req("GET", "/v1/models", Host="evil.example:8080"), 403,
+     "the Host header 'evil.example:8080' is not a name of this server"),
+    ("lone surrogate", req("POST", CHAT, b'{"messages": [{"role": "user", "content": "a\\ud800"}]}'), 400,
+     "messages[0].content holds a lone surrogate '\\ud800' at character 1"),
+    ("two hosts", req("GET", "/v1/models", Host="127.0.0.1\r\nHost: evil.example"), 400, "more than one Host header"),
     ("token outside the vocabulary", req("POST", "/v1/completions", {"prompt": [1, 300]}), 400,
      "token id 300 is outside the vocabulary"),
     ("model not a string", req("POST", CHAT, {"messages": HI, "model": 5}), 400, "model must be str"),
@@ -161,26 +187,108 @@ def test_the_server_answers_after_the_table(plain):
 
 
 # ---- timeouts and the connection cap -------------------------------------------------------------
-def test_idle_connections_time_out_and_the_cap_keeps_the_server_answering(capped, caplog):
+def busy(port: int) -> socket.socket:
+    """A connection being answered: a greedy stream that runs to the model's context (close it with `reset`)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(req("POST", CHAT, {"messages": HI, "max_tokens": 100_000, "temperature": 0, "stream": True}))
+    assert s.recv(64).startswith(b"HTTP/1.0 200")
+    return s
+
+
+def test_past_the_cap_a_503_only_when_every_connection_is_being_answered(capped, caplog):
     caplog.set_level(logging.DEBUG, logger="eager_mlx")
-    idle = [socket.create_connection(("127.0.0.1", capped.port), timeout=10) for _ in range(3)]  # the cap
+    answered = [busy(capped.port) for _ in range(3)]  # the cap
     try:
-        for _ in range(50):  # past the cap: each is answered at once, then closed (no file descriptor kept)
+        for _ in range(50):  # each is answered at once, then closed (no file descriptor kept)
             with socket.create_connection(("127.0.0.1", capped.port), timeout=10) as s:
                 status, headers, body = read_response(s)
             assert status == 503 and headers["retry-after"] == "1"
             assert assert_openai_error(headers, body)["code"] == "too_many_connections"
         assert sum("new ones get a 503" in r.getMessage() for r in caplog.records) == 1  # said once, not 50 times
+    finally:
+        for s in answered:
+            reset(s)
+    deadline = time.monotonic() + 10
+    while (status := _status_or_503(capped.port)) == 503 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the slots are released just after the streams are aborted
+    assert status == 200
+    assert_no_traceback(caplog)
+
+
+def _status_or_503(port: int) -> int:
+    """GET /health's status; a connection the server refused before reading it (reset) counts as its 503."""
+    try:
+        return exchange(port, req("GET", "/health"))[0]
+    except OSError:
+        return 503
+
+
+def test_idle_connections_time_out(capped):
+    idle = [socket.create_connection(("127.0.0.1", capped.port), timeout=10) for _ in range(3)]
+    try:
         for s in idle:  # the server closes an idle connection after its timeout (0.5 s), sending nothing
             assert s.recv(1) == b""
     finally:
         for s in idle:
             s.close()
-    deadline = time.monotonic() + 5
-    while (status := exchange(capped.port, req("GET", "/health"))[0]) == 503 and time.monotonic() < deadline:
-        time.sleep(0.05)  # the slots are released just after the sockets close
-    assert status == 200
-    assert_no_traceback(caplog)
+
+
+def test_slow_senders_cannot_keep_a_client_from_its_answer(caplog):
+    """Slowloris: 40 sockets (5x the cap) each send a header byte every 0.2 s and reconnect when closed;
+    a normal client still gets its answer, because a newcomer takes the oldest slow sender's place."""
+    srv = start(max_connections=8, timeout=5.0, header_timeout=3.0)
+    stop = threading.Event()
+
+    def slow_sender() -> None:
+        while not stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+                    s.sendall(b"GET /health HTTP/1.1\r\n")
+                    while not stop.wait(0.2):
+                        s.sendall(b"X")
+            except OSError:
+                pass  # closed by the server: connect again
+
+    threads = [threading.Thread(target=slow_sender, daemon=True) for _ in range(40)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.0)  # every slot is held by a slow sender, and more are waiting
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+        for _ in range(3):
+            assert client.chat.completions.create(model="tiny", messages=HI, max_tokens=4).choices
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        srv.shutdown()
+
+
+def test_a_request_trickled_a_byte_at_a_time_is_cut_off_at_its_deadline():
+    srv = start(timeout=5.0, header_timeout=1.0, body_timeout=1.0)
+    try:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:  # headers, never idle
+            t0 = time.monotonic()
+            s.sendall(b"GET /health HTTP/1.1\r\n")
+            closed = False
+            while not closed and time.monotonic() - t0 < 5:
+                time.sleep(0.1)
+                try:
+                    s.sendall(b"X")
+                except OSError:
+                    closed = True
+                closed = closed or bool(select.select([s], [], [], 0)[0])
+            assert closed and time.monotonic() - t0 < 2.5
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:  # a body, never idle
+            t0 = time.monotonic()
+            s.sendall(req("POST", CHAT, b"{", Content_Length="1000"))
+            while not select.select([s], [], [], 0.1)[0] and time.monotonic() - t0 < 5:
+                s.sendall(b" ")
+            status, headers, body = read_response(s)
+        assert status == 408 and "whole body 1 s" in assert_openai_error(headers, body)["message"]
+        assert time.monotonic() - t0 < 2.5
+    finally:
+        srv.shutdown()
 
 
 def test_a_body_that_stops_arriving_is_a_408(capped):

@@ -33,7 +33,7 @@ def test_defaults_are_declared_once():
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("max_sequences", 0, "max_sequences must be >= 1, got 0"),
+    ("max_sequences", 0, "max_sequences must be >= 1, <= 1024, got 0"),
     ("max_sequences", 2.5, "max_sequences must be an integer, got 2.5"),
     ("max_sequences", True, "max_sequences must be an integer, got True"),
     ("temperature", math.nan, "temperature must be a finite number, got nan"),
@@ -48,6 +48,20 @@ def test_bad_values_name_the_setting(key, value, message):
     with pytest.raises(SettingError) as e:
         config_for(None, **{key: value})
     assert str(e.value) == message
+
+
+def test_every_integer_setting_is_bounded():
+    """No integer setting can overflow the graph's int32 arrays or grow without end (top_k = 2**40 once failed
+    every request in the server's shared batch); the bounds read as integers in the docs."""
+    from eager_mlx.settings_doc import GROUPS
+
+    for cls in GROUPS.values():
+        for s in settings_of(cls):
+            if s.type is int:
+                assert s.lo is not None and s.hi is not None and s.hi <= 2**63 - 1, s.key
+                assert "e+" not in s.describe_range(), s.describe_range()
+                with pytest.raises(SettingError, match=f"{s.key} must be"):
+                    check(s, int(s.hi) + 1)
 
 
 def test_unknown_setting_and_good_values():
@@ -65,7 +79,7 @@ def test_adaptive_options_from_settings():
     assert AdaptiveOptions.from_settings({}) == AdaptiveOptions()
     with pytest.raises(SettingError, match="consensus_abort needs a consensus rule"):
         AdaptiveOptions.from_settings({"consensus_abort": True})
-    with pytest.raises(SettingError, match="consensus_window must be >= 2, got 1"):
+    with pytest.raises(SettingError, match="consensus_window must be >= 2, <= 1024, got 1"):
         AdaptiveOptions.from_settings({"consensus": "window", "consensus_window": 1})
 
 

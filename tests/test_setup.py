@@ -111,10 +111,56 @@ def test_setup_into_venv_on_externally_managed_python(tmp_path):
 
 
 @pytest.mark.parametrize("args, extra_env, code, message", [
-    (["--bogus"], {}, 2, "setup: unknown option '--bogus' (usage: scripts/setup [--test])"),
+    (["--bogus"], {}, 2, "setup: unknown option '--bogus' (usage: scripts/setup [--test] [--cpu | --cuda])"),
+    (["--test", "--gpu"], {}, 2, "setup: unknown option '--gpu' (usage: scripts/setup [--test] [--cpu | --cuda])"),
     ([], {"PYTHON": "/nonexistent/python3"}, 1,
      "setup: /nonexistent/python3 not found: install Python 3.10 or newer"),
 ])
 def test_setup_bad_input_is_one_line(args, extra_env, code, message, tmp_path):
     proc = _run([str(REPO / "scripts" / "setup"), *args], tmp_path, _clean_env(**extra_env), timeout=60)
     assert (proc.returncode, proc.stdout, proc.stderr) == (code, "", message + "\n")
+
+
+FAKE_PYTHON = """#!/bin/bash
+# A .venv python whose pip records what it is asked and keeps which MLX backend is "installed" in $STATE.
+echo "$*" >> "$STATE/log"
+case "$*" in
+  "-m pip show -q "*) [ -e "$STATE/${*: -1}" ] ;;
+  "-m pip uninstall"*) rm -f "$STATE/mlx-cpu" "$STATE/mlx-cuda-12" ;;
+  "-m pip install"*"[cuda"*) touch "$STATE/mlx-cuda-12" ;;
+  "-m pip install"*"[cpu"*) touch "$STATE/mlx-cpu" ;;
+esac
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the MLX backend packages are Linux's")
+@pytest.mark.parametrize("installed, args, want, uninstalls", [
+    ((), [], ".[cpu]", False),  # a fresh .venv: the CPU backend
+    ((), ["--test"], ".[cpu,test]", False),
+    (("mlx-cpu",), ["--cuda"], ".[cuda]", True),  # switching: the CPU package goes first
+    (("mlx-cuda-12",), [], ".[cuda]", False),  # a plain rerun keeps the CUDA backend (it used to add mlx-cpu)
+    (("mlx-cuda-12",), ["--test"], ".[cuda,test]", False),
+    (("mlx-cuda-12",), ["--cpu"], ".[cpu]", True),
+    (("mlx-cpu", "mlx-cuda-12"), [], ".[cuda]", True),  # both (the clobbered state): one is put back afresh
+])
+def test_setup_installs_exactly_one_mlx_backend(tmp_path, installed, args, want, uninstalls):
+    repo, state, fake_bin = tmp_path / "repo", tmp_path / "state", tmp_path / "bin"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy2(REPO / "scripts" / "setup", repo / "scripts" / "setup")
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    (repo / ".venv" / "bin" / "python").write_text(FAKE_PYTHON)
+    (repo / ".venv" / "bin" / "python").chmod(0o755)
+    state.mkdir()
+    for name in installed:
+        (state / name).touch()
+    fake_bin.mkdir()  # the tools the script needs, and no apt-get (nothing is installed system-wide here)
+    for tool in ("dirname", "uname", "id", "rm", "bash", "touch"):
+        (fake_bin / tool).symlink_to(shutil.which(tool))
+    env = {"PATH": str(fake_bin), "STATE": str(state), "PYTHON": sys.executable, "HOME": str(tmp_path)}
+    proc = _run(["bash", str(repo / "scripts" / "setup"), *args], repo, env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    log = (state / "log").read_text().splitlines()
+    assert log[-1].endswith(f"install -q --disable-pip-version-check -e {want}"), log
+    assert any(line.startswith("-m pip uninstall") for line in log) == uninstalls, log
+    assert [p.name for p in state.iterdir() if p.name != "log"] == [want.strip(".[]").split(",")[0].replace(
+        "cuda", "mlx-cuda-12").replace("cpu", "mlx-cpu")]

@@ -56,13 +56,15 @@ SIGNALS = ("entropy", "logprob")
 class ConfidenceConfig:
     """How confidence is measured, and whether low-confidence rows are pruned while they run."""
 
-    window: int = setting(64, "Tokens per confidence group.", key="confidence_window", lo=1)
+    window: int = setting(64, "Tokens per confidence group.", key="confidence_window", lo=1,
+                          hi=2**20)
     signal: str = "entropy"  # "entropy" (c_t = -H_t) | "logprob" (c_t = log p of the sampled token)
     prune_percentile: Optional[float] = setting(
         None, "Prune a running row whose window confidence falls below this percentile of its prompt's finished "
               "sequences (off by default).", key="prune_confidence", lo=0, lo_open=True, hi=100, hi_open=True,
         optional=True)
-    warmup: int = setting(4, "Finished sequences of a prompt needed before pruning starts.", key="prune_warmup", lo=1)
+    warmup: int = setting(4, "Finished sequences of a prompt needed before pruning starts.", key="prune_warmup", lo=1,
+                          hi=1024)
 
     def validate(self) -> None:
         """Raise SettingError (a ValueError) naming the first bad value."""

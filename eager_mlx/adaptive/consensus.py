@@ -38,7 +38,8 @@ class ConsensusConfig:
                         key="consensus", choices=RULES, optional=True)
     confidence: float = setting(0.95, "beta: stop when P(leading answer is the mode) exceeds this.",
                                 key="consensus_confidence", lo=0.5, hi=1, hi_open=True)
-    window: int = setting(4, "window: stop when this many last answers agree.", key="consensus_window", lo=2)
+    window: int = setting(4, "window: stop when this many last answers agree.", key="consensus_window", lo=2,
+                          hi=1024)
 
     def validate(self) -> None:
         """Raise SettingError (a ValueError) naming the first bad value."""

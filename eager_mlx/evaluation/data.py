@@ -18,10 +18,11 @@ final_answer, solution`` present in the first record. The gold answer is
 normalised: the part after the last ``####`` (GSM8K), else the last ``\\boxed{}``
 (MATH solutions), else the value; integral floats lose their ``.0``.
 
-Every record is checked before anything is generated: a malformed line, a byte
-that is not UTF-8 or a missing field raises ``DataError`` naming the file and
-line; an unreadable file, an empty dataset or an unknown name raises it too
-(one line each).
+Every record is checked before anything is generated: a malformed line (JSON is
+read strictly: ``eager_mlx.strict_json``), a byte that is not UTF-8, a question
+that is not text (a number, a lone surrogate) or a missing field raises
+``DataError`` naming the file and line; an unreadable file, an empty dataset or
+an unknown name raises it too (one line each).
 
 The prompt is ``template`` with ``{question}`` replaced (plain replacement, so
 ``\\boxed{}`` needs no escaping); the chat template is applied later, by the
@@ -47,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
 
+from eager_mlx import strict_json
 from eager_mlx.answers import extract_boxed
 
 __all__ = ["DataError", "DEFAULT_TEMPLATE", "BUILTINS", "FEWSHOT_SPLITS", "Example", "Dataset", "load_dataset",
@@ -181,17 +183,21 @@ def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
         if not line.strip():
             continue
         try:
-            out.append((f"{path}:{n}", json.loads(line)))
+            out.append((f"{path}:{n}", strict_json.loads(line)))
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        except ValueError as e:  # strict_json's rules: NaN, a repeated key, nested too deeply
+            raise DataError(f"{path}:{n}: not valid JSON ({e})") from None
     return out
 
 
 def _read_json(path: Path) -> list[tuple[str, Any]]:
     try:
-        data = json.loads(_read_text(path))
+        data = strict_json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except ValueError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -245,11 +251,27 @@ def _examples(
             raise DataError(f"{loc}: no question field {e}") from None
         if af not in rec or rec[af] is None or str(rec[af]).strip() == "":
             raise DataError(f"{loc}: no answer field {af!r}")
-        if not isinstance(q, str) or not q.strip():
-            raise DataError(f"{loc}: empty question")
+        _check_text(loc, "question", q)
+        _check_text(loc, "answer", str(rec[af]))
         rid = rec.get("id", rec.get("ID", rec.get("idx", i)))
         out.append(Example(i, str(rid), q, gold_answer(rec[af])))
     return out
+
+
+def _check_text(loc: str, what: str, value: Any) -> None:
+    """DataError naming the record unless `value` is non-empty text that can be encoded (no lone surrogate,
+    such as a JSON "\\ud800" escape, which no tokenizer takes)."""
+    if not isinstance(value, str):
+        shown = json.dumps(value)
+        raise DataError(f"{loc}: the {what} is not text (got {type(value).__name__} "
+                        f"{shown if len(shown) <= 40 else shown[:37] + '...'})")
+    if not value.strip():
+        raise DataError(f"{loc}: empty {what}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"{loc}: the {what} holds a lone surrogate {value[e.start]!r} (at character {e.start}), "
+                        "which is not text") from None
 
 
 def _load_hf(spec: str, split: str) -> list[tuple[str, Any]]:

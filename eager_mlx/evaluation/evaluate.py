@@ -59,7 +59,7 @@ from eager_mlx.adaptive.online import OnlineMonitor
 from eager_mlx.adaptive.options import AdaptiveOptions
 from eager_mlx.results import RunFinished, RunPreempted, RunResult
 from eager_mlx.evaluation.rundir import (JOURNAL, MANIFEST, RESULTS, EvalError, Journal, load_run, prepare_run_dir,
-                                         read_manifest, read_records, write_json_atomic)
+                                         read_manifest, read_records, run_lock, write_json_atomic)
 from eager_mlx.evaluation.policies import make_scheduler
 from eager_mlx.evaluation.scheduler import RunOutcome, RunRequest, SchedulerConfig, prompt_of_run
 from eager_mlx.evaluation.store import RunStore
@@ -128,6 +128,17 @@ class Occupancy:
     def add(self, rows: int) -> None:
         self.steps += 1
         self.rows += rows
+
+    def counts(self) -> dict:
+        """The counters, journaled with every finished run so a resume starts from them (a killed session's
+        steps up to its last finished run are kept)."""
+        return {"steps": self.steps, "rows": self.rows, "preempted_tokens": self.preempted_tokens}
+
+    @classmethod
+    def resumed(cls, saved: list) -> "Occupancy":
+        """The counters of earlier sessions: the furthest of `saved` (journal entries' and the manifest's)."""
+        counts = max((c for c in saved if isinstance(c, dict)), key=lambda c: c.get("steps", 0), default={})
+        return cls(**{k: counts.get(k, 0) for k in ("steps", "rows", "preempted_tokens")})
 
     def summary(self, max_rows: int) -> dict:
         mean = self.rows / self.steps if self.steps else 0.0
@@ -303,7 +314,8 @@ class Evaluation:
                        "sequences": sum(r["metrics"]["num_sequences"] for r in ran),
                        "passed": sum(r["metrics"]["pass_at_k"] for r in ran)}
         self._offset = max([r["t_done"] for r in records] + [e["t"] for e in journal], default=0.0)
-        self.occupancy = Occupancy()
+        old = read_manifest(self.run_dir / MANIFEST).get("occupancy") if resume else None
+        self.occupancy = Occupancy.resumed([old] + [e.get("occupancy") for e in journal])
         self._t0 = time.perf_counter()
 
     def run(self) -> EvalResult:
@@ -479,7 +491,8 @@ class Evaluation:
             run.update(key_id=req.key_id, first_sequence=req.first_sequence)
         st.sequences += seqs
         st.runs.append(run)
-        self._journal.append({"index": i, "t_start": st.started, "t": self._clock(), "run": run, "sequences": seqs})
+        self._journal.append({"index": i, "t_start": st.started, "t": self._clock(), "run": run, "sequences": seqs,
+                              "occupancy": self.occupancy.counts()})
         return _outcome(run, seqs, req.prompt_index)
 
     def _write_complete(self) -> None:
@@ -538,9 +551,6 @@ class Evaluation:
         if self.resume:
             old = read_manifest(mpath)
             manifest["created"] = old.get("created", manifest["created"])
-            if old.get("occupancy"):  # earlier sessions that reached the end of a run
-                for key in ("steps", "rows", "preempted_tokens"):
-                    setattr(self.occupancy, key, getattr(self.occupancy, key) + old["occupancy"].get(key, 0))
         manifest["occupancy"] = self.occupancy.summary(self.settings.scheduler.max_rows)
         manifest["store"] = self._store_summary(old)
         if hasattr(self.engine, "prefix_stats"):  # prompt tokens taken from the prefix cache, this session
@@ -559,8 +569,10 @@ class Evaluation:
 
 def evaluate(engine: EngineLike, encode: Callable[[str], list[int]], dataset: Dataset, settings: EvalSettings,
              run_dir: Path, **kwargs: Any) -> EvalResult:
-    """Evaluate ``dataset`` with ``engine`` under ``settings`` (keyword arguments: see `Evaluation`)."""
-    return Evaluation(engine, encode, dataset, settings, run_dir, **kwargs).run()
+    """Evaluate ``dataset`` with ``engine`` under ``settings`` (keyword arguments: see `Evaluation`), holding the run
+    directory's lock (rundir.run_lock: a second evaluation of it is refused)."""
+    with run_lock(run_dir):
+        return Evaluation(engine, encode, dataset, settings, run_dir, **kwargs).run()
 
 
 def evaluate_model(loaded: Any, dataset: Dataset, settings: EvalSettings, run_dir: Path, *,
@@ -574,6 +586,7 @@ def evaluate_model(loaded: Any, dataset: Dataset, settings: EvalSettings, run_di
     from eager_mlx.evaluation.store import model_digest
     from eager_mlx.evaluation.traces import TRACES, TraceRecorder
 
+    loaded.check_memory(settings.scheduler.max_rows, settings.eager.max_tokens)  # (models/memory.py)
     if store_dir is not None:
         kwargs["store"] = RunStore(Path(store_dir), model_digest(loaded.path, cache=Path(store_dir) / "models.json"))
     online = settings.consensus_abort or settings.confidence.prune_percentile is not None

@@ -9,17 +9,26 @@ the same way (`read_records`): a torn last line is ignored, and cut off the
 file before a resume appends to it; any other bad line is an error naming
 file and line.
 
-A fresh run needs a directory whose journals are empty. A resume needs the
-manifest (without it the records' settings cannot be checked) and the same
-model, dataset and settings (`RESUME_MAY_CHANGE` aside).
+One evaluation at a time: `run_lock` holds ``.lock`` in the directory (an
+advisory lock the kernel drops when the process dies), so a second evaluation
+on the same directory is refused at once, naming the holder. A fresh run needs
+a new or empty directory (no file we did not write is ever overwritten); a
+resume needs the manifest (without it the records' settings cannot be checked)
+and the same model, dataset and settings (`RESUME_MAY_CHANGE` aside). Every
+record read back is checked for the fields the evaluation and the report use:
+a line that is JSON but not such a record is an error naming file and line.
 """
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from eager_mlx.locks import LockHeld, hold
 
 __all__ = [
     "EvalError",
@@ -36,12 +45,16 @@ __all__ = [
     "load_run",
     "check_run_dir",
     "prepare_run_dir",
+    "run_lock",
+    "check_records",
+    "LOCK",
 ]
 
 MANIFEST = "manifest.json"
 RESULTS = "results.jsonl"
 JOURNAL = "runs.jsonl"  # every finished run, so a resume also keeps runs of prompts not yet complete
 TRACES = "trees.jsonl"  # branch trees of finished runs (--save-trace)
+LOCK = ".lock"  # held by the evaluation writing the directory
 JOURNALS = (RESULTS, JOURNAL, TRACES)
 # settings that may change between a run and its resume without changing any decision
 RESUME_MAY_CHANGE = ("max_rows", "save_text", "grade_timeout")
@@ -90,7 +103,7 @@ def _parse(line: bytes) -> dict | None:
     """A journal line as a JSON object, or None when it is not one (torn, not UTF-8, not JSON)."""
     try:
         record = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     return record if isinstance(record, dict) else None
 
@@ -128,6 +141,8 @@ def read_manifest(path: Path) -> dict:
         raise EvalError(f"{path}: corrupt (byte {e.start} is not UTF-8)") from None
     except json.JSONDecodeError as e:
         raise EvalError(f"{path}:{e.lineno}: corrupt ({e.msg})") from None
+    except RecursionError:
+        raise EvalError(f"{path}: corrupt (nested too deeply)") from None
     missing = [k for k in _MANIFEST_KEYS if not isinstance(manifest, dict) or k not in manifest]
     if missing:
         raise EvalError(f"{path}: not an eager-mlx manifest (no {missing[0]!r})")
@@ -150,24 +165,65 @@ def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir / MANIFEST)
     records = Journal(run_dir / RESULTS).read()
-    _check_indices(run_dir / RESULTS, records)
+    check_records(run_dir / RESULTS, records)
     return manifest, sorted(records, key=lambda r: r["index"])
 
 
-def _check_indices(path: Path, records: list[dict]) -> None:
+_NUMBER = (int, float)
+# The fields the evaluation (resume) and the report read, and their types.
+_SHAPES: dict[str, dict[str, Any]] = {
+    "result": {"index": int, "runs": list, "sequences": list, "t_done": _NUMBER},
+    "skipped": {"index": int, "skipped": str, "t_done": _NUMBER},
+    "journal": {"index": int, "t_start": _NUMBER, "t": _NUMBER, "run": dict, "sequences": list},
+    "run": {"request_id": str, "num_sequences": int, "generated_tokens": int, "prompt_tokens": int,
+            "any_correct": bool},
+    "sequence": {"run": str, "answer": (str, type(None)), "correct": bool, "finish_reason": str},
+}
+
+
+def _shape_problem(record: Any, shape: str) -> str | None:
+    """What is wrong with `record` as a `shape` record (the first missing or mistyped field), or None."""
+    if not isinstance(record, dict):
+        return f"a {shape} must be an object"
+    for key, kind in _SHAPES[shape].items():
+        if key not in record:
+            return f"no {key!r}" if shape in ("result", "skipped", "journal") else f"a {shape} has no {key!r}"
+        value = record[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, _NUMBER)):
+            return f"{shape} field {key!r} is {type(value).__name__}"
+    if shape == "result":
+        from eager_mlx.evaluation.metrics import PromptMetrics
+
+        metrics, names = record.get("metrics"), PromptMetrics.__dataclass_fields__
+        if not isinstance(metrics, dict) or not set(names) <= set(metrics):
+            return "its 'metrics' lack " + (", ".join(sorted(set(names) - set(metrics))) if isinstance(metrics, dict)
+                                            else "everything")
+    inner = ([("run", r) for r in record["runs"]] if shape == "result" else [("run", record["run"])]
+             if shape == "journal" else [])
+    inner += [("sequence", q) for q in record.get("sequences", [])] if shape in ("result", "journal") else []
+    return next((p for kind_, item in inner if (p := _shape_problem(item, kind_))), None)
+
+
+def check_records(path: Path, records: list[dict], shape: str = "result") -> None:
+    """EvalError naming file and line when a record (a results.jsonl record, or a `shape` "journal" entry of
+    runs.jsonl) lacks a field the evaluation or the report reads, or a prompt is recorded twice."""
     seen: set[int] = set()
-    for n, r in enumerate(records, 1):
-        i = r.get("index")
-        if not isinstance(i, int) or isinstance(i, bool) or i < 0:
-            raise EvalError(f"{path}: record {n} has no prompt index")
-        if i in seen:
-            raise EvalError(f"{path}: prompt {i} recorded twice")
-        seen.add(i)
+    for n, r in enumerate(records, 1):  # read_records keeps every line but a torn last one: record n is line n
+        kind = "skipped" if shape == "result" and "skipped" in r else shape
+        problem = _shape_problem(r, kind)
+        if problem is None and r["index"] < 0:
+            problem = "a negative prompt index"
+        if problem is not None:
+            what = "a run record" if shape == "journal" else "a prompt's record"
+            raise EvalError(f"{path}:{n}: not {what} ({problem})")
+        if shape == "result" and r["index"] in seen:
+            raise EvalError(f"{path}: prompt {r['index']} recorded twice")
+        seen.add(r["index"])
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """The checks that need no model, made before any work: a fresh run needs empty journals, a resume needs a
-    readable manifest."""
+    """The checks that need no model, made before any work: a fresh run needs a new or empty directory, a resume
+    needs a readable manifest and journals of well-formed records."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise EvalError(f"{run_dir} exists and is not a directory")
@@ -175,6 +231,14 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
     if not resume:
         if any(j.holds_data() for j in journals):
             raise EvalError(f"{run_dir} already holds results: pass resume (--resume) or another directory")
+        from eager_mlx.evaluation.shards import SHARD_FILE  # a rank's folder gets it before its run starts
+
+        found = sorted(p.name for p in run_dir.iterdir() if p.name not in (LOCK, SHARD_FILE)) if run_dir.is_dir() \
+            else []
+        if found:
+            shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+            raise EvalError(f"{run_dir} is not empty (it holds {shown}): a new run needs a new or empty directory "
+                            f"(or pass resume (--resume) to continue the run there)")
         return
     if not (run_dir / MANIFEST).exists():
         held = [j.path.name for j in journals if j.holds_data()]
@@ -183,11 +247,37 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
                             f"{' and '.join(held)} cannot be checked")
         raise EvalError(f"cannot resume {run_dir}: no {MANIFEST}, nothing to resume (start it without resume)")
     read_manifest(run_dir / MANIFEST)
+    check_records(run_dir / RESULTS, read_records(run_dir / RESULTS))
+    check_records(run_dir / JOURNAL, read_records(run_dir / JOURNAL), "journal")
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory (created if needed) for one evaluation; EvalError naming the holder when another
+    process holds it. A directory this call created is removed again if nothing was written into it."""
+    run_dir = Path(run_dir)
+    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EvalError(f"cannot create the run directory {run_dir} ({e.strerror})") from None
+    try:
+        with hold(run_dir / LOCK):
+            yield
+    except LockHeld as e:
+        raise EvalError(f"{run_dir} is in use by another evaluation ({e.holder}): wait for it to end, or choose "
+                        "another directory") from None
+    finally:
+        for folder in created:  # innermost first; stops at the first that holds something
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def prepare_run_dir(run_dir: Path, manifest: dict, resume: bool) -> tuple[list[dict], list[dict]]:
-    """Create or check the run directory (see `check_run_dir`; a resume also needs the same settings); return the
-    records and journaled runs to resume from, every journal repaired."""
+    """Create or check the run directory, which the caller should hold (`run_lock`; see `check_run_dir`: a resume
+    also needs the same settings); return the records and journaled runs to resume from, every journal repaired."""
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume)
     try:
@@ -203,7 +293,8 @@ def prepare_run_dir(run_dir: Path, manifest: dict, resume: bool) -> tuple[list[d
     if diffs:
         raise EvalError(f"cannot resume {run_dir}: settings differ ({', '.join(diffs[:5])})")
     records, runs, _ = (Journal(run_dir / name).read(repair=True) for name in JOURNALS)
-    _check_indices(run_dir / RESULTS, records)
+    check_records(run_dir / RESULTS, records)
+    check_records(run_dir / JOURNAL, runs, "journal")
     return records, runs
 
 

@@ -11,7 +11,8 @@ from typing import Optional
 
 from .errors import APIError
 
-__all__ = ["check_api_key", "check_origin", "cors_headers", "valid_origin", "exposure_warning"]
+__all__ = ["check_api_key", "check_origin", "check_host", "host_names", "cors_headers", "valid_origin",
+           "exposure_warning", "is_loopback"]
 
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
 
@@ -61,14 +62,48 @@ def cors_headers(origin: Optional[str], allowed: tuple[str, ...], preflight: boo
     return headers
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name, without a port) is this machine only."""
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_names(bound_host: str, allowed: tuple[str, ...]) -> Optional[tuple[str, ...]]:
+    """The Host header names a server bound to `bound_host` takes: `allowed`, the bound address, and bound to
+    loopback every loopback name; None (any) when `allowed` has '*', or is empty and the server is bound beyond
+    loopback."""
+    if "*" in allowed or (not allowed and not is_loopback(bound_host)):
+        return None
+    own = () if bound_host in ("", "0.0.0.0", "::") else (bound_host.strip("[]").lower(),)
+    return tuple(h.lower() for h in allowed) + own + (("localhost",) if is_loopback(bound_host) else ())
+
+
+def check_host(hosts: list[str], names: Optional[tuple[str, ...]]) -> None:
+    """A request's Host headers (`hosts`) against `names` (see `host_names`): one at most, and a name the server
+    answers to, so a web page on an attacker's name that resolves to this machine (DNS rebinding) gets a 403."""
+    if len(hosts) > 1:
+        raise APIError(400, "more than one Host header", code="invalid_host")
+    if names is None or not hosts:  # no Host: an HTTP/1.0 client, never a browser
+        return
+    value = hosts[0].strip()
+    host = value[1:value.find("]")] if value.startswith("[") else value.rsplit(":", 1)[0] if value.count(":") == 1 \
+        else value
+    host = host.rstrip(".").lower()
+    if host in names or ("localhost" in names and is_loopback(host)):
+        return
+    raise APIError(403, f"the Host header {value[:60]!r} is not a name of this server (start it with --allow-host "
+                        f"{host[:60] or 'NAME'} to allow it)", code="host_not_allowed")
+
+
 def exposure_warning(bound_host: str, api_key: Optional[str]) -> Optional[str]:
     """A warning when the server listens beyond loopback (other machines can reach it), else None."""
-    try:
-        if ipaddress.ip_address(bound_host).is_loopback:
-            return None
-    except ValueError:  # a host name: it may resolve anywhere
-        if bound_host == "localhost":
-            return None
+    if is_loopback(bound_host):
+        return None
     reach = "any machine that can reach this one" if bound_host in ("0.0.0.0", "::") else "other machines"
     guard = "requests need the API key" if api_key else "anyone who reaches it can use it (set --api-key)"
     return f"warning: listening on {bound_host}, reachable by {reach}: {guard}"

@@ -11,7 +11,7 @@ import uuid
 from http.server import ThreadingHTTPServer
 from typing import Any, Callable, Optional
 
-from .access import exposure_warning
+from .access import exposure_warning, host_names
 from .config import ServerConfig
 from .errors import APIError
 from .handler import CLIENT_GONE, Handler
@@ -23,7 +23,9 @@ log = logging.getLogger("eager_mlx.server")
 
 
 class _HTTPServer(ThreadingHTTPServer):
-    """A thread per connection, at most `max_connections` at once; past that a connection gets a 503 at once."""
+    """A thread per connection, at most `max_connections` at once. Past that, a new connection takes the place
+    of the oldest one still sending its request (so slow senders cannot hold every slot: slowloris), and gets a
+    503 at once only when every connection is being answered. IPv4 or IPv6, by the host's address."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -32,11 +34,27 @@ class _HTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], app: "EagerServer"):
         self.app = app
         self._slots = threading.BoundedSemaphore(app.config.max_connections)
-        self._warned_at = -3600.0  # when the log last said connections are being refused
+        self._warned_at = {"refuse": -3600.0, "evict": -3600.0}  # when the log last said so
+        self._lock = threading.Lock()
+        self._reading: dict[Any, socket.socket] = {}  # handlers still reading their request, oldest first
+        self.address_family = _family(address[0])
         super().__init__(address, Handler)
 
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6 and self.server_address[0] in ("::", ""):
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # '::' takes IPv4 clients too
+        super().server_bind()
+
+    def reading(self, handler: Any) -> None:
+        with self._lock:
+            self._reading[handler] = handler.connection
+
+    def done_reading(self, handler: Any) -> None:
+        with self._lock:
+            self._reading.pop(handler, None)
+
     def process_request(self, request: socket.socket, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        if not self._slots.acquire(blocking=False) and not self._evict_slowest():
             self._refuse(request)
             return
         try:
@@ -44,6 +62,40 @@ class _HTTPServer(ThreadingHTTPServer):
         except BaseException:
             self._slots.release()
             raise
+
+    def _evict_slowest(self) -> bool:
+        """Close the oldest connection still sending its request and take its slot (False: none to close)."""
+        with self._lock:
+            victim = next(iter(self._reading.items()), None)
+            if victim is not None:
+                del self._reading[victim[0]]
+        if victim is None:
+            return False
+        self._log_once("evict", "%d connections are open, the limit (--max-connections): new ones take the place "
+                                "of the oldest still sending a request", self.app.config.max_connections)
+        try:
+            victim[1].shutdown(socket.SHUT_RDWR)  # its thread's read returns at once, and the thread ends
+        except OSError:
+            pass
+        return self._slots.acquire(timeout=5.0)
+
+    def _log_once(self, kind: str, message: str, *args: Any) -> None:
+        if time.monotonic() - self._warned_at[kind] > 60:  # a flood must not flood the log
+            self._warned_at[kind] = time.monotonic()
+            log.warning(message, *args)
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        """Close after the answer; what the client sent beyond its request (a pipelined one, an unread body) is
+        read first, since closing over unread bytes resets the connection and can destroy the answer."""
+        try:
+            request.shutdown(socket.SHUT_WR)
+            request.setblocking(False)
+            for _ in range(16):
+                if not request.recv(1 << 16):
+                    break
+        except OSError:
+            pass
+        self.close_request(request)
 
     def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
         try:
@@ -54,9 +106,8 @@ class _HTTPServer(ThreadingHTTPServer):
     def _refuse(self, sock: socket.socket) -> None:
         """Answer 503 without a thread and close: the server keeps answering however many clients hang on."""
         limit = self.app.config.max_connections
-        if time.monotonic() - self._warned_at > 60:  # a flood must not flood the log
-            self._warned_at = time.monotonic()
-            log.warning("%d connections are open, the limit (--max-connections): new ones get a 503", limit)
+        self._log_once("refuse", "%d connections are open and being answered, the limit (--max-connections): new "
+                                 "ones get a 503", limit)
         body = json.dumps(APIError(503, f"the server has {limit} connections open, its limit; retry shortly",
                                    code="too_many_connections").body()).encode()
         head = (f"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -81,6 +132,14 @@ class _HTTPServer(ThreadingHTTPServer):
             log.exception("error on the connection from %s", client_address[0])
 
 
+def _family(host: str) -> int:
+    """AF_INET6 for an IPv6 address (or a name that resolves only to one), else AF_INET."""
+    try:
+        return socket.getaddrinfo(host or None, None, type=socket.SOCK_STREAM)[0][0]
+    except (socket.gaierror, UnicodeError):
+        return socket.AF_INET6 if ":" in host else socket.AF_INET  # binding then says why it cannot
+
+
 class EagerServer:
     """The HTTP server and its engine worker. `start()` serves on a background thread; `serve_forever()` blocks."""
 
@@ -93,6 +152,8 @@ class EagerServer:
         self.context_length = context_length or (preset.context_length if preset is not None else None) \
             or getattr(args, "max_position_embeddings", None)
         self.vocab_size: Optional[int] = getattr(args, "vocab_size", None)
+        self.model = model
+        self.host_names = host_names(self.config.host, self.config.allowed_hosts)  # None: any Host
         self.fingerprint = "eager-mlx-" + uuid.uuid4().hex[:8]
         self.created = int(time.time())
 
@@ -118,7 +179,19 @@ class EagerServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.config.host}:{self.port}"
+        host = self.config.host
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    def check_memory(self, rows: int, max_tokens: int) -> None:
+        """400 when a request's rows, run to its max_tokens, would need more KV cache than the machine has."""
+        from eager_mlx.models.loader import on_cpu
+        from eager_mlx.models.memory import check_kv_fits
+        from eager_mlx.settings import SettingError
+
+        try:
+            check_kv_fits(self.model, rows, max_tokens, context_length=self.context_length, on_cpu=on_cpu())
+        except SettingError as e:
+            raise APIError(400, str(e), param="max_tokens", code="invalid_value") from None
 
     def model_card(self) -> dict:
         return {"id": self.config.model_id, "object": "model", "created": self.created, "owned_by": "eager-mlx"}

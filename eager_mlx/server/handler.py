@@ -7,6 +7,7 @@ one engine step (its socket is watched while it waits) and its rows are freed.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import queue
@@ -19,7 +20,7 @@ from typing import Any, Callable, Iterator, Optional, Protocol
 
 from eager_mlx.results import RunFinished
 
-from .access import check_api_key, check_origin, cors_headers
+from .access import check_api_key, check_host, check_origin, cors_headers
 from .errors import APIError
 from .requests import content_length, parse_json, parse_request
 from .responses import ResponseShaper
@@ -62,6 +63,28 @@ class App(Protocol):
     def model_card(self) -> dict: ...
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The connection's reads, each waiting at most the idle timeout and never past the handler's deadline, so
+    a client that trickles its request a byte at a time is cut off like an idle one (slowloris)."""
+
+    def __init__(self, sock: socket.socket, handler: "Handler"):
+        super().__init__()
+        self.sock, self.handler = sock, handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        wait = self.handler.app.config.timeout
+        if self.handler.deadline is not None:
+            left = self.handler.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request took too long to arrive")
+            wait = min(wait, left)
+        self.sock.settimeout(wait)
+        return self.sock.recv_into(buffer)
+
+
 class Handler(BaseHTTPRequestHandler):
     """One connection, one request (HTTP/1.0: the connection closes after the answer)."""
 
@@ -76,7 +99,22 @@ class Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         self.timeout = self.app.config.timeout  # idle limit of every read and write on the socket
+        self.deadline: Optional[float] = time.monotonic() + self.app.config.header_timeout  # request line + headers
         super().setup()
+        self.rfile.close()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self))
+        self.server.reading(self)  # type: ignore[attr-defined]
+
+    def finish(self) -> None:
+        self.server.done_reading(self)  # type: ignore[attr-defined]
+        super().finish()
+
+    def _request_read(self) -> None:
+        """The whole request is in: no more deadline (writes keep the idle timeout); this connection is no
+        longer one a newcomer may take the place of."""
+        self.deadline = None
+        self.connection.settimeout(self.app.config.timeout)
+        self.server.done_reading(self)  # type: ignore[attr-defined]
 
     def log_message(self, format: str, *args: Any) -> None:
         log.info("%s %s", self.address_string(), format % args)
@@ -97,8 +135,14 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in {**cors_headers(self._origin(), self.app.config.cors_origins), **(headers or {})}.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        if not self._head():  # a HEAD answer is the GET answer's status and headers only
+            self.wfile.write(data)
         self.wfile.flush()
+
+    def _head(self) -> bool:
+        """A HEAD request, also one whose request line the base class refused before it set `command`."""
+        first = (getattr(self, "raw_requestline", b"") or b"").split(b" ", 1)[0]
+        return (self.command or first.decode("latin-1")) == "HEAD"
 
     def _send_error(self, error: APIError) -> None:
         self._send_json(error.status, error.body(), error.headers)
@@ -123,6 +167,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_OPTIONS(self) -> None:
         """CORS preflight: 204 with the CORS headers for an allowed origin, 403 for another."""
         try:
+            self._check_framing()
             check_origin(self._origin(), self.app.config.cors_origins)
         except APIError as e:
             self._send_error(e)
@@ -140,10 +185,13 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._serve(self._post)
 
+    def do_HEAD(self) -> None:
+        self._serve(self._get)
+
     def do_other(self) -> None:
         self._serve(self._not_allowed)
 
-    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_other
+    do_PUT = do_DELETE = do_PATCH = do_other
 
     def _path(self) -> str:
         return self.path.split("?", 1)[0].rstrip("/")
@@ -152,6 +200,7 @@ class Handler(BaseHTTPRequestHandler):
         """Check access, run the route; an APIError becomes its JSON answer, a client that left a debug line."""
         try:
             path = self._path()
+            self._check_framing()
             check_origin(self._origin(), self.app.config.cors_origins)
             if path != "/health":
                 check_api_key(self.app.config.api_key, self.headers.get("Authorization"))
@@ -164,6 +213,18 @@ class Handler(BaseHTTPRequestHandler):
             log.exception("unexpected error in %s %s", self.command, self.path)
             if not self._started:
                 self._send_error(APIError(500, "internal server error; see the server log"))
+
+    def _check_framing(self) -> None:
+        """One Host, a name of this server (DNS rebinding); one way to tell where the body ends (two Content-Length
+        headers, or one with Transfer-Encoding, would let a proxy and this server split requests differently)."""
+        check_host(self.headers.get_all("Host") or [], self.app.host_names)
+        if self.headers.get("Transfer-Encoding") is not None:
+            raise APIError(400, "Transfer-Encoding is not supported: send the body with one Content-Length header",
+                           code="unsupported_transfer_encoding")
+        if len(self.headers.get_all("Content-Length") or []) > 1:
+            raise APIError(400, "more than one Content-Length header", code="invalid_content_length")
+        if self.command in ("GET", "HEAD", "OPTIONS"):
+            self._request_read()
 
     def _not_allowed(self, path: str) -> None:
         allowed = allowed_methods(path)
@@ -191,6 +252,7 @@ class Handler(BaseHTTPRequestHandler):
         app = self.app
         req = parse_request(self._read_body(), POST_ROUTES[path], app.tokenizer, app.config, app.preset,
                             app.context_length, app.vocab_size)
+        app.check_memory(req.config.max_sequences, req.config.max_tokens)
         rid = ("chatcmpl-" if req.kind == "chat" else "cmpl-") + uuid.uuid4().hex
         out = app.worker.submit(rid, req.tokens, req.config, req.seed)
         shaper = ResponseShaper(rid, req, app.fingerprint, int(time.time()))
@@ -205,13 +267,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> Any:
         n = content_length(self.headers.get("Content-Length"))
+        config = self.app.config
+        self.deadline = time.monotonic() + config.body_timeout
         try:
             raw = self.rfile.read(n)
         except TimeoutError:
-            raise APIError(408, f"the request body did not arrive within {self.app.config.timeout:g} s",
-                           code="timeout") from None
+            raise APIError(408, f"the request body did not arrive in time (idle limit {config.timeout:g} s, "
+                                f"whole body {config.body_timeout:g} s)", code="timeout") from None
         if len(raw) < n:
             raise APIError(400, f"the request body ended after {len(raw)} of {n} bytes", code="incomplete_body")
+        self._request_read()
         return parse_json(raw)
 
     # ---- generation -----------------------------------------------------------------------------

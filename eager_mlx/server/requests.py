@@ -10,7 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from eager_mlx.config import EagerConfig, SamplingConfig
+from eager_mlx import strict_json
+from eager_mlx.config import EagerConfig, EngineConfig, SamplingConfig
 from eager_mlx.prompts import PromptError, encode_prompt
 from eager_mlx.settings import SettingError, check, settings_of
 
@@ -21,8 +22,16 @@ __all__ = ["GenerationRequest", "parse_request", "content_length", "parse_json",
 
 MAX_BODY_BYTES = 8 << 20
 MAX_DEPTH = 64  # nesting levels of a body's arrays and objects (a chat request needs about 5)
-_INT64 = (-(2**63), 2**63 - 1)
+_SEED = next(s for s in settings_of(EngineConfig) if s.key == "seed")  # one range for the CLI and requests
 
+# Request keys besides the settings: OpenAI's that this server implements or that change no output.
+_KEYS = {"model", "messages", "prompt", "n", "stream", "stream_options", "seed", "eager", "method",
+         "max_completion_tokens", "logprobs", "user", "metadata", "store", "service_tier"}
+# OpenAI / mlx_lm.server keys this server does not implement: taken only at the value that changes nothing
+# (or null), so that no request is answered as if its setting had been applied.
+_NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "repetition_penalty": 1, "logit_bias": {},
+            "top_logprobs": 0, "echo": False, "best_of": 1, "suffix": "", "tools": [], "tool_choice": "none",
+            "response_format": {"type": "text"}}
 _SETTINGS = {s.key: s for cls in (EagerConfig, SamplingConfig) for s in settings_of(cls) if s.key != "parallel"}
 _BRANCHING = {k for k in _SETTINGS if k in {s.key for s in settings_of(EagerConfig)}} - {"max_tokens", "stop"}
 
@@ -55,17 +64,6 @@ def content_length(header: Optional[str]) -> int:
     return int(text)
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value (JSON numbers are finite)")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"{text[:40]} is too large for a number")
-    return value
-
-
 def _depth(value: Any) -> int:
     """How deeply arrays and objects nest in a parsed JSON value (iterative: no recursion limit)."""
     deepest, todo = 0, [(value, 1)]
@@ -79,12 +77,13 @@ def _depth(value: Any) -> int:
 
 
 def parse_json(raw: bytes) -> Any:
-    """The body as JSON: strict (no NaN or Infinity), nested at most MAX_DEPTH deep; else a 400 APIError."""
+    """The body as JSON (eager_mlx.strict_json: no NaN or Infinity, no repeated key), nested at most MAX_DEPTH
+    deep; else a 400 APIError."""
     try:
-        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
-    except RecursionError:
+        value = strict_json.loads(raw)
+    except strict_json.TooDeep:
         raise APIError(400, f"the request body nests deeper than {MAX_DEPTH} levels", code="invalid_json") from None
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, NaN, an integer too long to convert
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, NaN, a duplicate key, too deep, a huge integer
         raise APIError(400, f"invalid JSON in the request body: {e}", code="invalid_json") from None
     if _depth(value) > MAX_DEPTH:
         raise APIError(400, f"the request body nests deeper than {MAX_DEPTH} levels", code="invalid_json")
@@ -180,6 +179,32 @@ def _encode(tokenizer, kind: str, body: dict, template_args: dict, vocab_size: O
     return tokens
 
 
+def _check_keys(body: dict, eager: dict) -> None:
+    """400 for a key the server does not know, or one it does not implement given a value that would matter."""
+    unknown = sorted(set(eager) - set(_SETTINGS) - {"method"})
+    if unknown:
+        raise APIError(400, f"unknown eager option(s): {_shown(unknown)}", param="eager", code="invalid_value")
+    unknown = sorted(set(body) - _KEYS - set(_SETTINGS) - set(_NEUTRAL))
+    if unknown:
+        raise APIError(400, f"unknown request key(s): {_shown(unknown)} (docs/settings.md lists the settings)",
+                       param=unknown[0], code="unknown_parameter")
+    if body.get("logprobs"):
+        raise APIError(400, "logprobs is not supported by this server", param="logprobs", code="unsupported")
+    for key, neutral in _NEUTRAL.items():
+        value = body.get(key)
+        if value is not None and (value != neutral or type(value) is bool and type(neutral) is not bool):
+            raise APIError(400, f"{key} is not supported by this server (only {_shown(neutral)} or null), got "
+                           f"{_shown(value)}", param=key, code="unsupported")
+
+
+def _seed(value: Any) -> Optional[int]:
+    """The request's own seed: the range of the engine's `seed` setting (the CLI's), or None."""
+    try:
+        return None if value is None else check(_SEED, value)
+    except SettingError as e:
+        raise APIError(400, str(e), param="seed", code="invalid_value") from None
+
+
 def parse_request(body: Any, kind: str, tokenizer, config: ServerConfig, preset=None,
                   context_length: Optional[int] = None, vocab_size: Optional[int] = None) -> GenerationRequest:
     """Validate a completion body into a GenerationRequest; raises APIError (400 / 404)."""
@@ -192,18 +217,14 @@ def parse_request(body: Any, kind: str, tokenizer, config: ServerConfig, preset=
         raise APIError(404, f"The model {_shown(model)} does not exist; this server serves '{config.model_id}'",
                        param="model", code="model_not_found")
     eager = _get(body, "eager", (dict,), {})
-    unknown = sorted(set(eager) - set(_SETTINGS) - {"method"})
-    if unknown:
-        raise APIError(400, f"unknown eager option(s): {_shown(unknown)}", param="eager", code="invalid_value")
+    _check_keys(body, eager)
     given = _settings(body, eager)
     n = _get(body, "n", (int,), 1, lo=1, hi=config.max_rows)
     method = _method(body, eager, given)
     _sequences(given, n, method, config)
-    if body.get("logprobs"):
-        raise APIError(400, "logprobs is not supported by this server", param="logprobs", code="unsupported")
     stream = _get(body, "stream", (bool,), False)
     _get(body, "stream_options", (dict,), None)
-    seed = _get(body, "seed", (int,), None, lo=_INT64[0], hi=_INT64[1])
+    seed = _seed(body.get("seed"))
     try:
         cfg = config_for(preset, **{**config.defaults, **given, "parallel": method == "parallel"})
     except SettingError as e:
