@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import click
 
-from .options import ADAPTIVE, ENGINE, GENERATION, fail, pop_settings, setting_options, writable_file
+from .options import ADAPTIVE, ENGINE, GENERATION, fail, not_empty, pop_settings, setting_options, writable_file
 from .progress import load_model
 
 __all__ = ["chat"]
@@ -19,7 +19,8 @@ HELP = "/reset: start over, /save FILE: the conversation as JSON, /quit (or Ctrl
 
 
 @click.command()
-@click.option("--model", "-m", default=None, help="Preset name, mlx-lm folder, .gguf file or hub id (default: the default preset).")
+@click.option("--model", "-m", default=None, callback=not_empty,
+              help="Preset name, mlx-lm folder, .gguf file or hub id (default: the default preset).")
 @setting_options(*GENERATION, auto_threshold=True)
 @setting_options(*ENGINE, exclude=("max_rows",))  # one conversation: the engine has M rows
 @click.option("--system", default=None, help="System message.")

@@ -10,8 +10,8 @@ import click
 from eager_mlx.evaluation.scheduler import METHODS, POLICIES
 
 from .interrupt import stop_on_signals
-from .options import (ADAPTIVE, ENGINE, GENERATION, IntRange, fail, not_empty, output_dir, pop_settings, setting_options,
-                      writable_dir, writable_file)
+from .options import (ADAPTIVE, ENGINE, GENERATION, FiniteFloatRange, IntRange, fail, not_empty, output_dir,
+                      pop_settings, setting_options, writable_dir, writable_file)
 from .progress import EvalBar, load_model
 
 __all__ = ["eval_cmd", "report"]
@@ -48,7 +48,7 @@ def _template(ctx: click.Context, param: click.Parameter, value: Optional[str]) 
               help="eager-adapt / parallel-adapt: who gets the pool. hit-m: the paper's (prompts whose first run hit "
                    "M); rank, disagree, sequential: every prompt ranked (docs/evaluation.md). [default: the preset's "
                    "eval configuration, else hit-m; sequential for parallel-adapt]")
-@click.option("--budget", type=click.FloatRange(0, 4, min_open=True), default=1.0, show_default=True,
+@click.option("--budget", type=FiniteFloatRange(0, 4, min_open=True), default=1.0, show_default=True,
               help="eager-adapt / eager / parallel-adapt: spend this fraction of M x |D| sequences.")
 @setting_options(*GENERATION, exclude=("parallel",), auto_threshold=True)
 @setting_options(*ENGINE)

@@ -148,6 +148,9 @@ def test_bad_options_are_one_line_errors(loaded):
     res = CliRunner().invoke(cli, ["chat", "--threshold", "-1"], input="hi\n")
     assert res.exit_code == 2 and res.output.strip().splitlines()[-1] == \
         "Error: Invalid value for '--threshold' / '-t': threshold must be >= 0, got -1.0"
+    res = CliRunner().invoke(cli, ["chat", "--model", ""], input="hi\n")
+    assert res.exit_code == 2 and res.output.strip().splitlines()[-1] == \
+        "Error: Invalid value for '--model' / '-m': '' is empty"
 
 
 def test_threshold_auto_is_resolved_on_the_first_message(loaded, tmp_path):

@@ -183,6 +183,11 @@ EVAL = [  # every row but the last is refused before the model loads
     (["--top-k", "1099511627776"], 2, "top_k must be >= 0, <= 1048576"),
     (["--max-rows", "5000"], 2, "max_rows must be >= 1, <= 1024"),
     (["--limit", "1_0"], 2, "'1_0' is not an integer"),
+    (["--budget", "nan"], 2, "'nan' is not a finite number"),
+    (["--budget", "0"], 2, "Invalid value for '--budget'"),
+    (["--fewshot", "1_0"], 2, "'1_0' is not an integer"),
+    (["--store", ""], 2, "Invalid value for '--store': '' is empty"),
+    (["--store", "{d}/afile"], 2, "afile exists and is not a directory"),
     (["-M", "8", "--resume", "--out", "{d}/done"], 1, "cannot resume {d}/done: settings differ (settings.eager.max_sequences"),
 ]
 

@@ -104,7 +104,20 @@ def test_model_digest_follows_the_files(tmp_path):
     first = model_digest(tmp_path / "m", cache)
     assert model_digest(tmp_path / "m", cache) == first and cache.exists()
     (tmp_path / "m" / "w.safetensors").write_bytes(b"abd")
-    assert model_digest(tmp_path / "m", cache) != first
+    second = model_digest(tmp_path / "m", cache)
+    assert second != first
+
+
+def test_model_digest_leaves_out_the_digest_list(tmp_path):
+    from eager_mlx.evaluation import store
+    from eager_mlx.models import digests
+
+    assert store.DIGESTS == digests.DIGESTS
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "w.safetensors").write_bytes(b"abc")
+    first = model_digest(tmp_path / "m")
+    digests.record_digests(tmp_path / "m")  # what conversion writes: a folder converted before it keeps its runs
+    assert (tmp_path / "m" / digests.DIGESTS).exists() and model_digest(tmp_path / "m") == first
 
 
 def test_a_folder_from_before_the_policy_settings_resumes(tmp_path, data):

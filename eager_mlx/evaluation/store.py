@@ -57,12 +57,15 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+DIGESTS = "eager-mlx.sha256"  # models.digests.DIGESTS, not imported: the store does not load the models package
+
+
 def model_digest(folder: Path, cache: Optional[Path] = None) -> str:
     """SHA-256 over a model folder's files (names and contents; a single file: its own). With `cache` (a JSON
     file), a folder whose files have the same names, sizes and modification times as last time is not read again."""
     folder = Path(folder).resolve()
-    files = [folder] if folder.is_file() else sorted(
-        p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = [folder] if folder.is_file() else sorted(  # not the digest list conversion writes (models/digests.py)
+        p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name != DIGESTS)
     stamp = [[p.name if p == folder else str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns]
              for p in files]
     known: dict = {}
