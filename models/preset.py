@@ -66,7 +66,7 @@ class PresetEval:
     sampling's at the same M (docs/beyond.md).
     """
 
-    method: str  # eager-adapt or parallel-adapt
+    method: str  # eager-adapt, parallel-adapt or eager-parallel
     policy: str  # hit-m, rank, disagree, sequential
     threshold: float
     branch_rule: str = "top2"

@@ -26,7 +26,9 @@ def test_choose_takes_the_best_worst_side_within_parallels_tokens():
     assert choose([(c, cost(1.2, 0.3, 0.3))]) is None
     names = [x.name for x in grid([2.0, 2.5], ["top2"], ["hit-m", "sequential"])]
     assert names == ["eager-adapt-hit-m-t2-top2", "eager-adapt-sequential-t2-top2", "eager-adapt-hit-m-t2.5-top2",
-                     "eager-adapt-sequential-t2.5-top2", "parallel-adapt-sequential", "parallel-adapt-disagree"]
+                     "eager-adapt-sequential-t2.5-top2", "eager-parallel-sequential-t2-top2",
+                     "eager-parallel-disagree-t2-top2", "eager-parallel-sequential-t2.5-top2",
+                     "eager-parallel-disagree-t2.5-top2", "parallel-adapt-sequential", "parallel-adapt-disagree"]
 
 
 def test_the_frontier_runs_through_the_store_and_writes_its_table(tmp_path, monkeypatch):
@@ -42,12 +44,14 @@ def test_the_frontier_runs_through_the_store_and_writes_its_table(tmp_path, monk
     assert r.exit_code == 0, r.output
     assert "chosen: " in r.output and (out / "frontier.txt").read_text().startswith("equal cost")
     folders = ["parallel", "eager-adapt-hit-m-t1.2-top2", "eager-adapt-sequential-t1.2-top2",
-               "parallel-adapt-sequential", "parallel-adapt-disagree"]
+               "eager-parallel-sequential-t1.2-top2", "parallel-adapt-sequential", "parallel-adapt-disagree"]
     assert all((out / f / "results.jsonl").exists() for f in folders)
     manifests = {f: json.loads((out / f / "manifest.json").read_text()) for f in folders}
     # the two eager-adapt policies share every first run; parallel-adapt reads parallel's samples
     assert manifests["eager-adapt-sequential-t1.2-top2"]["store"]["replayed"] >= len(QUESTIONS)
     assert manifests["parallel-adapt-sequential"]["store"]["replayed"] >= len(QUESTIONS)
+    # eager-parallel: its first runs are eager-adapt's, and its extra samples parallel's (from sample 1)
+    assert manifests["eager-parallel-sequential-t1.2-top2"]["store"]["stored"] == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
     again = CliRunner().invoke(cli, args)  # every folder finished: nothing runs again
     assert again.exit_code == 0 and "frontier: " not in again.output

@@ -1,5 +1,5 @@
-"""Wave budget policies (rank / disagree / sequential, eager-adapt and parallel-adapt): the budget is spent, the
-caps hold, the ranking is what the policy says, and no decision depends on timing, max_rows or a resume."""
+"""Wave budget policies (rank / disagree / sequential; eager-adapt, parallel-adapt, eager-parallel): the budget is
+spent, the caps hold, the ranking is what the policy says, and no decision depends on timing, max_rows or a resume."""
 from __future__ import annotations
 
 import dataclasses
@@ -50,7 +50,8 @@ def simulate(cfg: SchedulerConfig, n: int, seed: int, max_rows: int, replay: dic
 
 
 POLICY_CONFIGS = [SchedulerConfig(method=m, policy=p, max_sequences=4, wave_runs=3)
-                  for m in ("eager-adapt", "parallel-adapt") for p in ("rank", "disagree", "sequential")]
+                  for m in ("eager-adapt", "parallel-adapt", "eager-parallel")
+                  for p in ("rank", "disagree", "sequential")]
 
 
 @pytest.mark.parametrize("cfg", POLICY_CONFIGS, ids=lambda c: f"{c.method}-{c.policy}")
@@ -86,6 +87,18 @@ def test_parallel_adapt_rounds_continue_each_prompts_stream():
         assert all(r.key_id == (None if r.attempt == 0 else f"p{i}-r0") for r in mine)
 
 
+def test_eager_parallel_starts_with_an_eager_run_then_takes_parallels_samples_from_1():
+    runs, _ = simulate(POLICY_CONFIGS[8], 10, seed=1, max_rows=8)
+    assert any(r.attempt > 0 for r in runs.values())
+    for i in range(10):
+        first, *extra = sorted((r for r in runs.values() if r.prompt_index == i), key=lambda r: r.attempt)
+        assert not first.parallel and first.max_sequences == 4 and first.key_id is None
+        assert all(r.parallel and r.max_sequences <= 2 and r.key_id == f"p{i}-r0" for r in extra)
+        # sample 0 shares the eager run's key of sequence 0: the samples start at 1, one stream
+        assert [r.first_sequence for r in extra] == [1 + sum(x.max_sequences for x in extra[:k])
+                                                     for k in range(len(extra))]
+
+
 def test_disagreeing_prompts_get_the_budget_first():
     # Prompts 0-3 agree on every answer; with a budget that cannot serve all, the others get it.
     cfg = dataclasses.replace(POLICY_CONFIGS[1], budget=0.9)
@@ -118,7 +131,9 @@ def test_a_resume_replays_the_same_decisions():
 
 def test_settings_are_checked():
     for bad, msg in ((dict(method="parallel-adapt"), "parallel-adapt needs a policy"),
-                     (dict(method="eager", policy="rank"), "applies to eager-adapt and parallel-adapt"),
+                     (dict(method="eager-parallel"), "eager-parallel needs a policy"),
+                     (dict(method="eager-parallel", policy="rank", round_size=9), "round_size 9"),
+                     (dict(method="eager", policy="rank"), "applies to eager-adapt, parallel-adapt and eager-parallel"),
                      (dict(method="eager-adapt", policy="sequential", token_budget=99), "drop --token-budget"),
                      (dict(method="eager-init", budget=0.5), "a budget applies"),
                      (dict(method="eager-adapt", policy="nope"), "unknown policy"),

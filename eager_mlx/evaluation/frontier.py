@@ -2,7 +2,7 @@
 
 On a labelled dev split (default GSM8K train, never a test split), parallel sampling
 runs once at M; then every label-free configuration of a grid (theta x branch rule x
-policy for eager-adapt, and parallel sampling in rounds) runs through the run store,
+policy for eager-adapt and eager-parallel, and parallel sampling in rounds) runs through the run store,
 so configurations that share runs (the policies share first runs and most extra
 runs) cost only the runs not yet made. Each is compared with parallel at equal
 generated tokens (equal_cost.py). The chosen configuration is the best one that
@@ -25,7 +25,7 @@ __all__ = ["Candidate", "grid", "choose", "eval_toml", "write_preset_eval", "run
 class Candidate:
     """One label-free configuration of the grid."""
 
-    method: str  # eager-adapt or parallel-adapt
+    method: str  # eager-adapt, eager-parallel or parallel-adapt
     policy: str
     threshold: Optional[float]  # None for parallel-adapt (no branching)
     branch_rule: str = "top2"
@@ -34,13 +34,16 @@ class Candidate:
     def name(self) -> str:
         if self.method == "parallel-adapt":
             return f"parallel-adapt-{self.policy}"
-        return f"eager-adapt-{self.policy}-t{self.threshold:g}-{self.branch_rule}"
+        return f"{self.method}-{self.policy}-t{self.threshold:g}-{self.branch_rule}"
 
 
 def grid(thresholds: Sequence[float], rules: Sequence[str], policies: Sequence[str],
          parallel_policies: Sequence[str] = ("sequential", "disagree")) -> list[Candidate]:
-    """The candidates: eager-adapt for every theta x rule x policy, then parallel-adapt per policy."""
+    """The candidates: eager-adapt for every theta x rule x policy, eager-parallel for every theta x rule x
+    parallel policy (its first runs are eager-adapt's, its extra samples parallel-adapt's: both from the store),
+    then parallel-adapt per parallel policy."""
     out = [Candidate("eager-adapt", p, t, r) for t in thresholds for r in rules for p in policies]
+    out += [Candidate("eager-parallel", p, t, r) for t in thresholds for r in rules for p in parallel_policies]
     return out + [Candidate("parallel-adapt", p, None) for p in parallel_policies]
 
 

@@ -18,6 +18,11 @@ fresh eager-init runs (cap M, or what is left of the pool) for ``eager-adapt``, 
 ``round_size`` more parallel samples for ``parallel-adapt`` (parallel sampling in
 rounds: its first run is ``round_size`` samples, and round r continues the same
 stream of samples, so a prompt's samples are parallel's samples, in order).
+``eager-parallel`` starts with an eager-init run and spends the pool on parallel
+samples: the cheap, often-right first run, then independent samples where the answers
+disagree (branches of one run share prefixes, so they vote less independently). Its
+samples are parallel's samples 1, 2, ...: sample 0 draws with the same key as the
+eager run's sequence 0, so up to its first branch it would repeat that sequence.
 
 Determinism (every decision a function of outcomes, never of timing): wave w+1 is
 decided when every wave before w is back, from the outcomes of those waves alone,
@@ -65,7 +70,7 @@ class _Prompt:
     outcomes: dict[int, tuple[int, RunOutcome]] = field(default_factory=dict)  # attempt -> (wave, outcome)
     in_flight: dict[str, tuple[RunRequest, int]] = field(default_factory=dict)  # id -> (run, rows reserved)
     attempts: int = 1  # next attempt number (0 is the first run)
-    samples: int = 0  # parallel-adapt: samples of its stream planned so far
+    samples: int = 0  # parallel-adapt / eager-parallel: samples of its stream planned so far
     done: bool = False
     replay: dict[str, RunOutcome] = field(default_factory=dict)
 
@@ -78,7 +83,8 @@ class AdaptiveScheduler:
         self.config = config
         self._ids = list(range(num_prompts)) if prompt_ids is None else list(prompt_ids)
         self._p = [_Prompt() for _ in range(num_prompts)]
-        self._parallel = config.method == "parallel-adapt"
+        self._parallel = config.method == "parallel-adapt"  # first runs are parallel samples
+        self._extra_parallel = config.method in ("parallel-adapt", "eager-parallel")  # so are extra runs
         self._next_first = 0
         self._first_pending = num_prompts
         self._pool: Optional[int] = None  # sequences of the budget beyond the first runs; None before the barrier
@@ -213,7 +219,7 @@ class AdaptiveScheduler:
                         key=lambda i: (priority(cfg.policy, seen(i)), -i), reverse=True)
         wave = []
         for i in ranked[: cfg.wave_runs]:
-            size = min(cfg.round_size if self._parallel else cfg.max_sequences, cap - extra[i], left)
+            size = min(cfg.round_size if self._extra_parallel else cfg.max_sequences, cap - extra[i], left)
             if size < 1:
                 break
             left -= size
@@ -222,10 +228,11 @@ class AdaptiveScheduler:
 
     def _extra_run(self, i: int, size: int) -> RunRequest:
         p = self._p[i]
-        first = p.samples if self._parallel else 0
-        p.samples += size if self._parallel else 0
-        req = RunRequest(run_id(self._ids[i], p.attempts), i, self.config.threshold, size, self._parallel, p.attempts,
-                         key_id=run_id(self._ids[i], 0) if self._parallel else None, first_sequence=first)
+        first = p.samples if self._extra_parallel else 0
+        p.samples += size if self._extra_parallel else 0
+        req = RunRequest(run_id(self._ids[i], p.attempts), i, self.config.threshold, size, self._extra_parallel,
+                         p.attempts, key_id=run_id(self._ids[i], 0) if self._extra_parallel else None,
+                         first_sequence=first)
         p.attempts += 1
         return req
 
@@ -246,7 +253,7 @@ class AdaptiveScheduler:
         p = self._p[req.prompt_index]
         if req.attempt == 0:
             self._next_first += 1
-            p.samples = req.max_sequences if self._parallel else 0
+            p.samples = req.max_sequences if self._parallel else 1  # eager-parallel: skip sample 0 (see above)
         else:
             self._queue.remove(req)
         p.in_flight[req.request_id] = (req, rows)

@@ -10,7 +10,7 @@ from eager_mlx.evaluation.scheduler import METHODS
 
 __all__ = ["run_summary", "format_table", "plot_runs", "find_baseline", "equal_cost_rows", "format_equal_cost"]
 
-_POLICY_METHODS = ("eager-adapt", "parallel-adapt")
+_POLICY_METHODS = ("eager-adapt", "parallel-adapt", "eager-parallel")
 _UNBRANCHED = ("parallel", "parallel-adapt")  # theta plays no part
 
 

@@ -22,6 +22,7 @@ Methods (shared/reference/eager-method.md), M = ``max_sequences``, |D| = number 
   theta*``retry_decay`` (0.8) for prompts whose first run stayed below M (theta
   for those that hit M, unless ``decay_capped_on_retry``), and every later try
   multiplies the previous theta by ``later_decay`` (0.9).
+* ``parallel-adapt`` and ``eager-parallel`` (no labels): wave policies, see policies.py.
 
 How a share is spent (differs from the paper's one-run-after-another order, see
 docs/evaluation.md): in *generations*. A generation splits what the prompt may
@@ -85,7 +86,7 @@ __all__ = [
     "prompt_of_run",
 ]
 
-METHODS = ("parallel", "eager-init", "eager-adapt", "eager", "parallel-adapt")
+METHODS = ("parallel", "eager-init", "eager-adapt", "eager", "parallel-adapt", "eager-parallel")
 POLICIES = ("hit-m", "rank", "disagree", "sequential")  # how eager-adapt / parallel-adapt hand out the pool
 
 
@@ -109,7 +110,7 @@ class SchedulerConfig:
     policy: str = "hit-m"  # who gets the pool: the paper's rule, or a wave policy (policies.py)
     budget: float = 1.0  # eager-adapt / eager / parallel-adapt: spend budget x M x |D| sequences in all
     wave_runs: int = 8  # wave policies: at most this many extra runs per wave (never derived from max_rows)
-    round_size: int = 2  # parallel-adapt: samples per run (its first run and each extra one)
+    round_size: int = 2  # parallel-adapt: samples per run (first and extra ones); eager-parallel: per extra run
 
     def validate(self) -> None:
         """Raise SettingError naming the first bad value."""
@@ -136,7 +137,7 @@ class SchedulerConfig:
         self._validate_policy()
 
     def _validate_policy(self) -> None:
-        adaptive = ("eager-adapt", "eager", "parallel-adapt")
+        adaptive = ("eager-adapt", "eager", "parallel-adapt", "eager-parallel")
         if self.policy not in POLICIES:
             raise SettingError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
         if not 0 < self.budget <= 4:
@@ -146,16 +147,17 @@ class SchedulerConfig:
         if self.wave_runs < 1 or self.round_size < 1:
             raise SettingError(f"wave_runs and round_size must be >= 1, got {self.wave_runs}, {self.round_size}")
         if self.policy == "hit-m":
-            if self.method == "parallel-adapt":
-                raise SettingError("parallel-adapt needs a policy that can rank its prompts: rank, disagree or "
-                                   "sequential (hit-m needs branching)")
+            if self.method in ("parallel-adapt", "eager-parallel"):
+                raise SettingError(f"{self.method} needs a policy that can rank its prompts: rank, disagree or "
+                                   "sequential (hit-m hands the pool to eager-init runs only)")
             return
-        if self.method not in ("eager-adapt", "parallel-adapt"):
-            raise SettingError(f"policy {self.policy} applies to eager-adapt and parallel-adapt, not {self.method}")
+        if self.method not in ("eager-adapt", "parallel-adapt", "eager-parallel"):
+            raise SettingError(f"policy {self.policy} applies to eager-adapt, parallel-adapt and eager-parallel, "
+                               f"not {self.method}")
         if self.token_budget is not None or self.consensus is not None:
             raise SettingError(f"policy {self.policy} counts the budget in sequences and stops no prompt early: "
                                "drop --token-budget / --consensus, or use policy hit-m")
-        if self.method == "parallel-adapt" and self.round_size > self.max_sequences:
+        if self.method in ("parallel-adapt", "eager-parallel") and self.round_size > self.max_sequences:
             raise SettingError(f"round_size {self.round_size} > max_sequences {self.max_sequences}")
 
 
