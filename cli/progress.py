@@ -56,7 +56,7 @@ class EvalBar:
         if self.bar is None:
             self.bar = tqdm(total=p.total, initial=p.done, unit="prompt", desc="eval", file=sys.stderr,
                             dynamic_ncols=True)
-        self.bar.set_postfix_str(f"Pass@k {p.pass_at_k:.3f}, {p.tokens} tok, {p.sequences} seq", refresh=False)
+        self.bar.set_postfix_str(f"Pass@k {p.pass_at_k:.3f}, {p.runs} runs back, {p.run_tokens} tok", refresh=False)
         self.bar.update(p.done - self.bar.n)
 
     def close(self) -> None:

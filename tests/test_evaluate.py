@@ -142,8 +142,11 @@ def test_eager_adapt_end_to_end(tmp_path):
     assert occ["steps"] == 6 and occ["max_rows"] == 16 and occ["mean_rows"] == occ["rows"] / 6
     assert 0 < occ["mean_occupancy"] == occ["mean_rows"] / 16 < 1
     # progress: an initial report, then one per prompt, counting up
-    assert [p.done for p in progress] == [0, 1, 2, 3, 4] and progress[-1].pass_at_k == 1.0
+    assert [p.done for p in progress if p.index is not None] == [1, 2, 3, 4] and progress[-1].pass_at_k == 1.0
     assert progress[-1].sequences == 16
+    # every run back is reported too (the wave policies write prompts only once the pool is spent)
+    assert [p.runs for p in progress if p.index is None] == list(range(7))
+    assert progress[-1].run_tokens == res.metrics.total_tokens
 
 
 def test_parallel_and_eager_labels(tmp_path):
@@ -195,8 +198,13 @@ def test_resume_after_crash_with_torn_line(tmp_path):
     with open(run / JOURNAL, "a") as f:
         f.write('{"index": 5, "t_st')  # torn journal line too
     eng = FakeEngine(script)
-    res = evaluate(eng, encode, ds, st, run, resume=True)
+    progress = []
+    res = evaluate(eng, encode, ds, st, run, resume=True, progress=progress.append)
     assert res.resumed == len(before)
+    # the runs back count the earlier session's (recorded and journaled) from the first report on
+    assert progress[0].runs == len(journaled | {run["request_id"] for r in before for run in r["runs"]})
+    assert progress[-1].runs == sum(len(r["runs"]) for r in res.records)
+    assert progress[-1].run_tokens == res.metrics.total_tokens
     done_before = {r["index"] for r in before}
     assert not any(int(rid[1:].split("-")[0]) in done_before for rid in eng.added)  # no prompt redone
     assert not journaled & set(eng.added)  # no finished run redone either

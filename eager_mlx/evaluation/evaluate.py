@@ -148,14 +148,17 @@ class Occupancy:
 
 @dataclass
 class EvalProgress:
-    """Reported after each prompt is written."""
+    """Reported after each prompt is written and each run comes back (under a wave policy a prompt is written
+    only once the pool is spent, so for most of such an evaluation the runs are the progress)."""
 
     done: int
     total: int
     pass_at_k: float  # running mean over the prompts done
-    tokens: int
-    sequences: int
-    index: Optional[int]  # the prompt just written (None for the initial report)
+    tokens: int  # of the prompts done
+    sequences: int  # of the prompts done
+    index: Optional[int]  # the prompt just written (None: a run came back, or the initial report)
+    runs: int = 0  # runs back so far, earlier sessions' included
+    run_tokens: int = 0  # tokens those runs generated
 
 
 @dataclass
@@ -313,6 +316,8 @@ class Evaluation:
         self.totals = {"ran": len(ran), "tokens": sum(r["metrics"]["generated_tokens"] for r in ran),
                        "sequences": sum(r["metrics"]["num_sequences"] for r in ran),
                        "passed": sum(r["metrics"]["pass_at_k"] for r in ran)}
+        runs = [run for r in ran for run in r["runs"]] + [run for st in self.states.values() for run in st.runs]
+        self.run_totals = {"runs": len(runs), "tokens": sum(run["generated_tokens"] for run in runs)}
         self._offset = max([r["t_done"] for r in records] + [e["t"] for e in journal], default=0.0)
         old = read_manifest(self.run_dir / MANIFEST).get("occupancy") if resume else None
         self.occupancy = Occupancy.resumed([old] + [e.get("occupancy") for e in journal])
@@ -493,6 +498,9 @@ class Evaluation:
         st.runs.append(run)
         self._journal.append({"index": i, "t_start": st.started, "t": self._clock(), "run": run, "sequences": seqs,
                               "occupancy": self.occupancy.counts()})
+        self.run_totals["runs"] += 1
+        self.run_totals["tokens"] += result.generated_tokens
+        self._report(None)
         return _outcome(run, seqs, req.prompt_index)
 
     def _write_complete(self) -> None:
@@ -536,7 +544,8 @@ class Evaluation:
         if self.progress is not None:
             t = self.totals
             self.progress(EvalProgress(len(self.by_index), len(self.dataset), t["passed"] / t["ran"] if t["ran"]
-                                       else 0.0, t["tokens"], t["sequences"], index))
+                                       else 0.0, t["tokens"], t["sequences"], index, self.run_totals["runs"],
+                                       self.run_totals["tokens"]))
 
     def _finish(self) -> EvalResult:
         """Write the manifest's summary; return the result over every prompt."""
