@@ -24,10 +24,17 @@ declare -A args=(
   [parallel-adapt-seq-half]="--method parallel-adapt --policy sequential --budget 0.5"
   [eager-adapt-seq-keep]="--method eager-adapt --policy sequential --branch-rule keep"
   [eager-adapt-seq-sample]="--method eager-adapt --policy sequential --branch-rule sample"
+  [eager-init-sample]="--method eager-init --branch-rule sample"
+  [eager-init-keep]="--method eager-init --branch-rule keep"
+  [eager-parallel-seq]="--method eager-parallel --policy sequential"
+  [eager-parallel-disagree]="--method eager-parallel --policy disagree"
+  [eager-parallel-seq-half]="--method eager-parallel --policy sequential --budget 0.5"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=(parallel eager-init parallel-adapt-seq eager-adapt-seq eager-adapt-hitm
-                                  eager-adapt-disagree eager-adapt-rank eager eager-adapt-seq-half)
+                                  eager-adapt-disagree eager-adapt-rank eager eager-adapt-seq-half
+                                  parallel-adapt-seq-half parallel-adapt-disagree eager-init-sample eager-init-keep
+                                  eager-parallel-seq eager-parallel-disagree eager-parallel-seq-half)
 for name in "${names[@]}"; do
   [ -n "${args[$name]:-}" ] || { echo "unknown run name $name" >&2; exit 2; }
   resume=()

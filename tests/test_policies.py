@@ -120,13 +120,14 @@ def test_priorities():
     assert uncertainty(["1"]) == 0.25 and uncertainty(["1", "1"]) == 0.125 and uncertainty([]) == 0.5
 
 
-def test_a_resume_replays_the_same_decisions():
-    cfg = POLICY_CONFIGS[2]
+@pytest.mark.parametrize("cfg", POLICY_CONFIGS[2::3], ids=lambda c: c.method)
+def test_a_resume_replays_the_same_decisions(cfg):
     want, sched = simulate(cfg, 10, seed=0, max_rows=8)
     recorded = {i: sched.runs_of(i) for i in range(10)}
     keep = {i: recorded[i] for i in range(0, 10, 2)}  # half the prompts were complete before the interrupt
     got, _ = simulate(cfg, 10, seed=7, max_rows=4, replay=keep)
     assert set(got) | {o.request_id for outs in keep.values() for o in outs} == set(want)
+    assert all(got[r] == want[r] for r in got)  # the same runs: size, samples of the stream and all
 
 
 def test_settings_are_checked():
