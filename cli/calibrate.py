@@ -10,7 +10,7 @@ import click
 
 from .options import (ENGINE, GENERATION, FiniteFloatRange, IntRange, fail, not_empty, output_dir, output_file,
                       pop_settings, setting_options, writable_dir)
-from .progress import load_model
+from .progress import RunBars, load_model
 
 __all__ = ["calibrate"]
 
@@ -144,6 +144,7 @@ def _frontier(model, data, limit, question_field, template, no_chat, write_prese
     generation = pop_settings(settings, *GENERATION)
     out = writable_dir(out or Path("runs") / f"frontier-{model or 'default'}-{Path(data).stem}", "'--out'")
     store_dir = writable_dir(store if store is not None else default_store_dir(), "'--store'")
+    bars = RunBars("frontier")
     try:
         dataset = load_dataset(data, question_field=question_field, template=template, limit=limit)
         loaded = load_model(model)
@@ -154,10 +155,12 @@ def _frontier(model, data, limit, question_field, template, no_chat, write_prese
         base = EvalSettings.build(eager, AdaptiveOptions(), method="parallel", **engine)
         candidates = fr.grid(thetas, rules, chosen_policies)
         results = fr.run_frontier(loaded, dataset, base, candidates, out, store_dir, chat=not no_chat,
-                                  progress=lambda name: click.echo(f"frontier: {name}", err=True))
+                                  progress=bars.next)
         rows = equal_cost_rows([out / c.name for c in candidates], out / "parallel")
     except ValueError as e:
         raise fail(e) from None
+    finally:
+        bars.close()
     table = format_equal_cost(rows, out / "parallel")
     (out / "frontier.txt").write_text(table + "\n", encoding="utf-8")
     click.echo(table)

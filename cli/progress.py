@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 
-__all__ = ["ProgressBars", "EvalBar", "load_model"]
+__all__ = ["ProgressBars", "EvalBar", "RunBars", "load_model"]
 
 
 class ProgressBars:
@@ -62,3 +62,25 @@ class EvalBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class RunBars:
+    """One EvalBar per run of a series (calibrate's frontier), each headed by `label: NAME` on stderr."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar: EvalBar | None = None
+
+    def next(self, name: str) -> EvalBar:
+        """Close the previous run's bar and return the next one's."""
+        import click
+
+        self.close()
+        click.echo(f"{self.label}: {name}", err=True)
+        self.bar = EvalBar()
+        return self.bar
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

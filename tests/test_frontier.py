@@ -43,6 +43,7 @@ def test_the_frontier_runs_through_the_store_and_writes_its_table(tmp_path, monk
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     assert "chosen: " in r.output and (out / "frontier.txt").read_text().startswith("equal cost")
+    assert "frontier: parallel" in r.output and "runs back" in r.output  # each run's progress bar
     folders = ["parallel", "eager-adapt-hit-m-t1.2-top2", "eager-adapt-sequential-t1.2-top2",
                "eager-parallel-sequential-t1.2-top2", "parallel-adapt-sequential", "parallel-adapt-disagree"]
     assert all((out / f / "results.jsonl").exists() for f in folders)

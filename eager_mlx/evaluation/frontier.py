@@ -81,10 +81,11 @@ def write_preset_eval(name: str, record: object) -> Path:
 
 def run_frontier(loaded: object, dataset: object, base: object, candidates: Sequence[Candidate], out_dir: Path,
                  store_dir: Optional[Path], *, chat: bool = True,
-                 progress: Optional[Callable[[str], None]] = None) -> list[tuple[Candidate, EqualCost]]:
+                 progress: Optional[Callable[[str], Optional[Callable]]] = None) -> list[tuple[Candidate, EqualCost]]:
     """Parallel at M on `dataset`, then every candidate, each an eval run folder under `out_dir` (a folder already
     finished is read, a partial one resumed) through the run store; returns each candidate against parallel.
-    `base` (an EvalSettings) holds M, sampling, max tokens, seed and rows."""
+    `base` (an EvalSettings) holds M, sampling, max tokens, seed and rows. `progress(name)` is called as each
+    run starts and may return that run's eval progress callback."""
     import dataclasses
 
     from eager_mlx.evaluation.equal_cost import equal_cost
@@ -100,10 +101,9 @@ def run_frontier(loaded: object, dataset: object, base: object, candidates: Sequ
                                     threshold=base.eager.threshold if threshold is None else threshold)
         sched = dataclasses.replace(base.scheduler, method=method, policy=policy, threshold=eager.threshold)
         settings = dataclasses.replace(base, eager=eager, scheduler=sched)
-        if progress is not None:
-            progress(name)
+        report = progress(name) if progress is not None else None
         return evaluate_model(loaded, dataset, settings, folder, chat=chat, store_dir=store_dir,
-                              resume=(folder / MANIFEST).exists()).records
+                              resume=(folder / MANIFEST).exists(), progress=report).records
 
     parallel = run("parallel", "parallel")
     return [(c, equal_cost(run(c.name, c.method, c.policy, c.threshold, c.branch_rule), parallel))
