@@ -48,7 +48,8 @@ __all__ = ["calibrate"]
               help="frontier: comma-separated thetas [default: the preset's theta x 0.9, 1, 1.1].")
 @click.option("--branch-rules", default="top2,keep", show_default=True, help="frontier: comma-separated rules.")
 @click.option("--policies", default="hit-m,rank,disagree,sequential", show_default=True,
-              help="frontier: eager-adapt policies (parallel-adapt is tried with sequential and disagree).")
+              help="frontier: eager-adapt policies (eager-parallel and parallel-adapt are tried with "
+                   "sequential, disagree and fewest).")
 @click.option("--store", "store", default=None,
               help="frontier: run store [default: runs/ in the cache dir].")
 def calibrate(model: Optional[str], data: str, limit: int, samples: int, target_sequences: Optional[float],

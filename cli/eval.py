@@ -45,11 +45,13 @@ def _template(ctx: click.Context, param: click.Parameter, value: Optional[str]) 
 @click.option("--method", type=click.Choice(METHODS), default=None,
               help="[default: the preset's eval configuration, else eager-adapt]")
 @click.option("--policy", type=click.Choice(POLICIES), default=None,
-              help="eager-adapt / parallel-adapt: who gets the pool. hit-m: the paper's (prompts whose first run hit "
-                   "M); rank, disagree, sequential: every prompt ranked (docs/evaluation.md). [default: the preset's "
-                   "eval configuration, else hit-m; sequential for parallel-adapt]")
+              help="eager-adapt / parallel-adapt / eager-parallel: who gets the pool. hit-m: the paper's (prompts "
+                   "whose first run hit M); rank, disagree, sequential, fewest: every prompt ranked "
+                   "(docs/evaluation.md). [default: the preset's eval configuration, else hit-m; sequential for "
+                   "parallel-adapt and eager-parallel]")
 @click.option("--budget", type=FiniteFloatRange(0, 4, min_open=True), default=1.0, show_default=True,
-              help="eager-adapt / eager / parallel-adapt: spend this fraction of M x |D| sequences.")
+              help="eager-adapt / eager / parallel-adapt / eager-parallel: spend this fraction of M x |D| "
+                   "sequences.")
 @setting_options(*GENERATION, exclude=("parallel",), auto_threshold=True)
 @setting_options(*ENGINE)
 @click.option("--reserve-rows", is_flag=True,

@@ -27,8 +27,10 @@ def test_choose_takes_the_best_worst_side_within_parallels_tokens():
     names = [x.name for x in grid([2.0, 2.5], ["top2"], ["hit-m", "sequential"])]
     assert names == ["eager-adapt-hit-m-t2-top2", "eager-adapt-sequential-t2-top2", "eager-adapt-hit-m-t2.5-top2",
                      "eager-adapt-sequential-t2.5-top2", "eager-parallel-sequential-t2-top2",
-                     "eager-parallel-disagree-t2-top2", "eager-parallel-sequential-t2.5-top2",
-                     "eager-parallel-disagree-t2.5-top2", "parallel-adapt-sequential", "parallel-adapt-disagree"]
+                     "eager-parallel-disagree-t2-top2", "eager-parallel-fewest-t2-top2",
+                     "eager-parallel-sequential-t2.5-top2", "eager-parallel-disagree-t2.5-top2",
+                     "eager-parallel-fewest-t2.5-top2", "parallel-adapt-sequential", "parallel-adapt-disagree",
+                     "parallel-adapt-fewest"]
 
 
 def test_the_frontier_runs_through_the_store_and_writes_its_table(tmp_path, monkeypatch):

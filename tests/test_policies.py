@@ -52,6 +52,8 @@ def simulate(cfg: SchedulerConfig, n: int, seed: int, max_rows: int, replay: dic
 POLICY_CONFIGS = [SchedulerConfig(method=m, policy=p, max_sequences=4, wave_runs=3)
                   for m in ("eager-adapt", "parallel-adapt", "eager-parallel")
                   for p in ("rank", "disagree", "sequential")]
+POLICY_CONFIGS += [SchedulerConfig(method=m, policy="fewest", max_sequences=4, wave_runs=3)
+                   for m in ("eager-adapt", "parallel-adapt", "eager-parallel")]
 
 
 @pytest.mark.parametrize("cfg", POLICY_CONFIGS, ids=lambda c: f"{c.method}-{c.policy}")
@@ -99,6 +101,15 @@ def test_eager_parallel_starts_with_an_eager_run_then_takes_parallels_samples_fr
                                                      for k in range(len(extra))]
 
 
+def test_fewest_tops_every_prompt_up_before_any_gets_more():
+    # eager-parallel, budget 1: the pool fills every prompt towards M (4) before one goes past it
+    runs, _ = simulate(POLICY_CONFIGS[11], 12, seed=3, max_rows=8)
+    used = {i: 0 for i in range(12)}
+    for req in runs.values():
+        used[req.prompt_index] += outcome(req).num_sequences
+    assert sum(used.values()) >= 4 * 12 - 4 and min(used.values()) >= 3  # rounds of 2 can stop one short
+
+
 def test_disagreeing_prompts_get_the_budget_first():
     # Prompts 0-3 agree on every answer; with a budget that cannot serve all, the others get it.
     cfg = dataclasses.replace(POLICY_CONFIGS[1], budget=0.9)
@@ -117,6 +128,9 @@ def test_priorities():
     assert priority("disagree", [run(("4", "4"), cut=1)])[0]  # cut at max tokens: flagged
     # sequential reads every run; disagree only the first
     assert priority("sequential", [agree, split]) > priority("disagree", [agree, split])
+    # fewest: fewer sequences first, whatever their answers; then the posterior over every run
+    assert priority("fewest", [run(("4",))]) > priority("fewest", [split]) > priority("fewest", [agree])
+    assert priority("fewest", [agree, run(("5",))]) > priority("fewest", [agree, agree])
     assert uncertainty(["1"]) == 0.25 and uncertainty(["1", "1"]) == 0.125 and uncertainty([]) == 0.5
 
 

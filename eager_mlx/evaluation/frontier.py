@@ -38,7 +38,7 @@ class Candidate:
 
 
 def grid(thresholds: Sequence[float], rules: Sequence[str], policies: Sequence[str],
-         parallel_policies: Sequence[str] = ("sequential", "disagree")) -> list[Candidate]:
+         parallel_policies: Sequence[str] = ("sequential", "disagree", "fewest")) -> list[Candidate]:
     """The candidates: eager-adapt for every theta x rule x policy, eager-parallel for every theta x rule x
     parallel policy (its first runs are eager-adapt's, its extra samples parallel-adapt's: both from the store),
     then parallel-adapt per parallel policy."""

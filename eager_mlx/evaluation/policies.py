@@ -1,4 +1,4 @@
-"""Label-free budget policies that always have somewhere to spend: rank, disagree, sequential.
+"""Label-free budget policies that always have somewhere to spend: rank, disagree, sequential, fewest.
 
 The paper's eager-adapt gives the pool B = M x |D| - (first-run sequences) only to
 prompts whose first run hit M (``hit-m``, kept exact in scheduler.py). With a theta
@@ -12,6 +12,11 @@ policies give every prompt a first run, then hand B out in *waves* of at most
   leading answer is *not* the mode (1 - P(Beta(c1+1, c2+1) > 1/2)).
 * ``sequential``: as ``disagree``, but over all of the prompt's runs so far: the
   ranking is redone for every wave as runs come back.
+* ``fewest``: breadth first: the prompts with the fewest sequences so far first, then by
+  the posterior above over all their answers. Every prompt is topped up towards M before
+  any gets more; what is adaptive is the cheap first run and where the rest goes. (Added
+  after the GSM8K-100 diagnosis in BENCHMARKS.md: on a small model a first run that never
+  branches is often confidently wrong, and the other policies never look at it again.)
 
 A prompt receives at most ``adapt_cap_factor`` x M extra sequences. The extra runs are
 fresh eager-init runs (cap M, or what is left of the pool) for ``eager-adapt``, or
@@ -58,6 +63,8 @@ def priority(policy: str, runs: list[RunOutcome]) -> tuple:
     """How much a prompt deserves its next run (larger first), from its finished runs (first run first)."""
     if policy == "rank":
         return runs[0].branch_points, runs[0].mean_entropy
+    if policy == "fewest":
+        return -sum(o.num_sequences for o in runs), uncertainty([a for o in runs for a in o.answers])
     seen = runs[:1] if policy == "disagree" else runs
     answers = [a for o in seen for a in o.answers]
     distinct = {normalize_answer(a) for a in answers if a is not None}

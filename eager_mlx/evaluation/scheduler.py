@@ -87,7 +87,8 @@ __all__ = [
 ]
 
 METHODS = ("parallel", "eager-init", "eager-adapt", "eager", "parallel-adapt", "eager-parallel")
-POLICIES = ("hit-m", "rank", "disagree", "sequential")  # how eager-adapt / parallel-adapt hand out the pool
+# how eager-adapt, parallel-adapt and eager-parallel hand out the pool (policies.py)
+POLICIES = ("hit-m", "rank", "disagree", "sequential", "fewest")
 
 
 @dataclass(frozen=True)
@@ -148,8 +149,8 @@ class SchedulerConfig:
             raise SettingError(f"wave_runs and round_size must be >= 1, got {self.wave_runs}, {self.round_size}")
         if self.policy == "hit-m":
             if self.method in ("parallel-adapt", "eager-parallel"):
-                raise SettingError(f"{self.method} needs a policy that can rank its prompts: rank, disagree or "
-                                   "sequential (hit-m hands the pool to eager-init runs only)")
+                raise SettingError(f"{self.method} needs a policy that can rank its prompts: rank, disagree, "
+                                   "sequential or fewest (hit-m hands the pool to eager-init runs only)")
             return
         if self.method not in ("eager-adapt", "parallel-adapt", "eager-parallel"):
             raise SettingError(f"policy {self.policy} applies to eager-adapt, parallel-adapt and eager-parallel, "
