@@ -29,12 +29,15 @@ declare -A args=(
   [eager-parallel-seq]="--method eager-parallel --policy sequential"
   [eager-parallel-disagree]="--method eager-parallel --policy disagree"
   [eager-parallel-seq-half]="--method eager-parallel --policy sequential --budget 0.5"
+  [eager-parallel-fewest]="--method eager-parallel --policy fewest"
+  [eager-parallel-fewest-half]="--method eager-parallel --policy fewest --budget 0.5"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=(parallel eager-init parallel-adapt-seq eager-adapt-seq eager-adapt-hitm
                                   eager-adapt-disagree eager-adapt-rank eager eager-adapt-seq-half
                                   parallel-adapt-seq-half parallel-adapt-disagree eager-init-sample eager-init-keep
-                                  eager-parallel-seq eager-parallel-disagree eager-parallel-seq-half)
+                                  eager-parallel-seq eager-parallel-disagree eager-parallel-seq-half
+                                  eager-parallel-fewest eager-parallel-fewest-half)
 for name in "${names[@]}"; do
   [ -n "${args[$name]:-}" ] || { echo "unknown run name $name" >&2; exit 2; }
   resume=()
