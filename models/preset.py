@@ -67,7 +67,7 @@ class PresetEval:
     """
 
     method: str  # eager-adapt, parallel-adapt or eager-parallel
-    policy: str  # hit-m, rank, disagree, sequential
+    policy: str  # hit-m, rank, disagree, sequential, fewest
     threshold: float
     branch_rule: str = "top2"
     data: str = ""  # the dev split it was chosen on

@@ -45,8 +45,8 @@ from typing import Any, Callable, Optional
 
 from eager_mlx.adaptive.consensus import beta_mode_probability
 from eager_mlx.answers import normalize_answer
-from eager_mlx.evaluation.scheduler import (RunOutcome, RunRequest, Scheduler, SchedulerConfig, SchedulerOutput,
-                                            run_id)
+from eager_mlx.evaluation.scheduler import (ROUND_METHODS, RunOutcome, RunRequest, Scheduler, SchedulerConfig,
+                                            SchedulerOutput, run_id)
 
 __all__ = ["uncertainty", "priority", "AdaptiveScheduler", "make_scheduler", "eval_defaults"]
 
@@ -91,7 +91,7 @@ class AdaptiveScheduler:
         self._ids = list(range(num_prompts)) if prompt_ids is None else list(prompt_ids)
         self._p = [_Prompt() for _ in range(num_prompts)]
         self._parallel = config.method == "parallel-adapt"  # first runs are parallel samples
-        self._extra_parallel = config.method in ("parallel-adapt", "eager-parallel")  # so are extra runs
+        self._extra_parallel = config.method in ROUND_METHODS  # extra runs are parallel samples
         self._next_first = 0
         self._first_pending = num_prompts
         self._pool: Optional[int] = None  # sequences of the budget beyond the first runs; None before the barrier

@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from eager_mlx.evaluation.equal_cost import EqualCost, equal_cost, parallel_curve
-from eager_mlx.evaluation.scheduler import METHODS
+from eager_mlx.evaluation.scheduler import METHODS, WAVE_METHODS
 
 __all__ = ["run_summary", "format_table", "plot_runs", "find_baseline", "equal_cost_rows", "format_equal_cost"]
 
-_POLICY_METHODS = ("eager-adapt", "parallel-adapt", "eager-parallel")
 _UNBRANCHED = ("parallel", "parallel-adapt")  # theta plays no part
 
 
@@ -39,7 +38,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "method": manifest["method"],
         "M": sched["max_sequences"],
         "theta": None if manifest["method"] in _UNBRANCHED else sched["threshold"],
-        "policy": sched.get("policy", "hit-m") if manifest["method"] in _POLICY_METHODS else "-",
+        "policy": sched.get("policy", "hit-m") if manifest["method"] in WAVE_METHODS else "-",
         "rule": "-" if manifest["method"] in _UNBRANCHED else eager.get("branch_rule", "top2"),
         "dataset": manifest["dataset"]["name"],
         "hash": manifest["dataset"]["hash"],

@@ -74,6 +74,8 @@ from eager_mlx.settings import SettingError
 
 __all__ = [
     "METHODS",
+    "ROUND_METHODS",
+    "WAVE_METHODS",
     "POLICIES",
     "SchedulerConfig",
     "RunRequest",
@@ -89,6 +91,8 @@ __all__ = [
 METHODS = ("parallel", "eager-init", "eager-adapt", "eager", "parallel-adapt", "eager-parallel")
 # how eager-adapt, parallel-adapt and eager-parallel hand out the pool (policies.py)
 POLICIES = ("hit-m", "rank", "disagree", "sequential", "fewest")
+WAVE_METHODS = ("eager-adapt", "parallel-adapt", "eager-parallel")  # the methods that take a wave policy
+ROUND_METHODS = ("parallel-adapt", "eager-parallel")  # their extra runs are rounds of parallel samples
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ class SchedulerConfig:
     recycle_unused: bool = True  # eager: a solved prompt's unspent share goes back to the pool
     consensus: Optional[ConsensusConfig] = None  # stop a prompt once its answers agree (see above)
     policy: str = "hit-m"  # who gets the pool: the paper's rule, or a wave policy (policies.py)
-    budget: float = 1.0  # eager-adapt / eager / parallel-adapt: spend budget x M x |D| sequences in all
+    budget: float = 1.0  # eager-adapt / eager / parallel-adapt / eager-parallel: spend budget x M x |D| sequences
     wave_runs: int = 8  # wave policies: at most this many extra runs per wave (never derived from max_rows)
     round_size: int = 2  # parallel-adapt: samples per run (first and extra ones); eager-parallel: per extra run
 
@@ -148,17 +152,17 @@ class SchedulerConfig:
         if self.wave_runs < 1 or self.round_size < 1:
             raise SettingError(f"wave_runs and round_size must be >= 1, got {self.wave_runs}, {self.round_size}")
         if self.policy == "hit-m":
-            if self.method in ("parallel-adapt", "eager-parallel"):
+            if self.method in ROUND_METHODS:
                 raise SettingError(f"{self.method} needs a policy that can rank its prompts: rank, disagree, "
                                    "sequential or fewest (hit-m hands the pool to eager-init runs only)")
             return
-        if self.method not in ("eager-adapt", "parallel-adapt", "eager-parallel"):
+        if self.method not in WAVE_METHODS:
             raise SettingError(f"policy {self.policy} applies to eager-adapt, parallel-adapt and eager-parallel, "
                                f"not {self.method}")
         if self.token_budget is not None or self.consensus is not None:
             raise SettingError(f"policy {self.policy} counts the budget in sequences and stops no prompt early: "
                                "drop --token-budget / --consensus, or use policy hit-m")
-        if self.method in ("parallel-adapt", "eager-parallel") and self.round_size > self.max_sequences:
+        if self.method in ROUND_METHODS and self.round_size > self.max_sequences:
             raise SettingError(f"round_size {self.round_size} > max_sequences {self.max_sequences}")
 
 
