@@ -20,6 +20,9 @@ def test_extract_boxed_first_then_fallbacks():
     assert extract_answer("3 + 4 = 7, so she has 7.", fallbacks=ALL_FALLBACKS) == ("7", "last_number")
     assert extract_answer("no digits here", fallbacks=ALL_FALLBACKS) == (None, "none")
     assert extract_answer(r"cut off \boxed{12", fallbacks=()) == (None, "none")
+    # small models echo the instruction: an empty box is no answer, and neither is the sentence around it
+    assert extract_answer(r"4 - 1 = 3" "\nThe final answer is within \\boxed{}.") == (None, "none")
+    assert extract_answer(r"The answer is \boxed{}") == (None, "none")
     with pytest.raises(ValueError, match="unknown answer fallbacks"):
         extract_answer("x", fallbacks=("guess",))
 

@@ -4,7 +4,8 @@
 and, when a completion has none, tries these fallbacks in order (each optional):
 
 * ``answer_is``: the last "the (final) answer is X" / "Answer: X" / "#### X";
-  X runs to the end of the line, a trailing period and ``$`` are dropped.
+  X runs to the end of the line, a trailing period and ``$`` are dropped; an X holding an
+  (empty or cut) ``\\boxed`` is the prompt's instruction echoed, not an answer.
 * ``last_number``: the last number in the text. Off by default: on truncated
   reasoning it is a guess, and guesses inflate Pass@k over many samples.
 
@@ -58,7 +59,7 @@ def extract_answer(text: str, fallbacks: Sequence[str] = DEFAULT_FALLBACKS) -> t
             if matches:
                 m = matches[-1]
                 ans = (m.group(1) or m.group(2)).strip().rstrip(".").strip().strip("$").strip()
-                if ans:
+                if ans and "\\boxed" not in ans and "\\fbox" not in ans:  # "is within \\boxed{}": an echo
                     return ans, how
         elif how == "last_number":
             nums = _NUMBER.findall(text)
