@@ -75,6 +75,7 @@ from eager_mlx.settings import SettingError
 __all__ = [
     "METHODS",
     "ROUND_METHODS",
+    "BUDGET_METHODS",
     "WAVE_METHODS",
     "POLICIES",
     "SchedulerConfig",
@@ -93,6 +94,7 @@ METHODS = ("parallel", "eager-init", "eager-adapt", "eager", "parallel-adapt", "
 POLICIES = ("hit-m", "rank", "disagree", "sequential", "fewest")
 WAVE_METHODS = ("eager-adapt", "parallel-adapt", "eager-parallel")  # the methods that take a wave policy
 ROUND_METHODS = ("parallel-adapt", "eager-parallel")  # their extra runs are rounds of parallel samples
+BUDGET_METHODS = ("eager",) + WAVE_METHODS  # the methods whose pool --budget scales
 
 
 @dataclass(frozen=True)
@@ -142,13 +144,12 @@ class SchedulerConfig:
         self._validate_policy()
 
     def _validate_policy(self) -> None:
-        adaptive = ("eager-adapt", "eager", "parallel-adapt", "eager-parallel")
         if self.policy not in POLICIES:
             raise SettingError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
         if not 0 < self.budget <= 4:
             raise SettingError(f"budget must be in (0, 4], got {self.budget}")
-        if self.budget != 1.0 and self.method not in adaptive:
-            raise SettingError(f"a budget applies to {', '.join(adaptive)} only, not {self.method}")
+        if self.budget != 1.0 and self.method not in BUDGET_METHODS:
+            raise SettingError(f"a budget applies to {', '.join(BUDGET_METHODS)} only, not {self.method}")
         if self.wave_runs < 1 or self.round_size < 1:
             raise SettingError(f"wave_runs and round_size must be >= 1, got {self.wave_runs}, {self.round_size}")
         if self.policy == "hit-m":
