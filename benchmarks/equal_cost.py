@@ -31,7 +31,7 @@ def checks(par: dict, compared: dict, default: str | None, cheap: str | None) ->
     full = par["pass_at_k"]
     if default in compared:
         r, e = compared[default]
-        out += [(f"default ({default}) spends >= 90% of M x |D|", f"{spent(r):.0%}", spent(r) >= 0.9),
+        out += [(f"default ({default}) spends >= 90% of M x \\|D\\|", f"{spent(r):.0%}", spent(r) >= 0.9),
                 (f"default ({default}) Pass@k >= parallel at equal tokens", f"{e.pass_diff:+.3f}", e.pass_diff >= 0),
                 (f"default ({default}) cons@k >= parallel at equal tokens", f"{e.cons_diff:+.3f}", e.cons_diff >= 0)]
     if cheap in compared:
@@ -64,6 +64,8 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="write the section into --out")
     args = ap.parse_args()
     folders = sorted(d for d in args.runs.iterdir() if (d / "results.jsonl").exists())
+    unfinished = [d.name for d in folders if not json.loads((d / "manifest.json").read_text()).get("finished")]
+    folders = [d for d in folders if d.name not in unfinished]  # a run still going compares on part of the data
     base = args.runs / "parallel"
     rows = {d.name: run_summary(d) for d in folders}
     compared = {r["run"]: (r, e) for r, e in equal_cost_rows(folders, base)}
@@ -76,14 +78,17 @@ def main() -> None:
     lines += ["", "| target (issue 19) | measured | holds |", "|---|---|---|"]
     lines += [f"| {t} | {v} | {'yes' if ok else 'no'} |" for t, v, ok in
               checks(rows["parallel"], compared, args.default, args.cheap)]
+    if unfinished:
+        lines += ["", f"Not finished when the table was made (left out): {', '.join(unfinished)}."]
     report = "\n".join(lines)
     print(report)
     if args.write:
         p = rows["parallel"]
+        picks = "".join(f" --{k} {v}" for k, v in (("default", args.default), ("cheap", args.cheap)) if v)
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         body = (f"## Equal cost: adaptive methods vs parallel sampling on {p['prompts']} {p['dataset']} problems, "
                 f"{p['model']}, M={p['M']}\n\nCommands: `bash benchmarks/equal_cost_runs.sh {p['dataset']} "
-                f"{args.runs} STORE` then `python benchmarks/equal_cost.py {args.runs} --write` (load average when "
+                f"{args.runs} STORE` then `python benchmarks/equal_cost.py {args.runs}{picks} --write` (load average when "
                 f"the table was made: {load}; wall times are each eval's own, on a shared machine)\n\n" + report)
         write_section(args.out, f"<!-- equal_cost.py {args.runs.resolve().name} -->", body)
 
