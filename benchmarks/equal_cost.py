@@ -84,10 +84,12 @@ def main() -> None:
     print(report)
     if args.write:
         p = rows["parallel"]
+        tokens = json.loads((base / "manifest.json").read_text())["settings"]["eager"]["max_tokens"]
+        env = "" if (p["model"], tokens) == ("qwen2.5-coder-0.5b", 384) else f"MODEL={p['model']} MAX_TOKENS={tokens} "
         picks = "".join(f" --{k} {v}" for k, v in (("default", args.default), ("cheap", args.cheap)) if v)
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         body = (f"## Equal cost: adaptive methods vs parallel sampling on {p['prompts']} {p['dataset']} problems, "
-                f"{p['model']}, M={p['M']}\n\nCommands: `bash benchmarks/equal_cost_runs.sh {p['dataset']} "
+                f"{p['model']}, M={p['M']}\n\nCommands: `{env}bash benchmarks/equal_cost_runs.sh {p['dataset']} "
                 f"{args.runs} STORE` then `python benchmarks/equal_cost.py {args.runs}{picks} --write` (load average when "
                 f"the table was made: {load}; wall times are each eval's own, on a shared machine)\n\n" + report)
         write_section(args.out, f"<!-- equal_cost.py {args.runs.resolve().name} -->", body)

@@ -3,12 +3,14 @@
 # store (runs shared between methods are generated once). Qwen2.5-Coder-0.5B, M=4, 384 tokens, T=0.6, top-p 0.95,
 # 16 rows, seed 55 (M=8 / 512 tokens does not fit two CPU cores). Each run is resumed if its folder exists.
 # Usage: bash benchmarks/equal_cost_runs.sh DATA OUT_DIR STORE_DIR [NAME ...]   (hours on a 2-core CPU)
+# Another model / length: MODEL=smollm2-135m MAX_TOKENS=128 bash benchmarks/equal_cost_runs.sh ...
 # Then:  python benchmarks/equal_cost.py OUT_DIR
 set -u
 data=$1 out=$2 store=$3
 shift 3
 bin=$(dirname "$0")/../.venv/bin
-common=(--model qwen2.5-coder-0.5b --data "$data" --limit 100 -M 4 --max-tokens 384 --temperature 0.6 --top-p 0.95
+common=(--model "${MODEL:-qwen2.5-coder-0.5b}" --data "$data" --limit 100 -M 4 --max-tokens "${MAX_TOKENS:-384}"
+        --temperature 0.6 --top-p 0.95
         --max-rows 16 --seed 55 --store "$store")
 declare -A args=(
   [parallel]="--method parallel"
