@@ -75,7 +75,8 @@ def main() -> None:
     data = args.out / "arith.jsonl"
     write_data(data, args.limit)
     common = ["--model", args.model, "--data", str(data), "-M", str(args.max_sequences), "--max-tokens",
-              str(args.max_tokens), "--max-rows", "16", "--seed", str(args.seed), "--confidence-vote"]
+              str(args.max_tokens), "--max-rows", "16", "--seed", str(args.seed), "--confidence-vote",
+              "--no-store"]  # every variant computes its runs: the table compares wall times
     rows, commands = [], []
     for name, method, extra in VARIANTS:
         if args.only and name not in args.only:
