@@ -33,6 +33,9 @@ def evaluate(data, out, *extra, store=None):
     r = CliRunner().invoke(cli, ["eval", "--data", str(data), "--out", str(out), *ARGS, *where, *extra])
     assert r.exit_code == 0, r.output
     manifest = json.loads((out / MANIFEST).read_text())
+    replayed = (manifest["store"] or {}).get("replayed", 0)
+    # a user timing the run is told that part of it was read, not generated
+    assert (f"note: {replayed} runs were read from the run store" in r.output) == (replayed > 0), r.output
     return comparable(load_run(out)[1]), manifest["store"]
 
 
