@@ -90,8 +90,8 @@ def main() -> None:
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         body = (f"## Equal cost: adaptive methods vs parallel sampling on {p['prompts']} {p['dataset']} problems, "
                 f"{p['model']}, M={p['M']}\n\nCommands: `{env}bash benchmarks/equal_cost_runs.sh {p['dataset']} "
-                f"{args.runs} STORE` then `python benchmarks/equal_cost.py {args.runs}{picks} --write` (load average when "
-                f"the table was made: {load}; wall times are each eval's own, on a shared machine)\n\n" + report)
+                f"{args.runs} STORE` then `python benchmarks/equal_cost.py {args.runs}{picks} --write` (load average "
+                f"when the table was made: {load}; wall times are each eval's own, on a shared machine)\n\n" + report)
         write_section(args.out, f"<!-- equal_cost.py {args.runs.resolve().name} -->", body)
 
 
