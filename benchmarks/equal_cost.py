@@ -9,7 +9,6 @@ with --write also into BENCHMARKS.md between `<!-- equal_cost.py OUT_DIR's name 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -64,15 +63,16 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="write the section into --out")
     args = ap.parse_args()
     folders = sorted(d for d in args.runs.iterdir() if (d / "results.jsonl").exists())
-    unfinished = [d.name for d in folders if not json.loads((d / "manifest.json").read_text()).get("finished")]
-    folders = [d for d in folders if d.name not in unfinished]  # a run still going compares on part of the data
-    base = args.runs / "parallel"
     rows = {d.name: run_summary(d) for d in folders}
+    unfinished = [name for name, row in rows.items() if not row["finished"]]
+    folders = [d for d in folders if d.name not in unfinished]  # a run still going compares on part of the data
+    rows = {d.name: rows[d.name] for d in folders}
+    base = args.runs / "parallel"
     compared = {r["run"]: (r, e) for r, e in equal_cost_rows(folders, base)}
     lines = ["```", format_table(list(rows.values())), "```", "", "```", format_equal_cost(list(compared.values()), base),
              "```", "", "| run | spent of M x \\|D\\| | store: replayed / stored runs | wall s |", "|---|---|---|---|"]
     for d in folders:
-        store = json.loads((d / "manifest.json").read_text()).get("store") or {}
+        store = rows[d.name]["store"]
         lines.append(f"| {d.name} | {spent(rows[d.name]):.0%} | {store.get('replayed', '-')} / "
                      f"{store.get('stored', '-')} | {rows[d.name]['wall_s']:.0f} |")
     lines += ["", "| target (issue 19) | measured | holds |", "|---|---|---|"]
@@ -84,8 +84,7 @@ def main() -> None:
     print(report)
     if args.write:
         p = rows["parallel"]
-        tokens = json.loads((base / "manifest.json").read_text())["settings"]["eager"]["max_tokens"]
-        env = "" if (p["model"], tokens) == ("qwen2.5-coder-0.5b", 384) else f"MODEL={p['model']} MAX_TOKENS={tokens} "
+        env = f"MODEL={p['model']} MAX_TOKENS={p['max_tokens']} "  # equal_cost_runs.sh's model and length
         picks = "".join(f" --{k} {v}" for k, v in (("default", args.default), ("cheap", args.cheap)) if v)
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         body = (f"## Equal cost: adaptive methods vs parallel sampling on {p['prompts']} {p['dataset']} problems, "

@@ -57,9 +57,9 @@ def run(args: argparse.Namespace, out: Path, cache: bool) -> float:
            "--fewshot", str(args.fewshot), "--limit", str(args.limit), "--method", "parallel", "-M", str(args.M),
            "--max-tokens", str(args.max_tokens), "--no-store", "--out", str(out)] + \
         ([] if cache else ["--no-prefix-cache"])
-    manifest = out / "manifest.json"
-    if manifest.exists() and json.loads(manifest.read_text()).get("finished"):
-        return json.loads(manifest.read_text())["wall_s"]
+    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
+    if manifest.get("finished"):
+        return manifest["wall_s"]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start

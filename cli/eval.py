@@ -210,7 +210,6 @@ def _settings(loaded: Any, dataset: Any, generation: dict, engine: dict, options
 def _print_results(run_dir: Path, shard: Any, barrier: Any) -> None:
     """This rank's table; in a sharded run, rank 0 then waits for every rank and prints the whole run."""
     from eager_mlx.evaluation.report import format_table, run_summary
-    from eager_mlx.evaluation.rundir import MANIFEST, read_manifest
     from eager_mlx.evaluation.shards import rank_dirs
 
     row = run_summary(run_dir)
@@ -218,7 +217,7 @@ def _print_results(run_dir: Path, shard: Any, barrier: Any) -> None:
     if row["skipped"]:
         click.echo(f"note: {row['skipped']} prompts were skipped, too long for the model's context "
                    f"(their records in results.jsonl say why); the metrics are over the others")
-    replayed = (read_manifest(run_dir / MANIFEST).get("store") or {}).get("replayed", 0)
+    replayed = row["store"].get("replayed", 0)
     if replayed:
         click.echo(f"note: {replayed} runs were read from the run store, not generated (their tokens count as cost; "
                    "time and tok/s cover only what was generated now); --no-store to time every run")

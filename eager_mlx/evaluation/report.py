@@ -48,6 +48,9 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         **asdict(m),
         "wcons_at_k": sum(weighted) / len(weighted) if weighted else None,
         "occupancy": (manifest.get("occupancy") or {}).get("mean_occupancy"),
+        "max_tokens": eager["max_tokens"],
+        "finished": bool(manifest.get("finished")),
+        "store": manifest.get("store") or {},  # runs replayed from / added to the run store (none: --no-store)
     }
 
 
