@@ -23,30 +23,26 @@ import mlx.core as mx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import eager_mlx.engine.prefix as prefix_module  # noqa: E402
 import eager_mlx.engine.attention as attention  # noqa: E402
-from fork_check import FORCE_PATH, fork_errors  # noqa: E402
+from fork_check import fork_errors  # noqa: E402
 from tiny_archs import build  # noqa: E402
 
 NAMES = ["llama", "llama:sliding", "gpt_oss", "gemma3", "deepseek_v3", "qwen3_next", "falcon_h1"]
 TOLERANCE = 1e-4  # as in the CPU tests (float32 tiny models)
-PATHS = {"default": {}, **FORCE_PATH}  # attention.py settings per path ("default": the engine's own choice)
+PATHS = ["default", *attention.FORCED_PATHS]  # "default": the engine's own choice by shape
 
 
 def errors(names: list[str], paths: list[str]) -> dict[tuple[str, str], float]:
     """{(architecture, path): largest log-prob error}, inf where the check raised."""
     prefix_module._PREFILL_CHUNK = 4  # the prompts prefill in several chunks
-    defaults = {knob: getattr(attention, knob) for knob in FORCE_PATH["split"]}
     out = {}
     for name in names:
         for path in paths:
-            for knob, value in {**defaults, **PATHS[path]}.items():
-                setattr(attention, knob, value)
             try:
-                out[name, path] = max(fork_errors(build(name)).values())
+                with attention.forced_path(path):
+                    out[name, path] = max(fork_errors(build(name)).values())
             except Exception as e:  # noqa: BLE001  (report and go on: one failure must not hide the rest)
                 out[name, path] = float("inf")
                 print(f"{name} {path}: {type(e).__name__}: {e}", file=sys.stderr)
-    for knob, value in defaults.items():
-        setattr(attention, knob, value)
     return out
 
 

@@ -16,7 +16,7 @@ def models(ctx: click.Context) -> None:
     """List the model presets and which are on disk."""
     if ctx.invoked_subcommand is not None:
         return
-    from eager_mlx.models import DEFAULT_MODEL, list_presets, on_disk
+    from eager_mlx.models import DEFAULT_MODEL, list_presets, load_check_plan, on_disk
 
     presets = list_presets()
     width = max(len(p.name) for p in presets)
@@ -25,6 +25,7 @@ def models(ctx: click.Context) -> None:
         default = " (default)" if p.name == DEFAULT_MODEL else ""
         click.echo(f"{p.name:<{width}}  {mark:<7}  {p.title}{default}")
         click.echo(f"{'':<{width}}  {'':<7}  {p.note}")
+    click.echo(load_check_plan())
 
 
 @models.command("pull")

@@ -63,10 +63,19 @@ def solve(question: str, model: Optional[str], system: Optional[str], no_chat: b
         out = dataclasses.asdict(result)
         out.update(model=loaded.name, elapsed_s=timing[1], prompt_s=timing[0],
                    decode_tokens_per_s=_decode_rate(result.generated_tokens, *timing),
-                   config=dataclasses.asdict(config), confidence_answer=weighted)
+                   config=dataclasses.asdict(config), confidence_answer=weighted, load_check=_load_check(loaded))
         click.echo(json.dumps(out))
     else:
         _print_summary(result, timing, options.confidence_vote, weighted, newline=view == "one")
+
+
+def _load_check(loaded: Any) -> Optional[dict]:
+    """Which numeric load check ran, and what it found (solve --json)."""
+    check = loaded.load_check
+    if check is None:
+        return None
+    return dict(dataclasses.asdict(check), ran=check.ran, max_error=check.max_error, passed=check.passed,
+                summary=check.describe())
 
 
 def _read_question(question: str) -> str:

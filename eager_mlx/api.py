@@ -17,14 +17,16 @@ from .settings import SettingError, build, check, settings_of
 __all__ = ["load", "config_for", "encode_prompt", "stream_solve", "solve"]
 
 
-def load(model: Optional[str] = None, progress=None):
+def load(model: Optional[str] = None, progress=None, *, numeric_check: Optional[bool] = None):
     """Load a model by preset name, mlx-lm folder, .gguf file or hub id (None: the default preset).
 
-    Returns `eager_mlx.models.LoadedModel` (model, tokenizer, preset, path; `.engine()`, `.encode()`).
+    Returns `eager_mlx.models.LoadedModel` (model, tokenizer, preset, path, load_check; `.engine()`,
+    `.encode()`). `numeric_check`: check forked log-probs against a plain forward pass at load (None: on a
+    GPU only; engine/numeric_check.py).
     """
     from .models import load_model
 
-    return load_model(model, progress=progress)
+    return load_model(model, progress=progress, numeric_check=numeric_check)
 
 
 def _preset_values(preset) -> dict[str, Any]:

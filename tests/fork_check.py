@@ -8,6 +8,7 @@ import numpy as np
 
 from eager_mlx import EagerConfig, Engine, SamplingConfig
 from eager_mlx.engine.branching import BranchPolicy
+from eager_mlx.engine.numeric_check import plain_logprobs as reference
 from eager_mlx.results import RunFinished
 
 from fakes import ByteTokenizer
@@ -20,17 +21,6 @@ PROMPTS = {"a": list(range(40, 51)), "b": list(range(60, 67))}  # longer than th
 PLANS = {"a": {(0, 0), (0, 1), (1, 3), (0, 9)}, "b": {(0, 0), (1, 6)}}
 MAX_TOKENS = {"a": 12, "b": 14}
 JOIN_AT = 5  # request b is added after this many steps
-# attention.py module settings that force one attention path (attention.attend picks by them):
-# split always; joined for one request (never copied); copied for one request, also on the CPU; solo
-# (a row alone in [prompt | suffix] buffers) where a request has one row, split otherwise.
-FORCE_PATH = {
-    "split": {"_SHORT_SCORES": 0, "_SHORT_PROMPT_BYTES": 0, "_COPY_BYTES": 0, "_COPY_ON_CPU": False, "_SOLO": False},
-    "joined": {"_SHORT_SCORES": 1 << 40, "_SHORT_PROMPT_BYTES": 1 << 40, "_COPY_BYTES": 0, "_COPY_ON_CPU": False,
-               "_SOLO": False},
-    "copied": {"_SHORT_SCORES": 0, "_SHORT_PROMPT_BYTES": 0, "_COPY_BYTES": 1 << 40, "_COPY_ON_CPU": True,
-               "_SOLO": False},
-    "solo": {"_SHORT_SCORES": 0, "_SHORT_PROMPT_BYTES": 0, "_COPY_BYTES": 0, "_COPY_ON_CPU": False, "_SOLO": True},
-}
 
 
 class Scheduled(BranchPolicy):
@@ -65,16 +55,6 @@ def run_planned(engine):
                 results[ev.request_id] = ev.result
         steps += 1
     return results
-
-
-def reference(model, prompt, sequences):
-    """Log-probs of each sequence's tokens from one plain forward pass (right-padded batch, causal)."""
-    rows = [prompt + s for s in sequences]
-    width = max(map(len, rows))
-    logits = model(mx.array([r + [0] * (width - len(r)) for r in rows])).astype(mx.float32)
-    logprobs = np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
-    p = len(prompt)
-    return [logprobs[i, p - 1 + np.arange(len(s)), s] for i, s in enumerate(sequences)]
 
 
 def context_matters(model) -> float:

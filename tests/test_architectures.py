@@ -16,7 +16,7 @@ import eager_mlx.engine.attention as attention
 from eager_mlx import EagerConfig, Engine, SamplingConfig
 from eager_mlx.results import RunFinished, RunPreempted
 
-from fork_check import FORCE_PATH, PROMPTS, TOK, fork_errors, reference, shared_prefix_errors
+from fork_check import PROMPTS, TOK, fork_errors, reference, shared_prefix_errors
 from fork_check import Scheduled as _Scheduled
 from tiny_archs import REFUSED, SKIPPED, architectures, build, skip_reason, status
 
@@ -49,9 +49,8 @@ def test_both_attention_paths_are_fork_correct(name, path, monkeypatch):
     merged parts, or (GPU) with mx.fast attention over a per-pass copy: each path alone, on windows,
     sinks, latent attention, shared KV and recurrent layers."""
     monkeypatch.setattr(prefix_module, "_PREFILL_CHUNK", 4)
-    for knob, value in FORCE_PATH[path].items():  # copied: the GPU path (mx.fast attention), forced here
-        monkeypatch.setattr(attention, knob, value)
-    _assert_fork_correct(name, build(name))
+    with attention.forced_path(path):  # copied: the GPU path (mx.fast attention), forced here
+        _assert_fork_correct(name, build(name))
 
 
 def test_the_table_covers_every_architecture_module():

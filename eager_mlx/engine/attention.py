@@ -26,13 +26,15 @@ its store's pass layout and prompts) and never write it.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import mlx.core as mx
 
 from eager_mlx.engine import fastmath
 
-__all__ = ["attend", "solo_allowed"]
+__all__ = ["FORCED_PATHS", "attend", "forced_path", "solo_allowed"]
 
 _HIDDEN = -1e9  # score of a key outside the window: finite, so an all-hidden part cannot give NaN
 # _joined (one softmax over [prompt | suffix]) while the scores stay small and every row can re-read
@@ -46,6 +48,33 @@ _COPY_ON_CPU = False
 # A row alone (one request, one row): global layers keep [prompt | suffix] in one buffer and attend with
 # one mx.fast call, as mlx-lm does at B = 1 (kv.LayerCache.enter_solo); off only to test the paths above.
 _SOLO = True
+
+# The settings above that force one path (the fork checks run each): split always; joined for one
+# request (never copied); copied for one request, also on the CPU; solo where a request has one row,
+# split otherwise.
+FORCED_PATHS: dict[str, dict[str, Any]] = {
+    "split": {"_SHORT_SCORES": 0, "_SHORT_PROMPT_BYTES": 0, "_COPY_BYTES": 0, "_COPY_ON_CPU": False, "_SOLO": False},
+    "joined": {"_SHORT_SCORES": 1 << 40, "_SHORT_PROMPT_BYTES": 1 << 40, "_COPY_BYTES": 0, "_COPY_ON_CPU": False,
+               "_SOLO": False},
+    "copied": {"_SHORT_SCORES": 0, "_SHORT_PROMPT_BYTES": 0, "_COPY_BYTES": 1 << 40, "_COPY_ON_CPU": True,
+               "_SOLO": False},
+    "solo": {"_SHORT_SCORES": 0, "_SHORT_PROMPT_BYTES": 0, "_COPY_BYTES": 0, "_COPY_ON_CPU": False, "_SOLO": True},
+}
+
+
+@contextlib.contextmanager
+def forced_path(name: str) -> Iterator[None]:
+    """Inside the block every pass attends by path `name` (a key of FORCED_PATHS; "default": the engine's own
+    choice by shape) where the pass's shape allows it."""
+    knobs = FORCED_PATHS.get(name, {}) if name != "default" else {}
+    if name != "default" and name not in FORCED_PATHS:
+        raise ValueError(f"unknown attention path {name!r}")
+    saved = {k: globals()[k] for k in knobs}
+    globals().update(knobs)
+    try:
+        yield
+    finally:
+        globals().update(saved)
 
 
 def solo_allowed() -> bool:
