@@ -29,7 +29,8 @@ from .errors import ModelError, one_line
 from .preset import DEFAULT_MODEL, Preset, get_preset, list_presets
 from .sources import gguf_from_packages
 
-__all__ = ["LoadedModel", "load_check_plan", "load_model", "model_dir", "on_cpu", "on_disk", "prepare_model", "pull_model"]
+__all__ = ["LoadedModel", "load_check_plan", "load_model", "model_dir", "on_cpu", "on_disk", "prepare_model",
+           "pull_model"]
 
 _GGUF_BITS = {"Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "Q3_K": 4, "Q2_K": 4, "IQ4_NL": 4, "IQ4_XS": 4,
               "Q5_0": 5, "Q5_1": 5, "Q5_K": 5, "Q6_K": 6, "Q8_0": 8}
