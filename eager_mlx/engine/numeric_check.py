@@ -9,6 +9,7 @@ returns what it measured; the loader refuses the model past TOLERANCE (models/lo
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -57,7 +58,7 @@ class NumericCheck:
         """One line: which check ran on which device, and what it found."""
         if not self.ran:
             return f"numeric fork check not run on {self.device}: {self.note}"
-        worst = max(self.errors, key=lambda p: self.errors[p])
+        worst = max(self.errors, key=lambda p: (math.isnan(self.errors[p]), self.errors[p]))
         return (f"numeric fork check on {self.device}: forked log-probs differ from a plain forward pass by at most "
                 f"{self.max_error:.1e} nats (the {worst} attention path; tolerance {self.tolerance:g}; "
                 f"{self.tokens} tokens over {len(self.errors)} paths, {self.seconds:.1f} s)")
@@ -85,13 +86,16 @@ def check_numerics(model: Any, tokenizer: Any, *, steps: int = _STEPS, tolerance
             engine.add(path, prompt, config)
             result = next(ev.result for ev in _events(engine) if isinstance(ev, RunFinished))
         seqs = [s for s in result.sequences if s.token_ids]
+        if not seqs:  # every row ended at once: nothing to compare on this path
+            continue
         refs = plain_logprobs(model, prompt, [s.token_ids for s in seqs])
         # a row that ended on an end-of-sequence token has its log-prob too, but not the token: left out
         diffs = [np.abs(np.array(s.logprobs[: len(r)], dtype=np.float64) - r) for s, r in zip(seqs, refs)]
         errors[path] = float(np.max(np.concatenate(diffs)))  # NaN stays NaN (and fails)
         tokens += sum(len(d) for d in diffs)
     return NumericCheck(device=str(mx.default_device()), errors=errors, tolerance=tolerance, tokens=tokens,
-                        seconds=time.perf_counter() - start)
+                        seconds=time.perf_counter() - start,
+                        note="" if errors else "every row ended at its first token: nothing to compare")
 
 
 def _events(engine: Any):
