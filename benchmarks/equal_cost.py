@@ -85,6 +85,8 @@ def main() -> None:
     if args.write:
         p = rows["parallel"]
         env = f"MODEL={p['model']} MAX_TOKENS={p['max_tokens']} "  # equal_cost_runs.sh's model and length
+        thetas = {r["theta"] for r in rows.values() if r["theta"] is not None}
+        env += f"THRESHOLD={thetas.pop()} " if len(thetas) == 1 else ""  # one theta for all: say it
         picks = "".join(f" --{k} {v}" for k, v in (("default", args.default), ("cheap", args.cheap)) if v)
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         body = (f"## Equal cost: adaptive methods vs parallel sampling on {p['prompts']} {p['dataset']} problems, "

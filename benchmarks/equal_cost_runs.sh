@@ -4,6 +4,7 @@
 # 16 rows, seed 55 (M=8 / 512 tokens does not fit two CPU cores). Each run is resumed if its folder exists.
 # Usage: bash benchmarks/equal_cost_runs.sh DATA OUT_DIR STORE_DIR [NAME ...]   (hours on a 2-core CPU)
 # Another model / length: MODEL=smollm2-135m MAX_TOKENS=128 bash benchmarks/equal_cost_runs.sh ...
+# THRESHOLD=2.4 sets theta for every run (default: the preset's, or its eval theta for the eval method).
 # Then:  python benchmarks/equal_cost.py OUT_DIR
 set -u
 data=$1 out=$2 store=$3
@@ -11,7 +12,7 @@ shift 3
 bin=$(dirname "$0")/../.venv/bin
 common=(--model "${MODEL:-qwen2.5-coder-0.5b}" --data "$data" --limit 100 -M 4 --max-tokens "${MAX_TOKENS:-384}"
         --temperature 0.6 --top-p 0.95
-        --max-rows 16 --seed 55 --store "$store")
+        --max-rows 16 --seed 55 --store "$store" ${THRESHOLD:+--threshold "$THRESHOLD"})
 declare -A args=(
   [parallel]="--method parallel"
   [eager-init]="--method eager-init"
