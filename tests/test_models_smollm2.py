@@ -37,3 +37,14 @@ def test_greedy_chat_answer(smollm2):
     text = generate(smollm2.model, tok, prompt, max_tokens=12)
     assert "Paris" in text
     assert smollm2.preset.name == DEFAULT_MODEL and (smollm2.path / "model.safetensors").is_file()
+
+
+def test_numeric_load_check_on_the_real_model(smollm2):
+    """The check a GPU load runs (engine/numeric_check.py), here on the CPU: the real model's forked rows agree
+    with a plain forward pass on every path, and the load record says whether the check ran (on a GPU only)."""
+    from eager_mlx.engine.numeric_check import check_numerics
+    from eager_mlx.models import on_cpu
+
+    check = check_numerics(smollm2.model, smollm2.tokenizer)
+    assert check.tokens == 5 * 2 * 4 and check.max_error < 1e-3 and check.passed
+    assert smollm2.load_check.ran is not on_cpu() and smollm2.load_check.passed
