@@ -25,6 +25,7 @@ declare -A args=(
   [eager]="--method eager"
   [eager-adapt-seq-half]="--method eager-adapt --policy sequential --budget 0.5"
   [parallel-adapt-seq-half]="--method parallel-adapt --policy sequential --budget 0.5"
+  [parallel-adapt-fewest]="--method parallel-adapt --policy fewest"
   [eager-adapt-seq-keep]="--method eager-adapt --policy sequential --branch-rule keep"
   [eager-adapt-seq-sample]="--method eager-adapt --policy sequential --branch-rule sample"
   [eager-init-sample]="--method eager-init --branch-rule sample"

@@ -92,8 +92,8 @@ def test_cli_eval_with_consensus_and_confidence_vote(tmp_path, monkeypatch):
     loaded = FakeLoaded(lambda config, events: FakeEngine(adapt_script, max_rows=config.max_rows), encode)
     patch_load(monkeypatch, loaded)
     out = tmp_path / "run"
-    r = CliRunner().invoke(cli, ["eval", "--data", str(data), "-M", "4", "--out", str(out), "--consensus", "beta",
-                                 "--confidence-vote"])
+    r = CliRunner().invoke(cli, ["eval", "--data", str(data), "-M", "4", "--method", "eager-adapt", "--out", str(out),
+                                 "--consensus", "beta", "--confidence-vote"])
     assert r.exit_code == 0, r.output
     assert loaded.made[0][1] is False  # no online monitor: the engine need not emit TokenEvents
     assert loaded.made[0][2].added == ["p0-r0", "p1-r0", "p2-r0", "p3-r0"]

@@ -196,7 +196,7 @@ EVAL = [  # every row but the last is refused before the model loads
 def test_eval(tmp_path, monkeypatch, fake_eval, args, code, message):
     _files(tmp_path)
     monkeypatch.chdir(tmp_path / "adir")  # a refusal that failed would write here, not into the repository
-    base = ["eval", "--data", str(tmp_path / "good.jsonl"), "-M", "4"]
+    base = ["eval", "--data", str(tmp_path / "good.jsonl"), "-M", "4", "--method", "eager-adapt"]
     if "{d}/done" in args:  # a finished run to resume with other settings
         assert CliRunner().invoke(cli, base + ["--out", str(tmp_path / "done")]).exit_code == 0
         fake_eval.asked.clear()
@@ -260,7 +260,8 @@ def test_serve(monkeypatch, tiny, args, env, message):
 # --------------------------------------------------------------------------------------------- report
 def _runs(d: Path, fake_eval) -> None:
     """A finished run `run`, and broken copies of it."""
-    res = CliRunner().invoke(cli, ["eval", "--data", str(d / "good.jsonl"), "-M", "4", "--out", str(d / "run")])
+    res = CliRunner().invoke(cli, ["eval", "--data", str(d / "good.jsonl"), "-M", "4", "--method", "eager-adapt",
+                                    "--out", str(d / "run")])
     assert res.exit_code == 0, res.output
     variants = {
         "bad_manifest": lambda r: (r / "manifest.json").write_text('{"format": 1,\n  "model": '),
@@ -377,5 +378,6 @@ def test_data_file(tmp_path, fake_eval, name, content, message):
 def test_data_file_with_a_byte_order_mark_is_read(tmp_path, fake_eval):
     path = tmp_path / "bom.csv"
     path.write_bytes(b"\xef\xbb\xbfquestion,answer\nWhat is 0+1?,1\n")
-    res = CliRunner().invoke(cli, ["eval", "--data", str(path), "-M", "4", "--out", str(tmp_path / "run")])
+    res = CliRunner().invoke(cli, ["eval", "--data", str(path), "-M", "4", "--method", "eager-adapt", "--out",
+                                    str(tmp_path / "run")])
     assert res.exit_code == 0, res.output

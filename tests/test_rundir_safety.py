@@ -102,7 +102,7 @@ def test_foreign_files_and_wrong_shaped_records(tmp_path, fake_eval, args, messa
     from test_cli_errors import _files, _fill
 
     _files(tmp_path)
-    base = ["eval", "--data", str(tmp_path / "good.jsonl"), "-M", "4"]
+    base = ["eval", "--data", str(tmp_path / "good.jsonl"), "-M", "4", "--method", "eager-adapt"]
     _foreign(tmp_path)
     _wrong_shapes(tmp_path, base)
     fake_eval.asked.clear()
@@ -124,8 +124,8 @@ def test_report_names_the_missing_field(tmp_path, fake_eval, spoil, message):
 
     _files(tmp_path)
     out = tmp_path / "run"
-    assert CliRunner().invoke(cli, ["eval", "--data", str(tmp_path / "good.jsonl"), "-M", "4", "--out",
-                                    str(out)]).exit_code == 0
+    assert CliRunner().invoke(cli, ["eval", "--data", str(tmp_path / "good.jsonl"), "-M", "4", "--method",
+                                    "eager-adapt", "--out", str(out)]).exit_code == 0
     lines = (out / RESULTS).read_text().splitlines()
     (out / RESULTS).write_text("\n".join([json.dumps(spoil(json.loads(lines[0])))] + lines[1:]) + "\n")
     check(CliRunner().invoke(cli, ["report", str(out), "--no-plot"]), 1, message)
