@@ -65,10 +65,10 @@ FORCED_PATHS: dict[str, dict[str, Any]] = {
 @contextlib.contextmanager
 def forced_path(name: str) -> Iterator[None]:
     """Inside the block every pass attends by path `name` (a key of FORCED_PATHS; "default": the engine's own
-    choice by shape) where the pass's shape allows it."""
-    knobs = FORCED_PATHS.get(name, {}) if name != "default" else {}
+    choice by shape) where the pass's shape allows it. Module-wide: no other engine may run meanwhile."""
     if name != "default" and name not in FORCED_PATHS:
         raise ValueError(f"unknown attention path {name!r}")
+    knobs = FORCED_PATHS.get(name, {})
     saved = {k: globals()[k] for k in knobs}
     globals().update(knobs)
     try:
