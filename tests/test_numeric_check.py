@@ -74,3 +74,13 @@ def test_solve_json_and_models_say_which_check_ran(monkeypatch):
     assert check["ran"] is False and check["note"] == "the reason" and "not run" in check["summary"]
     listed = CliRunner().invoke(cli, ["models"])
     assert listed.exit_code == 0 and "numeric fork check at load: not run on Device(cpu" in listed.output
+
+
+def test_forced_path_restores_the_settings_and_refuses_an_unknown_path():
+    before = {k: getattr(attention, k) for k in attention.FORCED_PATHS["split"]}
+    with attention.forced_path("joined"):
+        assert attention._SHORT_SCORES == 1 << 40 and attention._SOLO is False
+    assert {k: getattr(attention, k) for k in before} == before
+    with pytest.raises(ValueError, match="unknown attention path 'nope'"):
+        with attention.forced_path("nope"):
+            pass
