@@ -89,8 +89,11 @@ def main() -> None:
         env += f"THRESHOLD={thetas.pop()} " if len(thetas) == 1 else ""  # one theta for all: say it
         picks = "".join(f" --{k} {v}" for k, v in (("default", args.default), ("cheap", args.cheap)) if v)
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-        body = (f"## Equal cost: adaptive methods vs parallel sampling on {p['prompts']} {p['dataset']} problems, "
-                f"{p['model']}, M={p['M']}\n\nCommands: `{env}bash benchmarks/equal_cost_runs.sh {p['dataset']} "
+        data = p["dataset"]  # a data file as given to eval: relative to here when it is under here
+        if os.path.isabs(data) and Path(data).resolve().is_relative_to(Path.cwd()):
+            data = os.path.relpath(data)
+        body = (f"## Equal cost: adaptive methods vs parallel sampling on {p['prompts']} {data} problems, "
+                f"{p['model']}, M={p['M']}\n\nCommands: `{env}bash benchmarks/equal_cost_runs.sh {data} "
                 f"{args.runs} STORE` then `python benchmarks/equal_cost.py {args.runs}{picks} --write` (load average "
                 f"when the table was made: {load}; wall times are each eval's own, on a shared machine)\n\n" + report)
         write_section(args.out, f"<!-- equal_cost.py {args.runs.resolve().name} -->", body)
