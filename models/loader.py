@@ -252,7 +252,9 @@ def _load_check(model: Any, tokenizer: Any, name: str, run: bool | None) -> Any:
     """The numeric load check's record; ModelError when the model fails it (or the engine refuses it)."""
     from eager_mlx.engine.numeric_check import check_numerics, not_run
 
-    if not (run if run is not None else not on_cpu()):
+    if run is None:
+        run = not on_cpu()  # by default on a GPU only
+    if not run:
         return not_run(_CPU_PROOF if on_cpu() else "switched off")
     try:
         check = check_numerics(model, tokenizer)

@@ -13,8 +13,9 @@ passes (this is how latent-attention layers are recognised: their keys are their
 rope scores come as a mask); the second pass runs the engine's real path and counts, layer by
 layer, one cache write and one routed attention call. Anything else is refused with a one-line
 reason naming the layer. The engine's caches report what the model did to a `Probe` while it is
-set (`SharedPrefixKV.probe`); outside the check nothing is recorded. Numerical agreement with a plain forward pass is proven per
-architecture by tests/test_architectures.py on the CPU, and checked on the real model at each load on a GPU (numeric_check.py).
+set (`SharedPrefixKV.probe`); outside the check nothing is recorded. Numerical agreement with a
+plain forward pass is proven per architecture by tests/test_architectures.py on the CPU, and checked
+on the real model at each load on a GPU (numeric_check.py).
 """
 from __future__ import annotations
 
