@@ -50,19 +50,25 @@ __all__ = ["calibrate"]
 @click.option("--policies", default="hit-m,rank,disagree,sequential", show_default=True,
               help="frontier: eager-adapt policies (eager-parallel and parallel-adapt are tried with "
                    "sequential, disagree and fewest).")
+@click.option("--methods", default="eager-adapt,eager-parallel,parallel-adapt", show_default=True,
+              help="frontier: the methods of the grid, comma-separated.")
+@click.option("--first-samples", default=None,
+              help="frontier: parallel-adapt's first-run sizes to try, comma-separated (each 1..M) [default: 2].")
 @click.option("--store", "store", default=None,
               help="frontier: run store [default: runs/ in the cache dir].")
 def calibrate(model: Optional[str], data: str, limit: int, samples: int, target_sequences: Optional[float],
               question_field, template, no_chat: bool, write_preset: bool, save_traces: Optional[Path],
               plot: Optional[Path], objective: str, out: Optional[Path], thresholds: Optional[str],
-              branch_rules: str, policies: str, store: Optional[Path], **settings: Any) -> None:
+              branch_rules: str, policies: str, methods: str, first_samples: Optional[str], store: Optional[Path],
+              **settings: Any) -> None:
     """Choose theta so that the simulated mean number of sequences per prompt hits a target, or (--objective
     frontier) eval's configuration by its equal-cost result against parallel sampling."""
     if data in ("gsm8k", "math500", "svamp"):
         click.echo(f"note: {data} is a test split; evaluate afterwards on data it was not tuned on", err=True)
     if objective == "frontier":
         return _frontier(model, data, limit or 50, question_field, template, no_chat, write_preset, plot, out,
-                         thresholds, branch_rules, policies, store, settings)
+                         dict(thresholds=thresholds, branch_rules=branch_rules, policies=policies, methods=methods,
+                              first_samples=first_samples), store, settings)
     from eager_mlx import config_for
     from eager_mlx.adaptive import calibrate as cal_mod
     from eager_mlx.config import EngineConfig
@@ -121,9 +127,10 @@ def _csv(text: str, what: str, cast: Any = str, allowed: Optional[tuple] = None)
     return values
 
 
-def _frontier(model, data, limit, question_field, template, no_chat, write_preset, plot, out, thresholds,
-              branch_rules, policies, store, settings) -> None:
-    """`calibrate --objective frontier`: the grid of eval runs, the frontier table and plot, the preset's choice."""
+def _frontier(model, data, limit, question_field, template, no_chat, write_preset, plot, out, grid_options,
+              store, settings) -> None:
+    """`calibrate --objective frontier`: the grid of eval runs, the frontier table and plot, the preset's choice.
+    `grid_options`: the --thresholds, --branch-rules, --policies, --methods and --first-samples texts."""
     import math
 
     from eager_mlx import config_for
@@ -136,11 +143,14 @@ def _frontier(model, data, limit, question_field, template, no_chat, write_prese
     from eager_mlx.evaluation.scheduler import POLICIES
     from eager_mlx.evaluation.store import default_store_dir
 
-    rules = _csv(branch_rules, "'--branch-rules'", allowed=BRANCH_RULES)
-    chosen_policies = _csv(policies, "'--policies'", allowed=POLICIES)
+    rules = _csv(grid_options["branch_rules"], "'--branch-rules'", allowed=BRANCH_RULES)
+    chosen_policies = _csv(grid_options["policies"], "'--policies'", allowed=POLICIES)
+    methods = _csv(grid_options["methods"], "'--methods'", allowed=fr.GRID_METHODS)
+    thresholds, sizes = grid_options["thresholds"], grid_options["first_samples"]
     thetas = _csv(thresholds, "'--thresholds'", float) if thresholds else None
     if thetas and not all(math.isfinite(t) and t >= 0 for t in thetas):
         raise click.BadParameter("thetas must be finite and >= 0", param_hint="'--thresholds'")
+    first = _csv(sizes, "'--first-samples'", int) if sizes else [None]
     engine = {"max_rows": settings.pop("max_rows"), "seed": settings.pop("seed")}
     generation = pop_settings(settings, *GENERATION)
     out = writable_dir(out or Path("runs") / f"frontier-{model or 'default'}-{Path(data).stem}", "'--out'")
@@ -152,9 +162,12 @@ def _frontier(model, data, limit, question_field, template, no_chat, write_prese
         if write_preset and loaded.preset is None:
             raise click.UsageError("--write-preset needs a preset model (eager-mlx models lists them)")
         eager = config_for(loaded.preset, **generation)
+        if not all(f is None or 1 <= f <= eager.max_sequences for f in first):
+            raise click.BadParameter(f"each size must be in 1..M ({eager.max_sequences})",
+                                     param_hint="'--first-samples'")
         thetas = thetas or [round(eager.threshold * f, 3) for f in (0.9, 1.0, 1.1)]
         base = EvalSettings.build(eager, AdaptiveOptions(), method="parallel", **engine)
-        candidates = fr.grid(thetas, rules, chosen_policies)
+        candidates = fr.grid(thetas, rules, chosen_policies, first_samples=first, methods=methods)
         results = fr.run_frontier(loaded, dataset, base, candidates, out, store_dir, chat=not no_chat,
                                   progress=bars.next)
         rows = equal_cost_rows([out / c.name for c in candidates], out / "parallel")
@@ -189,7 +202,7 @@ def _frontier_outcome(best: Any, loaded: Any, data: str, write_preset: bool) -> 
     click.echo(f"chosen: {c.name}: {evidence}")
     if write_preset:
         record = PresetEval(method=c.method, policy=c.policy, threshold=c.threshold or loaded.preset.threshold,
-                            branch_rule=c.branch_rule, data=data, command=shlex.join(["eager-mlx", *sys.argv[1:]]),
+                            branch_rule=c.branch_rule, first_samples=c.first_samples, data=data, command=shlex.join(["eager-mlx", *sys.argv[1:]]),
                             date=date.today().isoformat(), evidence=evidence)
         click.echo(f"preset: {fr.write_preset_eval(loaded.preset.name, record)} (eval runs it by default)")
 

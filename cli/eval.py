@@ -52,6 +52,9 @@ def _template(ctx: click.Context, param: click.Parameter, value: Optional[str]) 
 @click.option("--budget", type=FiniteFloatRange(0, 4, min_open=True), default=1.0, show_default=True,
               help="eager-adapt / eager / parallel-adapt / eager-parallel: spend this fraction of M x |D| "
                    "sequences.")
+@click.option("--first-samples", type=IntRange(min=1), default=None,
+              help="parallel-adapt: independent samples every prompt gets before the pool is ranked (1..M) "
+                   "[default: the preset's eval configuration, else 2].")
 @setting_options(*GENERATION, exclude=("parallel",), auto_threshold=True)
 @setting_options(*ENGINE)
 @click.option("--reserve-rows", is_flag=True,
@@ -82,7 +85,7 @@ def _template(ctx: click.Context, param: click.Parameter, value: Optional[str]) 
               help="Keep each run's branch tree and entropies (trees.jsonl) for `eager-mlx report --html`.")
 @click.option("--no-chat", is_flag=True, help="Do not apply the chat template.")
 @setting_options(*ADAPTIVE)
-def eval_cmd(model, data, limit, method, policy, budget, reserve_rows, token_budget, out, resume, store, no_store,
+def eval_cmd(model, data, limit, method, policy, budget, first_samples, reserve_rows, token_budget, out, resume, store, no_store,
              question_field, answer_field, template, split, fewshot, system, fallbacks, ks, no_save_text, save_trace,
              no_chat,
              **settings: Any) -> None:
@@ -104,7 +107,8 @@ def eval_cmd(model, data, limit, method, policy, budget, reserve_rows, token_bud
         try:
             options = AdaptiveOptions.from_settings(pop_settings(settings, *ADAPTIVE))
             scheduler = _configuration(model, method, policy, generation,
-                                       dict(budget=budget, reserve_rows=reserve_rows, token_budget=token_budget))
+                                       dict(budget=budget, reserve_rows=reserve_rows, token_budget=token_budget,
+                                            first_samples=first_samples))
             dataset, shard, where["out"], where["run_dir"] = _prepare(
                 data, out, scheduler, generation, engine,
                 dict(question_field=question_field, answer_field=answer_field, template=template, limit=limit,
@@ -142,6 +146,8 @@ def _configuration(model: Optional[str], method: Optional[str], policy: Optional
             generation["threshold"] = chosen.threshold
         if generation.get("branch_rule") is None:
             generation["branch_rule"] = chosen.branch_rule
+        if scheduler.get("first_samples") is None:
+            scheduler["first_samples"] = chosen.first_samples
         scheduler["eval_defaults"] = f"preset {preset.name} ({chosen.data}, {chosen.date})"
     return dict(scheduler, method=method, policy=policy)
 
@@ -162,7 +168,7 @@ def _prepare(data: str, out: Optional[Path], scheduler: dict, generation: dict, 
 
     SchedulerConfig(method=scheduler["method"], policy=scheduler["policy"], budget=scheduler["budget"],
                     max_sequences=generation["max_sequences"], max_rows=engine["max_rows"],
-                    token_budget=scheduler["token_budget"]).validate()
+                    token_budget=scheduler["token_budget"], first_samples=scheduler["first_samples"]).validate()
     dataset = load_dataset(data, **data_options)
     shard = current_shard()  # rank r of n under mlx.launch: prompts i % n == r, results in RUN_DIR/rank-r
     if out is None and shard.size == 1:

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from eager_mlx.packages import cache_root, is_sha256
 
@@ -74,6 +74,7 @@ class PresetEval:
     command: str = ""  # the command that chose it
     date: str = ""
     evidence: str = ""  # one line: how it compared with parallel there
+    first_samples: Optional[int] = None  # parallel-adapt: samples of every first run (None: the scheduler's default)
 
 
 @dataclass(frozen=True)

@@ -71,3 +71,42 @@ def test_the_choice_is_stored_as_the_presets_eval_defaults(tmp_path, monkeypatch
     path.write_text("threshold = 2.5\n" + path.read_text())
     write_preset_eval("smollm2-135m", record)  # again: the theta line stays, the eval lines are not doubled
     assert get_preset("smollm2-135m").threshold == 2.5 and path.read_text().count("eval.method") == 1
+
+
+def test_grid_methods_and_first_run_sizes():
+    names = [x.name for x in grid([2.0], ["top2"], ["sequential"], first_samples=[None, 3],
+                                  methods=["parallel-adapt"])]
+    assert names == ["parallel-adapt-sequential", "parallel-adapt-sequential-f3", "parallel-adapt-disagree",
+                     "parallel-adapt-disagree-f3", "parallel-adapt-fewest"]  # fewest fills to M: one size
+
+
+def test_the_frontier_tries_first_run_sizes_and_stores_the_chosen_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("EAGER_MLX_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "dev.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": str(i)}) + "\n" for i, q in enumerate(QUESTIONS)))
+    patch_load(monkeypatch, dist_eval_entry.loaded_model("markov"))
+    out = tmp_path / "grid"
+    args = ["calibrate", "--objective", "frontier", "--data", str(data), "--template", "{question}", "--no-chat",
+            "-M", "3", "--max-tokens", "8", "--methods", "parallel-adapt", "--out", str(out),
+            "--store", str(tmp_path / "store")]
+    bad = CliRunner().invoke(cli, args + ["--first-samples", "1,4"])
+    assert bad.exit_code == 2 and "'--first-samples'" in bad.output and "1..M (3)" in bad.output
+    assert not (out / "parallel").exists()  # refused before anything ran
+    r = CliRunner().invoke(cli, args + ["--first-samples", "1,3"])
+    assert r.exit_code == 0, r.output
+    made = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert made == ["parallel", "parallel-adapt-disagree-f1", "parallel-adapt-disagree-f3", "parallel-adapt-fewest",
+                    "parallel-adapt-sequential-f1", "parallel-adapt-sequential-f3"]
+    assert "sequential/f3" in (out / "frontier.txt").read_text()  # the table names the size that ran
+    f3 = json.loads((out / "parallel-adapt-sequential-f3" / "manifest.json").read_text())
+    assert f3["settings"]["scheduler"]["first_samples"] == 3
+    assert f3["store"]["replayed"] == len(QUESTIONS) and f3["store"].get("stored", 0) == 0  # = parallel's samples
+
+
+def test_a_chosen_first_run_size_is_stored_and_none_is_left_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("EAGER_MLX_CACHE", str(tmp_path))
+    record = PresetEval("parallel-adapt", "sequential", 2.69, first_samples=3)
+    path = write_preset_eval("smollm2-135m", record)
+    assert get_preset("smollm2-135m").eval == record and "eval.first_samples = 3" in path.read_text()
+    write_preset_eval("smollm2-135m", PresetEval("parallel-adapt", "sequential", 2.69))
+    assert "first_samples" not in path.read_text() and get_preset("smollm2-135m").eval.first_samples is None

@@ -89,6 +89,24 @@ def test_parallel_adapt_rounds_continue_each_prompts_stream():
         assert all(r.key_id == (None if r.attempt == 0 else f"p{i}-r0") for r in mine)
 
 
+@pytest.mark.parametrize("first", [1, 3, 4])
+def test_parallel_adapt_first_samples_is_a_floor_then_rounds_continue_the_stream(first):
+    cfg = dataclasses.replace(POLICY_CONFIGS[5], first_samples=first)
+    want, _ = simulate(cfg, 10, seed=1, max_rows=8)
+    assert simulate(cfg, 10, seed=4, max_rows=5)[0] == want  # still a function of outcomes only
+    used = {i: 0 for i in range(10)}
+    for i in range(10):
+        mine = sorted((r for r in want.values() if r.prompt_index == i), key=lambda r: r.attempt)
+        assert mine[0].max_sequences == first and all(r.max_sequences <= 2 for r in mine[1:])
+        assert [r.first_sequence for r in mine] == [sum(x.max_sequences for x in mine[:k]) for k in range(len(mine))]
+        used[i] = sum(r.max_sequences for r in mine)
+    assert sum(used.values()) >= 4 * 10 - 2  # the budget is still spent, but for less than one round
+    if first == 4:  # the floor is M: the first runs spend it all, and this is parallel sampling
+        assert all(r.attempt == 0 for r in want.values())
+    elif first > 1:  # the pool goes to the prompts whose answers disagree (0-3 always agree: they get none)
+        assert {r.prompt_index for r in want.values() if r.attempt} <= set(range(4, 10))
+
+
 def test_eager_parallel_starts_with_an_eager_run_then_takes_parallels_samples_from_1():
     runs, _ = simulate(POLICY_CONFIGS[8], 10, seed=1, max_rows=8)
     assert any(r.attempt > 0 for r in runs.values())
@@ -152,7 +170,11 @@ def test_settings_are_checked():
                      (dict(method="eager-adapt", policy="sequential", token_budget=99), "drop --token-budget"),
                      (dict(method="eager-init", budget=0.5), "a budget applies"),
                      (dict(method="eager-adapt", policy="nope"), "unknown policy"),
-                     (dict(method="parallel-adapt", policy="rank", round_size=9), "round_size 9")):
+                     (dict(method="parallel-adapt", policy="rank", round_size=9), "round_size 9"),
+                     (dict(method="parallel-adapt", policy="sequential", first_samples=9), "first_samples must be"),
+                     (dict(method="parallel-adapt", policy="sequential", first_samples=0), "first_samples must be"),
+                     (dict(method="eager-adapt", first_samples=2), "first_samples applies to parallel-adapt"),
+                     (dict(method="eager-parallel", policy="rank", first_samples=2), "applies to parallel-adapt")):
         with pytest.raises(SettingError, match=msg):
             SchedulerConfig(max_sequences=8, **bad).validate()
     assert isinstance(make_scheduler(3, SchedulerConfig()), Scheduler)

@@ -63,6 +63,19 @@ def test_parallel_adapt_reads_the_samples_parallel_made(tmp_path, data):
         assert [s["text"] for s in r["sequences"]] == [s["text"] for s in p["sequences"][:n]]
 
 
+def test_a_first_run_floor_takes_parallels_samples_and_bad_sizes_are_refused(tmp_path, data):
+    store = tmp_path / "store"
+    par, _ = evaluate(data, tmp_path / "par", "--method", "parallel", store=store)
+    floor, use = evaluate(data, tmp_path / "floor", "--method", "parallel-adapt", "--first-samples", "3",
+                          store=store)  # the floor is M (3): parallel sampling, every sample read back
+    assert use["stored"] == 0 and floor == par
+    for bad, says in ((["--method", "parallel-adapt", "--first-samples", "4"], "first_samples must be in 1..M (3)"),
+                      (["--method", "eager-adapt", "--first-samples", "2"], "applies to parallel-adapt only")):
+        r = CliRunner().invoke(cli, ["eval", "--data", str(data), "--out", str(tmp_path / "bad"), *ARGS, *bad])
+        assert r.exit_code == 2 and says in r.output and len(r.output.strip().splitlines()) == 1, r.output
+        assert not (tmp_path / "bad").exists()  # refused before the run folder was made
+
+
 @pytest.mark.parametrize("change", [["--threshold", "1.3"], ["--temperature", "0.7"], ["--seed", "8"],
                                     ["--max-tokens", "9"], ["--branch-rule", "keep"], ["-M", "4"]])
 def test_any_changed_setting_misses(tmp_path, data, change):
@@ -128,7 +141,7 @@ def test_a_folder_from_before_the_policy_settings_resumes(tmp_path, data):
     evaluate(data, out, "--method", "eager-adapt", "--limit", "3")
     manifest = json.loads((out / MANIFEST).read_text())
     for group, key in (("scheduler", "policy"), ("scheduler", "budget"), ("scheduler", "wave_runs"),
-                       ("scheduler", "round_size"), ("eager", "branch_rule")):
+                       ("scheduler", "round_size"), ("scheduler", "first_samples"), ("eager", "branch_rule")):
         del manifest["settings"][group][key]
     (out / MANIFEST).write_text(json.dumps(manifest))
     evaluate(data, out, "--method", "eager-adapt", "--limit", "3", "--resume")

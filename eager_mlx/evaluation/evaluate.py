@@ -107,12 +107,13 @@ class EvalSettings:
     @classmethod
     def build(cls, eager: EagerConfig, options: AdaptiveOptions, *, method: str, max_rows: int, seed: int,
               reserve_rows: bool = False, token_budget: Optional[int] = None, policy: str = "hit-m",
-              budget: float = 1.0, **fields: Any) -> "EvalSettings":
+              budget: float = 1.0, first_samples: Optional[int] = None, **fields: Any) -> "EvalSettings":
         """Settings from a request config (its threshold and M start every prompt) and the adaptive options;
         `fields`: ks, answer_fallbacks, grade_timeout, save_text."""
         scheduler = SchedulerConfig(method=method, max_sequences=eager.max_sequences, threshold=eager.threshold,
                                     max_rows=max_rows, reserve_rows=reserve_rows, token_budget=token_budget,
-                                    consensus=options.consensus, policy=policy, budget=budget)
+                                    consensus=options.consensus, policy=policy, budget=budget,
+                                    first_samples=first_samples)
         return cls(scheduler=scheduler, eager=eager, seed=seed, confidence=options.confidence,
                    confidence_vote=options.confidence_vote, consensus_abort=options.consensus_abort, **fields)
 

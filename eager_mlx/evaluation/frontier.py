@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 
 from eager_mlx.evaluation.equal_cost import EqualCost
 
-__all__ = ["Candidate", "grid", "choose", "eval_toml", "write_preset_eval", "run_frontier"]
+__all__ = ["GRID_METHODS", "Candidate", "grid", "choose", "eval_toml", "write_preset_eval", "run_frontier"]
 
 
 @dataclass(frozen=True)
@@ -29,22 +29,35 @@ class Candidate:
     policy: str
     threshold: Optional[float]  # None for parallel-adapt (no branching)
     branch_rule: str = "top2"
+    first_samples: Optional[int] = None  # parallel-adapt: samples of every first run (None: the default, 2)
 
     @property
     def name(self) -> str:
         if self.method == "parallel-adapt":
-            return f"parallel-adapt-{self.policy}"
+            floor = f"-f{self.first_samples}" if self.first_samples is not None else ""
+            return f"parallel-adapt-{self.policy}{floor}"
         return f"{self.method}-{self.policy}-t{self.threshold:g}-{self.branch_rule}"
 
 
+GRID_METHODS = ("eager-adapt", "eager-parallel", "parallel-adapt")
+
+
 def grid(thresholds: Sequence[float], rules: Sequence[str], policies: Sequence[str],
-         parallel_policies: Sequence[str] = ("sequential", "disagree", "fewest")) -> list[Candidate]:
-    """The candidates: eager-adapt for every theta x rule x policy, eager-parallel for every theta x rule x
-    parallel policy (its first runs are eager-adapt's, its extra samples parallel-adapt's: both from the store),
-    then parallel-adapt per parallel policy."""
-    out = [Candidate("eager-adapt", p, t, r) for t in thresholds for r in rules for p in policies]
-    out += [Candidate("eager-parallel", p, t, r) for t in thresholds for r in rules for p in parallel_policies]
-    return out + [Candidate("parallel-adapt", p, None) for p in parallel_policies]
+         parallel_policies: Sequence[str] = ("sequential", "disagree", "fewest"),
+         first_samples: Sequence[Optional[int]] = (None,), methods: Sequence[str] = GRID_METHODS) -> list[Candidate]:
+    """The candidates of `methods`: eager-adapt for every theta x rule x policy, eager-parallel for every theta x
+    rule x parallel policy (its first runs are eager-adapt's, its extra samples parallel-adapt's: both from the
+    store), then parallel-adapt per parallel policy x first-run size (`first_samples`; fewest tops every prompt up
+    to M first, so it runs with the default size only)."""
+    out = []
+    if "eager-adapt" in methods:
+        out += [Candidate("eager-adapt", p, t, r) for t in thresholds for r in rules for p in policies]
+    if "eager-parallel" in methods:
+        out += [Candidate("eager-parallel", p, t, r) for t in thresholds for r in rules for p in parallel_policies]
+    if "parallel-adapt" in methods:
+        out += [Candidate("parallel-adapt", p, None, first_samples=f) for p in parallel_policies
+                for f in (first_samples if p != "fewest" else (None,))]
+    return out
 
 
 def choose(results: Sequence[tuple[Candidate, EqualCost]]) -> Optional[tuple[Candidate, EqualCost]]:
@@ -57,12 +70,12 @@ def choose(results: Sequence[tuple[Candidate, EqualCost]]) -> Optional[tuple[Can
 
 
 def eval_toml(record: object) -> str:
-    """``eval.KEY = value`` lines of a PresetEval (for a preset file or its user override)."""
+    """``eval.KEY = value`` lines of a PresetEval (for a preset file or its user override); None is left out."""
     from dataclasses import asdict
 
     from eager_mlx.adaptive.calibrate import toml_value
 
-    return "".join(f"eval.{k} = {toml_value(v)}\n" for k, v in asdict(record).items())
+    return "".join(f"eval.{k} = {toml_value(v)}\n" for k, v in asdict(record).items() if v is not None)
 
 
 def write_preset_eval(name: str, record: object) -> Path:
@@ -93,18 +106,19 @@ def run_frontier(loaded: object, dataset: object, base: object, candidates: Sequ
     from eager_mlx.evaluation.rundir import MANIFEST, load_run, read_manifest
 
     def run(name: str, method: str, policy: str = "hit-m", threshold: Optional[float] = None,
-            rule: str = "top2") -> list[dict]:
+            rule: str = "top2", first_samples: Optional[int] = None) -> list[dict]:
         folder = Path(out_dir) / name
         if (folder / MANIFEST).exists() and read_manifest(folder / MANIFEST).get("finished"):
             return load_run(folder)[1]
         eager = dataclasses.replace(base.eager, branch_rule=rule,
                                     threshold=base.eager.threshold if threshold is None else threshold)
-        sched = dataclasses.replace(base.scheduler, method=method, policy=policy, threshold=eager.threshold)
+        sched = dataclasses.replace(base.scheduler, method=method, policy=policy, threshold=eager.threshold,
+                                    first_samples=first_samples)
         settings = dataclasses.replace(base, eager=eager, scheduler=sched)
         report = progress(name) if progress is not None else None
         return evaluate_model(loaded, dataset, settings, folder, chat=chat, store_dir=store_dir,
                               resume=(folder / MANIFEST).exists(), progress=report).records
 
     parallel = run("parallel", "parallel")
-    return [(c, equal_cost(run(c.name, c.method, c.policy, c.threshold, c.branch_rule), parallel))
+    return [(c, equal_cost(run(c.name, c.method, c.policy, c.threshold, c.branch_rule, c.first_samples), parallel))
             for c in candidates]

@@ -21,8 +21,11 @@ policies give every prompt a first run, then hand B out in *waves* of at most
 A prompt receives at most ``adapt_cap_factor`` x M extra sequences. The extra runs are
 fresh eager-init runs (cap M, or what is left of the pool) for ``eager-adapt``, or
 ``round_size`` more parallel samples for ``parallel-adapt`` (parallel sampling in
-rounds: its first run is ``round_size`` samples, and round r continues the same
-stream of samples, so a prompt's samples are parallel's samples, in order).
+rounds: its first run is ``first_samples`` samples (default ``round_size``), and each
+later round continues the same stream of samples, so a prompt's samples are parallel's
+samples, in order). ``first_samples`` is a floor: every prompt has that many independent
+answers before the pool is ranked, so a prompt whose first two samples agree on a wrong
+answer still gets a third (GSM8K-100 in BENCHMARKS.md: such prompts were never revisited).
 ``eager-parallel`` starts with an eager-init run and spends the pool on parallel
 samples: the cheap, often-right first run, then independent samples where the answers
 disagree (branches of one run share prefixes, so they vote less independently). Its
@@ -253,7 +256,7 @@ class AdaptiveScheduler:
         if self._next_first >= self.num_prompts:
             return None
         i = self._next_first
-        size = self.config.round_size if self._parallel else self.config.max_sequences
+        size = (self.config.first_samples or self.config.round_size) if self._parallel else self.config.max_sequences
         return RunRequest(run_id(self._ids[i], 0), i, self.config.threshold, size, self._parallel, 0)
 
     def _commit(self, req: RunRequest, rows: int) -> None:

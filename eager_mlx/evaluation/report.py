@@ -17,6 +17,14 @@ def _theta(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:g}"
 
 
+def _policy(method: str, sched: dict) -> str:
+    """The policy column: the wave policy, with parallel-adapt's first-run size when one was set (``sequential/f3``)."""
+    if method not in WAVE_METHODS:
+        return "-"
+    floor = sched.get("first_samples")
+    return sched.get("policy", "hit-m") + (f"/f{floor}" if floor else "")
+
+
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """One row of the report: the run's settings and its metrics recomputed from the records (of the prompts
     that ran; `skipped` counts the others)."""
@@ -38,7 +46,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "method": manifest["method"],
         "M": sched["max_sequences"],
         "theta": None if manifest["method"] in _UNBRANCHED else sched["threshold"],
-        "policy": sched.get("policy", "hit-m") if manifest["method"] in WAVE_METHODS else "-",
+        "policy": _policy(manifest["method"], sched),
         "rule": "-" if manifest["method"] in _UNBRANCHED else eager.get("branch_rule", "top2"),
         "dataset": manifest["dataset"]["name"],
         "hash": manifest["dataset"]["hash"],

@@ -62,6 +62,7 @@ RESUME_MAY_CHANGE = ("max_rows", "save_text", "grade_timeout")
 # folder without one resumes when the setting has that value.
 SETTINGS_ADDED = {"settings.scheduler.policy": "hit-m", "settings.scheduler.budget": 1.0,
                   "settings.scheduler.wave_runs": 8, "settings.scheduler.round_size": 2,
+                  "settings.scheduler.first_samples": None,
                   "settings.eager.branch_rule": "top2"}
 _MANIFEST_KEYS = ("model", "method", "dataset", "settings")
 

@@ -118,6 +118,7 @@ class SchedulerConfig:
     budget: float = 1.0  # eager-adapt / eager / parallel-adapt / eager-parallel: spend budget x M x |D| sequences
     wave_runs: int = 8  # wave policies: at most this many extra runs per wave (never derived from max_rows)
     round_size: int = 2  # parallel-adapt: samples per run (first and extra ones); eager-parallel: per extra run
+    first_samples: Optional[int] = None  # parallel-adapt: samples of every prompt's first run (None: round_size)
 
     def validate(self) -> None:
         """Raise SettingError naming the first bad value."""
@@ -152,6 +153,11 @@ class SchedulerConfig:
             raise SettingError(f"a budget applies to {', '.join(BUDGET_METHODS)} only, not {self.method}")
         if self.wave_runs < 1 or self.round_size < 1:
             raise SettingError(f"wave_runs and round_size must be >= 1, got {self.wave_runs}, {self.round_size}")
+        if self.first_samples is not None:
+            if self.method != "parallel-adapt":
+                raise SettingError(f"first_samples applies to parallel-adapt only, not {self.method}")
+            if not 1 <= self.first_samples <= self.max_sequences:
+                raise SettingError(f"first_samples must be in 1..M ({self.max_sequences}), got {self.first_samples}")
         if self.policy == "hit-m":
             if self.method in ROUND_METHODS:
                 raise SettingError(f"{self.method} needs a policy that can rank its prompts: rank, disagree, "

@@ -1,0 +1,122 @@
+"""Replay a parallel-adapt policy over samples already recorded, without the model.
+
+parallel-adapt's samples are parallel's samples: sample k of a prompt is the same
+whichever run drew it (the store keeps them one per entry). So the run folders of
+``parallel``, ``parallel-adapt`` and ``eager-parallel`` on one dataset together hold,
+for each problem, samples 0, 1, ... of its stream. This drives the real scheduler
+(policies.make_scheduler) with those samples as its runs' outcomes and prints the
+result against parallel at equal tokens, as ``equal_cost.py`` does. It is exact where
+every sample the policy asks for is recorded; otherwise it stops and names the first
+missing one (then run the eval itself through the store).
+
+    python benchmarks/replay_policy.py benchmarks/results/gsm8k100-qwen --policy sequential --first-samples 3
+
+The first folder argument holds the run folders (``parallel`` among them, the baseline).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+from eager_mlx.evaluation.equal_cost import equal_cost
+from eager_mlx.evaluation.evaluate import NATURAL_FINISHES as NATURAL
+from eager_mlx.evaluation.metrics import prompt_metrics
+from eager_mlx.evaluation.policies import make_scheduler
+from eager_mlx.evaluation.scheduler import POLICIES, RunOutcome, SchedulerConfig
+
+
+
+def _records(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _cost(seq: dict) -> int:
+    """A sample's generated tokens as its run counts them: its text's tokens and, unless cut, the end token."""
+    return seq["tokens"] + (seq["finish_reason"] != "length")
+
+
+def recorded_samples(folders: list[Path]) -> dict[int, dict[int, dict]]:
+    """problem index -> sample number -> sequence record, from every parallel sample in `folders`; a sample
+    recorded twice must be the same (else the folders were not made with the same settings)."""
+    samples: dict[int, dict[int, dict]] = {}
+    for folder in folders:
+        for rec in _records(folder):
+            runs = {r["request_id"]: r for r in rec.get("runs", []) if r.get("parallel")}
+            for s in rec.get("sequences", []):
+                run = runs.get(s["run"])
+                if run is None:  # an eager run's sequence (eager-parallel's first run)
+                    continue
+                k = (run.get("first_sequence") or 0) + s["index"]
+                known = samples.setdefault(rec["index"], {}).get(k)
+                mine = (s["answer"], s["tokens"], s["finish_reason"])
+                if known is not None and (known["answer"], known["tokens"], known["finish_reason"]) != mine:
+                    sys.exit(f"{folder}: problem {rec['index']} sample {k} differs from another folder's")
+                samples[rec["index"]][k] = s
+    return samples
+
+
+def replay(samples: dict[int, dict[int, dict]], config: SchedulerConfig) -> tuple[list[dict], Optional[str]]:
+    """Records (index, sequences, metrics) of the policy's run, or ([], the first sample it lacks)."""
+    problems = sorted(samples)
+    sched = make_scheduler(len(problems), config, problems)
+    got: dict[int, list[dict]] = {i: [] for i in range(len(problems))}
+    while not sched.done:
+        out = sched.schedule()
+        if not out.runs:
+            return [], "the scheduler started nothing and is not done"
+        outcomes = []
+        for req in out.runs:
+            first = req.first_sequence or 0
+            stream = samples[problems[req.prompt_index]]
+            seqs = [stream.get(k) for k in range(first, first + req.max_sequences)]
+            if any(s is None for s in seqs):
+                k = first + next(j for j, s in enumerate(seqs) if s is None)
+                return [], f"problem {problems[req.prompt_index]} sample {k}"
+            got[req.prompt_index] += seqs
+            outcomes.append(RunOutcome(
+                req.request_id, req.prompt_index, len(seqs), sum(map(_cost, seqs)),
+                answers=tuple(s["answer"] for s in seqs if s["finish_reason"] in NATURAL),
+                cut=sum(s["finish_reason"] == "length" for s in seqs)))
+        sched.update_from_output(outcomes)
+    records = []
+    for i, seqs in got.items():
+        m = prompt_metrics([s["answer"] for s in seqs], [s["correct"] for s in seqs], sum(map(_cost, seqs)))
+        records.append({"index": problems[i], "sequences": seqs,
+                        "metrics": {"pass_at_k": m.pass_at_k, "cons_at_k": m.cons_at_k,
+                                    "generated_tokens": m.generated_tokens, "num_sequences": m.num_sequences}})
+    return records, None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", type=Path, help="folder of run folders, 'parallel' among them")
+    ap.add_argument("--policy", choices=[p for p in POLICIES if p != "hit-m"], default="sequential")
+    ap.add_argument("--first-samples", type=int, nargs="+", default=[2])
+    ap.add_argument("-M", type=int, default=4)
+    ap.add_argument("--budget", type=float, default=1.0)
+    args = ap.parse_args()
+    folders = sorted(p for p in args.runs.iterdir() if (p / "results.jsonl").exists())
+    parallel = _records(args.runs / "parallel")
+    samples = recorded_samples(folders)
+    print(f"recorded samples from {len(folders)} folders of {args.runs}; M={args.M}, policy {args.policy}")
+    print(f"{'first':>5}  {'spent':>5}  {'tokens':>6}  {'Pass@k':>6}  {'par':>5}  {'diff [95% CI]':>23}  "
+          f"{'cons@k':>6}  {'par':>5}  {'diff [95% CI]':>23}")
+    for f in args.first_samples:
+        config = SchedulerConfig(method="parallel-adapt", policy=args.policy, max_sequences=args.M, threshold=0.0,
+                                 first_samples=f, budget=args.budget)
+        records, missing = replay(samples, config)
+        if missing:
+            print(f"{f:>5}  not recorded: {missing}")
+            continue
+        e = equal_cost(records, parallel)
+        spent = sum(r["metrics"]["num_sequences"] for r in records) / (args.M * len(records))
+        print(f"{f:>5}  {spent:>5.0%}  {e.tokens_ratio:>6.0%}  {e.pass_at_k:>6.3f}  {e.parallel_pass:>5.3f}  "
+              f"{e.pass_diff:+.3f} [{e.pass_ci[0]:+.3f}, {e.pass_ci[1]:+.3f}]  {e.cons_at_k:>6.3f}  "
+              f"{e.parallel_cons:>5.3f}  {e.cons_diff:+.3f} [{e.cons_ci[0]:+.3f}, {e.cons_ci[1]:+.3f}]")
+
+
+if __name__ == "__main__":
+    main()
