@@ -153,13 +153,27 @@ def _speed(prompt_tokens: int, generated: int, first_s: float, elapsed_s: float)
             f"first token included); decode {decode}")
 
 
+def _unboxed(sequences: Any) -> str:
+    """What to show when no sequence has a \\boxed{} answer: the vote over each text's stated answer ("the answer
+    is X") or else its last number, marked as read from the text (the result's answer stays None)."""
+    from eager_mlx.answers import majority_vote
+    from eager_mlx.evaluation.grading import ALL_FALLBACKS, extract_answer
+
+    read = [extract_answer(s.text, ALL_FALLBACKS) for s in sequences]
+    vote = majority_vote(a for a, _ in read)
+    if vote is None:
+        return "(no \\boxed{} answer)"
+    how = next(h for a, h in read if a == vote).replace("_", " ")
+    return f"{vote}  (no \\boxed{{}} answer; read from the text: {how})"
+
+
 def _print_summary(result: Any, timing: tuple[float, float], vote: bool, weighted: Optional[str],
                    newline: bool) -> None:
     if newline:
         click.echo()
     votes = Counter(s.answer for s in result.sequences if s.answer is not None)
     click.echo("-" * 60)
-    answer = result.answer if result.answer is not None else "(no \\boxed{} answer)"
+    answer = result.answer if result.answer is not None else _unboxed(result.sequences)
     click.echo(f"answer:     {answer}")
     if vote:
         click.echo(f"confidence: {weighted if weighted is not None else '(no answer)'} (confidence-weighted vote)")

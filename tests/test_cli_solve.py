@@ -89,3 +89,15 @@ def test_parse_size():
     assert parse_size("1.5g") == int(1.5 * 2**30)
     assert parse_size("2048") == 2048
     assert parse_size(None) is None
+
+
+def test_an_answer_without_boxed_is_read_from_the_text_and_marked():
+    from types import SimpleNamespace as S
+
+    from eager_mlx.cli.solve import _unboxed
+
+    assert _unboxed([S(text="3 + 5 = 8"), S(text="so 3 + 5 = 8."), S(text="7")]) == \
+        "8  (no \\boxed{} answer; read from the text: last number)"
+    assert _unboxed([S(text="The answer is 12."), S(text="maybe 11")]).startswith("12  (no \\boxed{} answer; "
+                                                                                   "read from the text: answer is)")
+    assert _unboxed([S(text="no idea"), S(text="")]) == "(no \\boxed{} answer)"
