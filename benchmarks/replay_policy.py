@@ -12,6 +12,11 @@ missing one (then run the eval itself through the store).
     python benchmarks/replay_policy.py benchmarks/results/gsm8k100-qwen --policy sequential --first-samples 3
 
 The first folder argument holds the run folders (``parallel`` among them, the baseline).
+With ``--generate DATA``, a missing sample is made instead: parallel sampling at M = 16
+on that problem alone (its index, and so its samples' keys, kept), with the settings
+of the ``parallel`` folder's manifest, into ``RUNS/more-p<index>``; the samples it
+shares with the recorded ones must come out equal (else the script stops), and the
+replay starts again.
 """
 from __future__ import annotations
 
@@ -90,6 +95,35 @@ def replay(samples: dict[int, dict[int, dict]], config: SchedulerConfig) -> tupl
     return records, None
 
 
+def generate(runs: Path, data: str, index: int, samples: int = 16) -> Path:
+    """Parallel at M = `samples` on problem `index` of `data` alone, with the parallel run's settings."""
+    import dataclasses
+
+    from eager_mlx import config_for
+    from eager_mlx.adaptive.options import AdaptiveOptions
+    from eager_mlx.evaluation.data import load_dataset
+    from eager_mlx.evaluation.evaluate import EvalSettings, evaluate_model
+    from eager_mlx.models import load_model
+
+    manifest = json.loads((runs / "parallel" / "manifest.json").read_text())
+    eager, sched = manifest["settings"]["eager"], manifest["settings"]["scheduler"]
+    dataset = load_dataset(data, limit=manifest["dataset"]["size"])
+    if dataset.hash != manifest["dataset"]["hash"]:
+        sys.exit(f"{data}: not the dataset of {runs / 'parallel'}")
+    loaded = load_model(manifest["model"])
+    config = config_for(loaded.preset, temperature=eager["sampling"]["temperature"], top_p=eager["sampling"]["top_p"],
+                        max_tokens=eager["max_tokens"], max_sequences=samples)
+    settings = EvalSettings.build(config, AdaptiveOptions(), method="parallel", max_rows=max(16, samples),
+                                  seed=manifest["settings"]["seed"])
+    one = dataclasses.replace(dataset, examples=[e for e in dataset.examples if e.index == index])
+    out = runs / f"more-p{index}"
+    mine = dict(json.loads(json.dumps(dataclasses.asdict(config))), max_sequences=eager["max_sequences"])
+    if mine != eager:  # every setting a sample depends on must be the parallel run's
+        sys.exit(f"settings differ from {runs / 'parallel'}: {sorted(k for k in eager if mine.get(k) != eager[k])}")
+    evaluate_model(loaded, one, settings, out, resume=(out / "manifest.json").exists())
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", type=Path, help="folder of run folders, 'parallel' among them")
@@ -97,17 +131,23 @@ def main() -> None:
     ap.add_argument("--first-samples", type=int, nargs="+", default=[2])
     ap.add_argument("-M", type=int, default=4)
     ap.add_argument("--budget", type=float, default=1.0)
+    ap.add_argument("--generate", metavar="DATA", default=None,
+                    help="make missing samples with the model (the dataset spec of the runs, e.g. gsm8k)")
     args = ap.parse_args()
-    folders = sorted(p for p in args.runs.iterdir() if (p / "results.jsonl").exists())
     parallel = _records(args.runs / "parallel")
-    samples = recorded_samples(folders)
-    print(f"recorded samples from {len(folders)} folders of {args.runs}; M={args.M}, policy {args.policy}")
+    print(f"M={args.M}, policy {args.policy}, runs in {args.runs}")
     print(f"{'first':>5}  {'spent':>5}  {'tokens':>6}  {'Pass@k':>6}  {'par':>5}  {'diff [95% CI]':>23}  "
           f"{'cons@k':>6}  {'par':>5}  {'diff [95% CI]':>23}")
     for f in args.first_samples:
         config = SchedulerConfig(method="parallel-adapt", policy=args.policy, max_sequences=args.M, threshold=0.0,
                                  first_samples=f, budget=args.budget)
-        records, missing = replay(samples, config)
+        while True:
+            samples = recorded_samples(sorted(p for p in args.runs.iterdir() if (p / "results.jsonl").exists()))
+            records, missing = replay(samples, config)
+            if not missing or not args.generate or not missing.startswith("problem "):
+                break
+            print(f"generating: {missing}", file=sys.stderr)
+            generate(args.runs, args.generate, int(missing.split()[1]))
         if missing:
             print(f"{f:>5}  not recorded: {missing}")
             continue
