@@ -12,11 +12,11 @@ missing one (then run the eval itself through the store).
     python benchmarks/replay_policy.py benchmarks/results/gsm8k100-qwen --policy sequential --first-samples 3
 
 The first folder argument holds the run folders (``parallel`` among them, the baseline).
-With ``--generate DATA``, a missing sample is made instead: parallel sampling at M = 16
-on that problem alone (its index, and so its samples' keys, kept), with the settings
-of the ``parallel`` folder's manifest, into ``RUNS/more-p<index>``; the samples it
-shares with the recorded ones must come out equal (else the script stops), and the
-replay starts again.
+With ``--generate DATA``, a missing sample is made instead: parallel sampling at M = 8
+(16 for a sample past 7) on that problem alone (its index, and so its samples' keys,
+kept), with the settings of the ``parallel`` folder's manifest, into
+``RUNS/more-p<index>-m<M>``; the samples it shares with the recorded ones must come
+out equal (else the script stops), and the replay starts again.
 """
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def generate(runs: Path, data: str, index: int, samples: int = 16) -> Path:
     settings = EvalSettings.build(config, AdaptiveOptions(), method="parallel", max_rows=max(16, samples),
                                   seed=manifest["settings"]["seed"])
     one = dataclasses.replace(dataset, examples=[e for e in dataset.examples if e.index == index])
-    out = runs / f"more-p{index}"
+    out = runs / f"more-p{index}-m{samples}"
     mine = dict(json.loads(json.dumps(dataclasses.asdict(config))), max_sequences=eager["max_sequences"])
     if mine != eager:  # every setting a sample depends on must be the parallel run's
         sys.exit(f"settings differ from {runs / 'parallel'}: {sorted(k for k in eager if mine.get(k) != eager[k])}")
@@ -147,7 +147,8 @@ def main() -> None:
             if not missing or not args.generate or not missing.startswith("problem "):
                 break
             print(f"generating: {missing}", file=sys.stderr)
-            generate(args.runs, args.generate, int(missing.split()[1]))
+            _, index, _, k = missing.split()
+            generate(args.runs, args.generate, int(index), 8 if int(k) < 8 else 16)
         if missing:
             print(f"{f:>5}  not recorded: {missing}")
             continue
