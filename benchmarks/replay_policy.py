@@ -30,7 +30,7 @@ from eager_mlx.evaluation.equal_cost import equal_cost
 from eager_mlx.evaluation.evaluate import NATURAL_FINISHES as NATURAL
 from eager_mlx.evaluation.metrics import prompt_metrics
 from eager_mlx.evaluation.policies import make_scheduler
-from eager_mlx.evaluation.scheduler import POLICIES, RunOutcome, SchedulerConfig
+from eager_mlx.evaluation.scheduler import POLICIES, RunOutcome, SchedulerConfig, prompt_of_run
 
 
 
@@ -55,11 +55,12 @@ def recorded_samples(folders: list[Path]) -> dict[int, dict[int, dict]]:
                 if run is None:  # an eager run's sequence (eager-parallel's first run)
                     continue
                 k = (run.get("first_sequence") or 0) + s["index"]
-                known = samples.setdefault(rec["index"], {}).get(k)
+                i = prompt_of_run(s["run"])  # the problem's index in the dataset (a record's is in its run's)
+                known = samples.setdefault(i, {}).get(k)
                 mine = (s["answer"], s["tokens"], s["finish_reason"])
                 if known is not None and (known["answer"], known["tokens"], known["finish_reason"]) != mine:
-                    sys.exit(f"{folder}: problem {rec['index']} sample {k} differs from another folder's")
-                samples[rec["index"]][k] = s
+                    sys.exit(f"{folder}: problem {i} sample {k} differs from another folder's")
+                samples[i][k] = s
     return samples
 
 
