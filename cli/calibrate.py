@@ -202,8 +202,8 @@ def _frontier_outcome(best: Any, loaded: Any, data: str, write_preset: bool) -> 
     click.echo(f"chosen: {c.name}: {evidence}")
     if write_preset:
         record = PresetEval(method=c.method, policy=c.policy, threshold=c.threshold or loaded.preset.threshold,
-                            branch_rule=c.branch_rule, first_samples=c.first_samples, data=data, command=shlex.join(["eager-mlx", *sys.argv[1:]]),
-                            date=date.today().isoformat(), evidence=evidence)
+                            branch_rule=c.branch_rule, data=data, command=shlex.join(["eager-mlx", *sys.argv[1:]]),
+                            date=date.today().isoformat(), evidence=evidence, first_samples=c.first_samples)
         click.echo(f"preset: {fr.write_preset_eval(loaded.preset.name, record)} (eval runs it by default)")
 
 

@@ -85,10 +85,9 @@ def _template(ctx: click.Context, param: click.Parameter, value: Optional[str]) 
               help="Keep each run's branch tree and entropies (trees.jsonl) for `eager-mlx report --html`.")
 @click.option("--no-chat", is_flag=True, help="Do not apply the chat template.")
 @setting_options(*ADAPTIVE)
-def eval_cmd(model, data, limit, method, policy, budget, first_samples, reserve_rows, token_budget, out, resume, store, no_store,
-             question_field, answer_field, template, split, fewshot, system, fallbacks, ks, no_save_text, save_trace,
-             no_chat,
-             **settings: Any) -> None:
+def eval_cmd(model, data, limit, method, policy, budget, first_samples, reserve_rows, token_budget, out, resume, store,
+             no_store, question_field, answer_field, template, split, fewshot, system, fallbacks, ks, no_save_text,
+             save_trace, no_chat, **settings: Any) -> None:
     """Evaluate a method on a dataset; one JSONL record per problem in the run directory.
 
     SIGINT / SIGTERM stop it and say how to continue it (--resume); exit code 130 / 143."""
