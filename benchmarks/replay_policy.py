@@ -15,8 +15,9 @@ The first folder argument holds the run folders (``parallel`` among them, the ba
 With ``--generate DATA``, a missing sample is made instead: parallel sampling at M = 8
 (16 for a sample past 7) on that problem alone (its index, and so its samples' keys,
 kept), with the settings of the ``parallel`` folder's manifest, into
-``RUNS/more-p<index>-m<M>``; the samples it shares with the recorded ones must come
-out equal (else the script stops), and the replay starts again.
+``RUNS/samples/more-p<index>-m<M>`` (read with the run folders from then on); the
+samples it shares with the recorded ones must come out equal (else the script stops),
+and the replay starts again.
 """
 from __future__ import annotations
 
@@ -36,6 +37,12 @@ from eager_mlx.evaluation.scheduler import POLICIES, RunOutcome, SchedulerConfig
 
 def _records(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _folders(runs: Path) -> list[Path]:
+    """The run folders in `runs` and the sample folders --generate made in `runs`/samples."""
+    return sorted(p for d in (runs, runs / "samples") if d.is_dir() for p in d.iterdir()
+                  if (p / "results.jsonl").exists())
 
 
 def _cost(seq: dict) -> int:
@@ -117,7 +124,7 @@ def generate(runs: Path, data: str, index: int, samples: int = 16) -> Path:
     settings = EvalSettings.build(config, AdaptiveOptions(), method="parallel", max_rows=max(16, samples),
                                   seed=manifest["settings"]["seed"])
     one = dataclasses.replace(dataset, examples=[e for e in dataset.examples if e.index == index])
-    out = runs / f"more-p{index}-m{samples}"
+    out = runs / "samples" / f"more-p{index}-m{samples}"
     mine = dict(json.loads(json.dumps(dataclasses.asdict(config))), max_sequences=eager["max_sequences"])
     if mine != eager:  # every setting a sample depends on must be the parallel run's
         sys.exit(f"settings differ from {runs / 'parallel'}: {sorted(k for k in eager if mine.get(k) != eager[k])}")
@@ -143,7 +150,7 @@ def main() -> None:
         config = SchedulerConfig(method="parallel-adapt", policy=args.policy, max_sequences=args.M, threshold=0.0,
                                  first_samples=f, budget=args.budget)
         while True:
-            samples = recorded_samples(sorted(p for p in args.runs.iterdir() if (p / "results.jsonl").exists()))
+            samples = recorded_samples(_folders(args.runs))
             records, missing = replay(samples, config)
             if not missing or not args.generate or not missing.startswith("problem "):
                 break
