@@ -12,8 +12,8 @@ missing one (then run the eval itself through the store).
     python benchmarks/replay_policy.py benchmarks/results/gsm8k100-qwen --policy sequential --first-samples 3
 
 The first folder argument holds the run folders (``parallel`` among them, the baseline).
-With ``--generate DATA``, a missing sample is made instead: parallel sampling at M = 8
-(16 for a sample past 7) on that problem alone (its index, and so its samples' keys,
+With ``--generate DATA``, a missing sample k is made instead: parallel sampling at M = 8,
+16, ... (the first multiple of 8 past k) on that problem alone (its index, and so its samples' keys,
 kept), with the settings of the ``parallel`` folder's manifest, into
 ``RUNS/samples/more-p<index>-m<M>`` (read with the run folders from then on); the
 samples it shares with the recorded ones must come out equal (else the script stops),
@@ -32,7 +32,6 @@ from eager_mlx.evaluation.evaluate import NATURAL_FINISHES as NATURAL
 from eager_mlx.evaluation.metrics import prompt_metrics
 from eager_mlx.evaluation.policies import make_scheduler
 from eager_mlx.evaluation.scheduler import POLICIES, RunOutcome, SchedulerConfig, prompt_of_run
-
 
 
 def _records(folder: Path) -> list[dict]:
@@ -114,7 +113,7 @@ def generate(runs: Path, data: str, index: int, samples: int = 16) -> Path:
     from eager_mlx.models import load_model
 
     manifest = json.loads((runs / "parallel" / "manifest.json").read_text())
-    eager, sched = manifest["settings"]["eager"], manifest["settings"]["scheduler"]
+    eager = manifest["settings"]["eager"]
     dataset = load_dataset(data, limit=manifest["dataset"]["size"])
     if dataset.hash != manifest["dataset"]["hash"]:
         sys.exit(f"{data}: not the dataset of {runs / 'parallel'}")
@@ -149,14 +148,16 @@ def main() -> None:
     for f in args.first_samples:
         config = SchedulerConfig(method="parallel-adapt", policy=args.policy, max_sequences=args.M, threshold=0.0,
                                  first_samples=f, budget=args.budget)
+        made = set()
         while True:
             samples = recorded_samples(_folders(args.runs))
             records, missing = replay(samples, config)
-            if not missing or not args.generate or not missing.startswith("problem "):
-                break
+            if not missing or not args.generate or not missing.startswith("problem ") or missing in made:
+                break  # (a sample still missing after it was made: stop rather than loop)
             print(f"generating: {missing}", file=sys.stderr)
+            made.add(missing)
             _, index, _, k = missing.split()
-            generate(args.runs, args.generate, int(index), 8 if int(k) < 8 else 16)
+            generate(args.runs, args.generate, int(index), 8 * (int(k) // 8 + 1))  # samples 0 .. past k
         if missing:
             print(f"{f:>5}  not recorded: {missing}")
             continue
