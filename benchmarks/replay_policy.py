@@ -31,17 +31,13 @@ from eager_mlx.evaluation.equal_cost import equal_cost
 from eager_mlx.evaluation.evaluate import NATURAL_FINISHES as NATURAL
 from eager_mlx.evaluation.metrics import prompt_metrics
 from eager_mlx.evaluation.policies import make_scheduler
+from eager_mlx.evaluation.rundir import RESULTS, read_records
 from eager_mlx.evaluation.scheduler import POLICIES, RunOutcome, SchedulerConfig, prompt_of_run
-
-
-def _records(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines() if line.strip()]
 
 
 def _folders(runs: Path) -> list[Path]:
     """The run folders in `runs` and the sample folders --generate made in `runs`/samples."""
-    return sorted(p for d in (runs, runs / "samples") if d.is_dir() for p in d.iterdir()
-                  if (p / "results.jsonl").exists())
+    return sorted(p for d in (runs, runs / "samples") if d.is_dir() for p in d.iterdir() if (p / RESULTS).exists())
 
 
 def _cost(seq: dict) -> int:
@@ -54,7 +50,7 @@ def recorded_samples(folders: list[Path]) -> dict[int, dict[int, dict]]:
     recorded twice must be the same (else the folders were not made with the same settings)."""
     samples: dict[int, dict[int, dict]] = {}
     for folder in folders:
-        for rec in _records(folder):
+        for rec in read_records(folder / RESULTS):
             runs = {r["request_id"]: r for r in rec.get("runs", []) if r.get("parallel")}
             for s in rec.get("sequences", []):
                 run = runs.get(s["run"])
@@ -120,13 +116,13 @@ def generate(runs: Path, data: str, index: int, samples: int = 16) -> Path:
     loaded = load_model(manifest["model"])
     config = config_for(loaded.preset, temperature=eager["sampling"]["temperature"], top_p=eager["sampling"]["top_p"],
                         max_tokens=eager["max_tokens"], max_sequences=samples)
+    mine = dict(json.loads(json.dumps(dataclasses.asdict(config))), max_sequences=eager["max_sequences"])
+    if mine != eager:  # every setting a sample depends on must be the parallel run's
+        sys.exit(f"settings differ from {runs / 'parallel'}: {sorted(k for k in eager if mine.get(k) != eager[k])}")
     settings = EvalSettings.build(config, AdaptiveOptions(), method="parallel", max_rows=max(16, samples),
                                   seed=manifest["settings"]["seed"])
     one = dataclasses.replace(dataset, examples=[e for e in dataset.examples if e.index == index])
     out = runs / "samples" / f"more-p{index}-m{samples}"
-    mine = dict(json.loads(json.dumps(dataclasses.asdict(config))), max_sequences=eager["max_sequences"])
-    if mine != eager:  # every setting a sample depends on must be the parallel run's
-        sys.exit(f"settings differ from {runs / 'parallel'}: {sorted(k for k in eager if mine.get(k) != eager[k])}")
     evaluate_model(loaded, one, settings, out, resume=(out / "manifest.json").exists())
     return out
 
@@ -141,7 +137,8 @@ def main() -> None:
     ap.add_argument("--generate", metavar="DATA", default=None,
                     help="make missing samples with the model (the dataset spec of the runs, e.g. gsm8k)")
     args = ap.parse_args()
-    parallel = _records(args.runs / "parallel")
+    parallel = read_records(args.runs / "parallel" / RESULTS)
+    samples = recorded_samples(_folders(args.runs))
     print(f"M={args.M}, policy {args.policy}, runs in {args.runs}")
     print(f"{'first':>5}  {'spent':>5}  {'tokens':>6}  {'Pass@k':>6}  {'par':>5}  {'diff [95% CI]':>23}  "
           f"{'cons@k':>6}  {'par':>5}  {'diff [95% CI]':>23}")
@@ -150,7 +147,6 @@ def main() -> None:
                                  first_samples=f, budget=args.budget)
         made = set()
         while True:
-            samples = recorded_samples(_folders(args.runs))
             records, missing = replay(samples, config)
             if not missing or not args.generate or not missing.startswith("problem ") or missing in made:
                 break  # (a sample still missing after it was made: stop rather than loop)
@@ -158,6 +154,7 @@ def main() -> None:
             made.add(missing)
             _, index, _, k = missing.split()
             generate(args.runs, args.generate, int(index), 8 * (int(k) // 8 + 1))  # samples 0 .. past k
+            samples = recorded_samples(_folders(args.runs))  # read again with what was made
         if missing:
             print(f"{f:>5}  not recorded: {missing}")
             continue

@@ -153,6 +153,9 @@ def _frontier(model, data, limit, question_field, template, no_chat, write_prese
     first = _csv(sizes, "'--first-samples'", int) if sizes else [None]
     engine = {"max_rows": settings.pop("max_rows"), "seed": settings.pop("seed")}
     generation = pop_settings(settings, *GENERATION)
+    m = generation["max_sequences"]  # M has no preset value: known before the model loads
+    if not all(f is None or 1 <= f <= m for f in first):
+        raise click.BadParameter(f"each size must be in 1..M ({m})", param_hint="'--first-samples'")
     out = writable_dir(out or Path("runs") / f"frontier-{model or 'default'}-{Path(data).stem}", "'--out'")
     store_dir = writable_dir(store if store is not None else default_store_dir(), "'--store'")
     bars = RunBars("frontier")
@@ -162,9 +165,6 @@ def _frontier(model, data, limit, question_field, template, no_chat, write_prese
         if write_preset and loaded.preset is None:
             raise click.UsageError("--write-preset needs a preset model (eager-mlx models lists them)")
         eager = config_for(loaded.preset, **generation)
-        if not all(f is None or 1 <= f <= eager.max_sequences for f in first):
-            raise click.BadParameter(f"each size must be in 1..M ({eager.max_sequences})",
-                                     param_hint="'--first-samples'")
         thetas = thetas or [round(eager.threshold * f, 3) for f in (0.9, 1.0, 1.1)]
         base = EvalSettings.build(eager, AdaptiveOptions(), method="parallel", **engine)
         candidates = fr.grid(thetas, rules, chosen_policies, first_samples=first, methods=methods)

@@ -6,6 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import replay_policy  # noqa: E402
+from eager_mlx.evaluation.rundir import RESULTS, read_records  # noqa: E402
 from eager_mlx.evaluation.scheduler import SchedulerConfig  # noqa: E402
 
 
@@ -20,7 +21,7 @@ def test_a_replay_equals_the_eval_and_names_a_sample_it_lacks(tmp_path, monkeypa
     runs = tmp_path / "runs"
     evaluate(data, runs / "parallel", "--method", "parallel")
     evaluate(data, runs / "rounds", "--method", "parallel-adapt", "--policy", "sequential")
-    ran = {r["index"]: r for r in replay_policy._records(runs / "rounds")}
+    ran = {r["index"]: r for r in read_records(runs / "rounds" / RESULTS)}
     assert any(len(r["sequences"]) > 3 for r in ran.values())  # some prompts got more than parallel's M (3)
     config = SchedulerConfig(method="parallel-adapt", policy="sequential", max_sequences=3, threshold=0.0)
     samples = replay_policy.recorded_samples([runs / "parallel", runs / "rounds"])
