@@ -56,13 +56,14 @@ def _window(step: Callable[[], int], tokens: int, base: int) -> tuple[float, int
     return produced / (time.perf_counter() - start), mx.get_peak_memory() - base
 
 
-def ours(model: Any, tok: Any, prompt: list[int], rows: int, tokens: int, warm: int = 3) -> Run:
-    """eager-mlx: one request, `rows` parallel rows sharing the prompt's KV."""
+def ours(model: Any, tok: Any, prompt: list[int], rows: int, tokens: int, warm: int = 3, top_p: float = 1.0) -> Run:
+    """eager-mlx: one request, `rows` parallel rows sharing the prompt's KV (top_p 1.0: temperature only)."""
     free()
     base = mx.get_active_memory()  # weights (and the other side's prefilled prompt, held by the caller)
     engine = Engine(model, tok, max_rows=rows, seed=0, token_events=False)
     engine.eos = set()  # same token count on both sides
-    cfg = EagerConfig(parallel=True, max_sequences=rows, max_tokens=warm + tokens + 4, sampling=SAMPLING)
+    sampling = SamplingConfig(temperature=TEMPERATURE, top_p=top_p)
+    cfg = EagerConfig(parallel=True, max_sequences=rows, max_tokens=warm + tokens + 4, sampling=sampling)
     engine.add("x", prompt, cfg)
     for _ in range(warm):
         engine.step()
@@ -89,12 +90,14 @@ def prefill_one(model: Any, prompt: list[int]) -> list:
     return cache
 
 
-def theirs(model: Any, prompt: list[int], cache: list, rows: int, tokens: int, warm: int = 3) -> Run:
-    """mlx-lm BatchGenerator: `rows` copies of the prefilled prompt, then decode (its sampler, same temperature)."""
+def theirs(model: Any, prompt: list[int], cache: list, rows: int, tokens: int, warm: int = 3,
+           top_p: float = 1.0) -> Run:
+    """mlx-lm BatchGenerator: `rows` copies of the prefilled prompt, then decode (its sampler, same settings)."""
     total = warm + tokens + 4
     free()
     base = mx.get_active_memory()
-    gen = BatchGenerator(model, max_tokens=total, stop_tokens=None, sampler=make_sampler(temp=TEMPERATURE),
+    sampler = make_sampler(temp=TEMPERATURE, top_p=top_p)
+    gen = BatchGenerator(model, max_tokens=total, stop_tokens=None, sampler=sampler,
                          completion_batch_size=rows, prefill_batch_size=rows)
     gen.insert([prompt[-1:]] * rows, [total] * rows, caches=[cache] * rows)
     for _ in range(warm):
@@ -108,17 +111,18 @@ def theirs(model: Any, prompt: list[int], cache: list, rows: int, tokens: int, w
 
 
 def pair(model: Any, tok: Any, prompt: list[int], rows: int, tokens: int, repeats: int,
-         cache: list | None = None) -> tuple[list[Run], list[Run]]:
-    """Interleaved repeats of both sides (the first side alternates); returns (ours, theirs) runs."""
+         cache: list | None = None, top_p: float = 1.0) -> tuple[list[Run], list[Run]]:
+    """Interleaved repeats of both sides (the first side alternates), the same sampling settings on both
+    (top_p 1.0: temperature only); returns (ours, theirs) runs."""
     cache = cache if cache is not None else prefill_one(model, prompt)
     a, b = [], []
     for i in range(repeats):
         if i % 2 == 0:
-            a.append(ours(model, tok, prompt, rows, tokens))
-            b.append(theirs(model, prompt, cache, rows, tokens))
+            a.append(ours(model, tok, prompt, rows, tokens, top_p=top_p))
+            b.append(theirs(model, prompt, cache, rows, tokens, top_p=top_p))
         else:
-            b.append(theirs(model, prompt, cache, rows, tokens))
-            a.append(ours(model, tok, prompt, rows, tokens))
+            b.append(theirs(model, prompt, cache, rows, tokens, top_p=top_p))
+            a.append(ours(model, tok, prompt, rows, tokens, top_p=top_p))
     return a, b
 
 

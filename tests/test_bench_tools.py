@@ -87,6 +87,24 @@ def test_both_sides_decode_the_same_prompt_and_report_their_kv():
     assert ours.tps > 0 and theirs.tps > 0 and ours.peak > 0 and theirs.peak > 0
 
 
+def test_top_p_reaches_both_samplers_and_a_bad_value_is_refused(monkeypatch):
+    model, tok = tiny_model("llama", layers=2), ByteTokenizer()
+    prompt = random_prompt(20, 250, seed=1)
+    seen = []
+    real_sampler = perf_decode.make_sampler
+    monkeypatch.setattr(perf_decode, "make_sampler", lambda **kw: seen.append(kw) or real_sampler(**kw))
+    real_add = perf_decode.Engine.add
+    monkeypatch.setattr(perf_decode.Engine, "add", lambda self, rid, p, cfg: seen.append(cfg.sampling)
+                        or real_add(self, rid, p, cfg))
+    ours, theirs = perf_decode.pair(model, tok, prompt, rows=2, tokens=2, repeats=1, top_p=0.9)
+    assert ours[0].tps > 0 and theirs[0].tps > 0
+    assert {"temp": perf_decode.TEMPERATURE, "top_p": 0.9} in seen
+    assert perf_decode.SamplingConfig(temperature=perf_decode.TEMPERATURE, top_p=0.9) in seen
+    assert bench.plan_from(bench.parse_args(["--top-p", "0.95"])).top_p == 0.95
+    with pytest.raises(SystemExit, match="--top-p 1.5"):
+        bench.plan_from(bench.parse_args(["--top-p", "1.5"]))
+
+
 def test_entropy_blocks_pair_every_block_and_restore_the_engine():
     original = engine_mod.token_stats
     full, plain = perf_decode.entropy_blocks(tiny_model("llama", layers=2), ByteTokenizer(),
