@@ -307,6 +307,10 @@ def plan_from(args: argparse.Namespace) -> Plan:
     """Sizes: the full run takes about 20 minutes on an idle 2-core CPU; --quick a few."""
     if not 0.0 < args.top_p <= 1.0:
         raise SystemExit(f"--top-p {args.top_p}: must be in (0, 1]")
+    if args.top_p < 1.0 and not args.real:
+        raise SystemExit(f"--top-p {args.top_p} needs --real: random weights give flat logits, whose nucleus reaches "
+                         "past the 256 candidates on every row (drawn again over the whole vocabulary), which a real "
+                         "model's seldom does")
     if args.quick:
         return Plan(True, args.long, args.real, tokens=8, repeats=1, repeats_big=1, entropy_pairs=4,
                     entropy_pairs_big=4, long_repeats=1, fork_prompts=(256, 1024), top_p=args.top_p)
@@ -329,7 +333,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                                                         "instead of random weights, where a section allows")
     ap.add_argument("--top-p", type=float, default=1.0,
                     help="section 1: also filter by top-p on both sides (as the presets do; mlx-lm sorts the "
-                         "vocabulary for it, eager-mlx takes the nucleus from its top candidates); default 1.0, off")
+                         "vocabulary for it, eager-mlx takes the nucleus from its top candidates); needs --real; "
+                         "default 1.0, off")
     ap.add_argument("--only", default="", help="comma-separated section numbers to run (e.g. 1,3); default all")
     ap.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"), help="markdown file to write the section into")
     ap.add_argument("--json", type=Path, default=None, help="also write every raw measurement here")

@@ -100,9 +100,11 @@ def test_top_p_reaches_both_samplers_and_a_bad_value_is_refused(monkeypatch):
     assert ours[0].tps > 0 and theirs[0].tps > 0
     assert {"temp": perf_decode.TEMPERATURE, "top_p": 0.9} in seen
     assert perf_decode.SamplingConfig(temperature=perf_decode.TEMPERATURE, top_p=0.9) in seen
-    assert bench.plan_from(bench.parse_args(["--top-p", "0.95"])).top_p == 0.95
+    assert bench.plan_from(bench.parse_args(["--top-p", "0.95", "--real"])).top_p == 0.95
     with pytest.raises(SystemExit, match="--top-p 1.5"):
-        bench.plan_from(bench.parse_args(["--top-p", "1.5"]))
+        bench.plan_from(bench.parse_args(["--top-p", "1.5", "--real"]))
+    with pytest.raises(SystemExit, match="--top-p 0.95 needs --real"):
+        bench.plan_from(bench.parse_args(["--top-p", "0.95"]))
 
 
 def test_entropy_blocks_pair_every_block_and_restore_the_engine():

@@ -271,3 +271,35 @@ def test_alt_leaves_the_other_columns_bitwise_unchanged():
     np.testing.assert_array_equal(off[:, :alt], on[:, :alt])
     lp = np.array(logits) - np.log(np.exp(np.array(logits, dtype=np.float64)).sum(axis=1, keepdims=True))
     np.testing.assert_allclose(on[:, alt + 1], lp[np.arange(6), on[:, alt].astype(int)], atol=1e-4)
+
+
+def test_cut_marks_a_nucleus_that_reaches_past_the_candidates():
+    flat = mx.zeros((1, 1000))  # 950 tokens in a 0.95 nucleus: past the 256 candidates
+    peaked = mx.array(np.where(np.arange(1000) < 5, 10.0, 0.0), dtype=mx.float32)[None]
+    logits = mx.concatenate([flat, peaked, flat, flat])
+    configs = [SamplingConfig(temperature=1.0, top_p=0.95)] * 2 + [
+        SamplingConfig(temperature=1.0, top_p=0.95, top_k=300), SamplingConfig(temperature=0.0, top_p=0.95)]
+    cut = STAT_FIELDS.index("cut")
+    got = np.array(token_stats(logits, RowSampling.from_configs(configs), seeds_for(4), 20))[:, cut]
+    assert got.tolist() == [1, 0, 0, 0]  # cut; its candidates hold the nucleus; top-k bounds it; greedy
+    whole = RowSampling.from_configs(configs, whole_vocabulary=1000)
+    assert np.array(token_stats(logits, whole, seeds_for(4), 20))[:, cut].tolist() == [0, 0, 0, 0]
+
+
+def test_the_whole_vocabulary_draws_from_the_exact_nucleus():
+    # 600 equal tokens and 400 far below: the 0.95 nucleus is the first 570 or so of the 600
+    logits = np.where(np.arange(1000) < 600, 0.0, -30.0)
+    config = SamplingConfig(temperature=1.0, top_p=0.95)
+    rows = 64
+    x = mx.broadcast_to(mx.array(logits, dtype=mx.float32)[None], (rows, 1000))
+    keys = [sequence_key(request_key(3, "nucleus"), i) for i in range(rows)]
+    whole = RowSampling.from_configs([config] * rows, whole_vocabulary=1000)
+    tokens = np.concatenate([np.array(token_stats(x, whole, row_seeds(keys, [t] * rows), 20))[:, 0]
+                             for t in range(16)]).astype(int)
+    assert tokens.max() < 600 and (tokens >= 256).mean() > 0.5  # about 314 / 570 of the draws
+    # Where the usual candidates hold the nucleus, both give the same draw (the noise is keyed on token ids).
+    peaked = np.where(np.arange(1000) < 20, 5.0, -5.0) - 1e-3 * np.arange(1000)  # no ties: top-2 is one token
+    y = mx.broadcast_to(mx.array(peaked, dtype=mx.float32)[None], (rows, 1000))
+    seeds = row_seeds(keys, [0] * rows)
+    usual = RowSampling.from_configs([config] * rows)
+    assert np.array_equal(np.array(token_stats(y, usual, seeds, 20)), np.array(token_stats(y, whole, seeds, 20)))

@@ -56,7 +56,7 @@ from eager_mlx.engine.sampling import (
 
 __all__ = ["Engine", "branch_tokens"]
 
-_TOKEN, _TOP1, _TOP2, _ENT, _LP, _LP1, _LP2, _ALT, _LP_ALT = Stat  # the columns of token_stats
+_TOKEN, _TOP1, _TOP2, _ENT, _LP, _LP1, _LP2, _ALT, _LP_ALT, _CUT = Stat  # the columns of token_stats
 
 
 @dataclass(eq=False)
@@ -100,6 +100,23 @@ class _Row:
     text: str = ""
     think_done: bool = False
     finish: Optional[FinishReason] = None
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """A dispatched pass, not yet read: each row's statistics (`Stat` columns), and the logits and noise seeds they
+    came from (left unevaluated unless a row's top-p nucleus reached past its candidates: it is sampled again)."""
+
+    stats: mx.array
+    logits: mx.array
+    seeds: mx.array
+
+    def take(self, index: mx.array) -> "_Pass":
+        return _Pass(self.stats[index], self.logits[index], self.seeds[index])
+
+    def join(self, other: "_Pass") -> "_Pass":
+        return _Pass(*(mx.concatenate([a, b]) for a, b in
+                       ((self.stats, other.stats), (self.logits, other.logits), (self.seeds, other.seeds))))
 
 
 @dataclass(frozen=True)
@@ -175,7 +192,7 @@ class Engine:
         self._requests: dict[str, _Request] = {}
         self._waiting: list[_Request] = []
         self._rows: list[_Row] = []  # active rows, in slot order
-        self._pending: Optional[mx.array] = None  # (rows, len(Stat)) stats of the last pass, not yet read
+        self._pending: Optional[_Pass] = None  # the last pass, not yet read
         self._column = 0  # absolute column the next pass writes
         self._sampling_cache: Optional[tuple[tuple, RowSampling]] = None
 
@@ -277,28 +294,39 @@ class Engine:
             return []
         read = self._pending
         # 1. Dispatch the next pass with the sampled tokens, before reading anything.
-        nxt = self._forward(read[:, _TOKEN].astype(mx.int32), None, self._column)
-        mx.async_eval(nxt)
-        # 2. Read this pass's statistics (the one host sync of the step).
-        stats = np.asarray(read)
-        # 3. Decide: tokens, branches, finishes; then fork and repair the forked rows.
-        events, forks = self._decide(stats)  # children are in self._rows already
+        nxt = self._forward(read.stats[:, _TOKEN].astype(mx.int32), None, self._column)
+        mx.async_eval(nxt.stats)
+        # 2. Read this pass's statistics (the one host sync of the step); rows whose nucleus was cut draw again.
+        stats = np.asarray(read.stats)
+        fed = stats[:, _TOKEN].astype(np.int64)
+        cut = np.flatnonzero(stats[:, _CUT])
+        if len(cut):
+            stats = stats.copy()
+            stats[cut] = np.asarray(self._exact_nucleus(read, cut))
+        # 3. Decide: tokens, branches, finishes; then fork, and repair the rows not fed the token they took.
+        events, forks = self._decide(stats, fed)  # children are in self._rows already
+        repairs = {slot: token for f in forks for slot, token in f.repairs()}
+        for s in cut:
+            row = self._rows[s]
+            if s not in repairs and row.finish is None and row.tokens[-1] != fed[s]:
+                repairs[int(s)] = row.tokens[-1]
         if forks:
             self._kv.reserve(len(self._rows), self._column, min(r.start for r in self._rows))
             for f in forks:
                 self._kv.copy_row(f.parent_slot, f.child_slot, self._rows[f.child_slot].start, self._column)
-            nxt = self._repair(nxt, sorted(r for f in forks for r in f.repairs()))
+        if repairs:
+            nxt = self._repair(nxt, sorted(repairs.items()))
         self._column += 1
         self._pending = nxt
         self._remove_finished()
         events.extend(self._finish_requests())
         self._admit()
         if self._pending is not None:
-            mx.async_eval(self._pending)
+            mx.async_eval(self._pending.stats)
         return events
 
     # ---- passes -------------------------------------------------------------
-    def _forward(self, tokens: mx.array, slots: Optional[list[int]], column: int) -> mx.array:
+    def _forward(self, tokens: mx.array, slots: Optional[list[int]], column: int) -> _Pass:
         """One decode pass writing `column` for the given row slots (None: all active rows)."""
         rows = self._rows if slots is None else [self._rows[s] for s in slots]
         n = len(rows)
@@ -328,20 +356,34 @@ class Engine:
             logits = self.model(tokens[:, None], cache=caches)[:, -1, :]
         finally:
             self._kv.end_pass()
-        return self._stats(logits, rows, [column + 1 - r.start for r in rows])  # the step each row samples
+        return self._pass(logits, rows, [column + 1 - r.start for r in rows])  # the step each row samples
 
-    def _stats(self, logits: mx.array, rows: list[_Row], steps: list[int]) -> mx.array:
+    def _pass(self, logits: mx.array, rows: list[_Row], steps: list[int]) -> _Pass:
+        """The statistics of `rows` sampling their step `steps` from `logits`, with what they came from."""
         configs = tuple(r.request.config.sampling for r in rows)
         if self._sampling_cache is None or self._sampling_cache[0] != configs:
             self._sampling_cache = (configs, RowSampling.from_configs(configs))
         seeds = row_seeds([r.key for r in rows], steps)
+        return _Pass(self._stats(logits, rows, self._sampling_cache[1], seeds), logits, seeds)
+
+    def _exact_nucleus(self, read: _Pass, slots: np.ndarray) -> mx.array:
+        """The statistics of the rows in `slots` drawn again with the whole vocabulary as top-p candidates (their
+        nucleus reached past the usual ones): the same noise, so the draw is from the exact nucleus."""
+        index = mx.array(slots, dtype=mx.int32)
+        rows = [self._rows[s] for s in slots]
+        logits = read.logits[index]
+        sampling = RowSampling.from_configs([r.request.config.sampling for r in rows],
+                                            whole_vocabulary=logits.shape[-1])
+        return self._stats(logits, rows, sampling, read.seeds[index])
+
+    def _stats(self, logits: mx.array, rows: list[_Row], sampling: RowSampling, seeds: mx.array) -> mx.array:
         # Requests may differ in K or full entropy: compute each kind once, pick per row.
         kinds = [None if r.request.config.full_entropy else r.request.config.entropy_top_k for r in rows]
         vocab = logits.shape[-1]
         kinds = [None if k is None or k >= vocab else k for k in kinds]
         unique = list(dict.fromkeys(kinds))
         alt = any(r.request.config.branch_rule != "top2" for r in rows)
-        out = token_stats(logits, self._sampling_cache[1], seeds, unique[0], alt)
+        out = token_stats(logits, sampling, seeds, unique[0], alt)
         if len(unique) > 1:  # entropy() gives bitwise what token_stats gives for the same kind
             logits = logits.astype(mx.float32)
             per_kind = mx.stack([entropy(logits, k) for k in unique])  # (kinds, rows)
@@ -370,10 +412,10 @@ class Engine:
             req.admitted = self._admissions
             logits = self._prefill(req)
             rows = [self._new_row(req, parent=None) for _ in range(initial)]
-            stats = self._stats(mx.repeat(logits, initial, axis=0), rows, [0] * initial)
+            first = self._pass(mx.repeat(logits, initial, axis=0), rows, [0] * initial)
             self._rows.extend(rows)
             self._kv.add_rows(req.id, initial)
-            self._pending = stats if self._pending is None else mx.concatenate([self._pending, stats])
+            self._pending = first if self._pending is None else self._pending.join(first)
 
     def _new_row(self, req: _Request, parent: Optional[_Row]) -> _Row:
         detok = self.tokenizer.detokenizer
@@ -397,22 +439,23 @@ class Engine:
         req.rows.append(row)
         return row
 
-    def _repair(self, nxt: mx.array, repairs: list[tuple[int, int]]) -> mx.array:
+    def _repair(self, nxt: _Pass, repairs: list[tuple[int, int]]) -> _Pass:
         """Re-run the just-dispatched column for rows whose token changed and for new children.
 
-        Returns the pass statistics for all rows: `nxt` for untouched rows, the repair's otherwise.
+        Returns the pass for all rows: `nxt` for untouched rows, the repair's otherwise.
         """
         slots = [s for s, _ in repairs]
         tokens = mx.array([t for _, t in repairs], dtype=mx.int32)
         fixed = self._forward(tokens, slots, self._column)
         select = np.arange(len(self._rows))  # children's slots are past len(nxt): always repaired
         for j, s in enumerate(slots):
-            select[s] = len(nxt) + j
-        return mx.concatenate([nxt, fixed])[mx.array(select, dtype=mx.int32)]
+            select[s] = len(nxt.stats) + j
+        return nxt.join(fixed).take(mx.array(select, dtype=mx.int32))
 
     # ---- decisions ------------------------------------------------------------
-    def _decide(self, stats: np.ndarray) -> tuple[list[Event], list["Fork"]]:
-        """Apply the read statistics to every row; returns the events and the forks made.
+    def _decide(self, stats: np.ndarray, fed: np.ndarray) -> tuple[list[Event], list["Fork"]]:
+        """Apply the read statistics to every row (`fed`: the token each was fed in the pass already dispatched);
+        returns the events and the forks made.
 
         Requests are visited in the order they were added and a request's rows in sequence
         (creation) order, so children are numbered, and the M cap taken, independently of
@@ -433,7 +476,8 @@ class Engine:
                 row, st = self._rows[s], stats[s]
                 token, lp = int(st[_TOKEN]), float(st[_LP])
                 if row.sequence in branching:
-                    decision = self._fork_decision(s, st, req.config.branch_rule, spare[0] if spare else None)
+                    decision = self._fork_decision(s, st, int(fed[s]), req.config.branch_rule,
+                                                   spare[0] if spare else None)
                     if isinstance(decision, Fork):
                         if spare and decision.child_slot == spare[0]:
                             spare.pop(0)
@@ -491,16 +535,18 @@ class Engine:
         self._waiting[:0] = sorted(victims, key=lambda r: r.admitted)  # the oldest of them first
         return events
 
-    def _fork_decision(self, slot: int, st: np.ndarray, rule: str, spare: Optional[int]) -> Union["Fork", str]:
-        """The fork of the row in `slot` (its child takes a preempted row's `spare` slot, else a new one), or
-        why it cannot be made: "full" (no row left) or "memory" (past max_kv_memory)."""
+    def _fork_decision(self, slot: int, st: np.ndarray, fed: int, rule: str,
+                       spare: Optional[int]) -> Union["Fork", str]:
+        """The fork of the row in `slot`, fed `fed` in the pass already dispatched (its child takes a preempted
+        row's `spare` slot, else a new one), or why it cannot be made: "full" (no row left) or "memory" (past
+        max_kv_memory)."""
         if spare is None and len(self._rows) >= self.max_rows:
             return "full"
         if self._over_memory(len(self._rows) + (0 if spare is not None else 1)):
             return "memory"
         parent, child = branch_tokens(st, rule)
         child_slot = spare if spare is not None else len(self._rows)
-        return Fork(slot, child_slot, parent, child, float(st[_ENT]), int(st[_TOKEN]) != parent[0])
+        return Fork(slot, child_slot, parent, child, float(st[_ENT]), fed != parent[0])
 
     def _make_child(self, fork: "Fork", events: list[Event]) -> None:
         """Create the child row of `fork` in its slot (it inherits the parent's tokens so far)."""
@@ -569,7 +615,7 @@ class Engine:
         self._rows = [self._rows[i] for i in select]
         self._kv.truncate(n)
         if self._pending is not None:
-            self._pending = self._pending[mx.array(select, dtype=mx.int32)] if n else None
+            self._pending = self._pending.take(mx.array(select, dtype=mx.int32)) if n else None
 
     def _finish_requests(self) -> list[Event]:
         events: list[Event] = []

@@ -53,13 +53,16 @@ class Stat(IntEnum):
     LP_TOP2 = 6
     ALT = 7  # the second Gumbel-max token (the sampled one excluded): a sample without replacement
     LP_ALT = 8
+    CUT = 9  # 1 where a top-p row's nucleus reached past its candidates: its draw is not exact (see below)
 
 
 STAT_FIELDS = tuple(s.name.lower() for s in Stat)
 
 # top-k / top-p sample among this many most probable tokens (more if the row's top_k is larger).
 # The top-p mass is measured against the full vocabulary, so the nucleus is exact unless these
-# tokens hold less than top_p (then it is cut at them).
+# tokens hold less than top_p: then the CUT column says so, and the engine samples that row again
+# with the whole vocabulary as its candidates (`RowSampling.from_configs(..., whole_vocabulary=V)`),
+# under the same noise (keyed on token ids), so every draw is from the exact nucleus.
 _CANDIDATES = 256
 _CHUNK = 64  # top_candidates: vocabulary chunk size (at most)
 
@@ -169,6 +172,7 @@ class RowSampling:
     min_p: mx.array
     greedy: mx.array  # bool (B,): temperature == 0
     filtered: mx.array  # bool (B,): top_k or top_p is on
+    open_nucleus: mx.array  # bool (B, 1): top-p without top-k, over `limit` candidates fewer than the vocabulary
     any_filtered: bool
     any_unfiltered: bool
     use_top_p: bool
@@ -177,10 +181,13 @@ class RowSampling:
     width: int  # candidates sorted per row: enough for every filtered row
 
     @classmethod
-    def from_configs(cls, configs: Sequence[SamplingConfig]) -> "RowSampling":
+    def from_configs(cls, configs: Sequence[SamplingConfig], whole_vocabulary: Optional[int] = None) -> "RowSampling":
+        """The batch's rows. A top-p row without top-k samples among its _CANDIDATES most probable tokens, or
+        with `whole_vocabulary` (the vocabulary's size) among all of them: exact whatever the nucleus, slower."""
         temps = [c.temperature for c in configs]
         filtered = [c.top_k > 0 or c.top_p < 1.0 for c in configs]
-        limits = [c.top_k if c.top_k > 0 else _CANDIDATES for c in configs]
+        whole = whole_vocabulary is not None
+        limits = [c.top_k if c.top_k > 0 else (whole_vocabulary if whole else _CANDIDATES) for c in configs]
         col = lambda xs, dt=mx.float32: mx.array(xs, dtype=dt)[:, None]  # noqa: E731
         return cls(
             temperature=col([max(t, 1e-6) for t in temps]),
@@ -189,6 +196,7 @@ class RowSampling:
             min_p=col([c.min_p for c in configs]),
             greedy=mx.array([t == 0 for t in temps]),
             filtered=mx.array(filtered),
+            open_nucleus=col([c.top_k == 0 and c.top_p < 1.0 and not whole for c in configs], mx.bool_),
             any_filtered=any(filtered),
             any_unfiltered=not all(filtered),
             use_top_p=any(c.top_p < 1.0 for c in configs),
@@ -199,7 +207,7 @@ class RowSampling:
 
     def arrays(self) -> tuple[mx.array, ...]:
         """The per-row arrays (the fields before `any_filtered`)."""
-        return self.temperature, self.top_p, self.limit, self.min_p, self.greedy, self.filtered
+        return self.temperature, self.top_p, self.limit, self.min_p, self.greedy, self.filtered, self.open_nucleus
 
     def kind(self) -> tuple:
         """The plain-value fields (from `any_filtered` on): which paths the graph needs."""
@@ -308,7 +316,7 @@ def token_stats(
     entropy_top_k: Optional[int] = 20,
     alt: bool = False,
 ) -> mx.array:
-    """Sample one token per row and compute its statistics; returns (B, 9) float32 (`Stat` columns).
+    """Sample one token per row and compute its statistics; returns (B, len(Stat)) float32 (`Stat` columns).
 
     Entropy, top-1/top-2 and log-probabilities come from the temperature-1
     distribution (as the reference reads vLLM's raw logprobs); the sampled token
@@ -318,6 +326,8 @@ def token_stats(
     With `alt`, ALT is the runner-up under the same noise (a second draw without
     replacement, for the sampled branch rules); where the filters leave no second
     token, and without `alt`, ALT is the most probable token other than the sampled one.
+    CUT is 1 where a top-p row's candidates hold less than its top_p: its draw stopped at them, so
+    sample that row again with `RowSampling.from_configs(..., whole_vocabulary=V)` (the engine does).
 
     Cost beyond sampling: one max and one exp pass over the vocabulary (top_candidates, the
     log-sum-exp); the candidates give top-1/top-2, the top-K entropy and the filters. The graph
@@ -335,9 +345,9 @@ _STATS: dict = {}
 
 
 def _sampled(logits, cand, cand_idx, sampling, seeds, hashed, alt):
-    """(token, runner-up or None) per row: see token_stats."""
+    """(token, runner-up or None, cut or None) per row: see token_stats."""
     tempered = logits / sampling.temperature
-    token = other = None
+    token = other = cut = None
     if sampling.any_unfiltered:
         token, other = _sample_vocabulary(tempered, sampling, seeds, hashed, alt)
     if sampling.any_filtered:
@@ -345,7 +355,10 @@ def _sampled(logits, cand, cand_idx, sampling, seeds, hashed, alt):
         before = None
         if sampling.use_top_p:
             probs = fastmath.exp(cand_t - fastmath.logsumexp(tempered, cand_t[:, :1]))
-            before = mx.cumsum(probs, axis=-1) - probs  # mass strictly above each token
+            mass = mx.cumsum(probs, axis=-1)
+            before = mass - probs  # mass strictly above each token
+            held = mx.take_along_axis(mass, mx.minimum(sampling.limit, mass.shape[-1]) - 1, axis=-1)
+            cut = (sampling.open_nucleus & (held < sampling.top_p))[:, 0]  # the nucleus goes on past them
         picked, picked_other = _sample_candidates(cand_t, cand_idx, before, sampling, seeds, alt)
         token = picked if token is None else mx.where(sampling.filtered, picked, token)
         if alt:
@@ -354,7 +367,9 @@ def _sampled(logits, cand, cand_idx, sampling, seeds, hashed, alt):
         token = mx.where(sampling.greedy, cand_idx[:, 0], token)
         if alt:
             other = mx.where(sampling.greedy, -1, other.astype(mx.int32))
-    return token, other
+        if cut is not None:
+            cut = cut & ~sampling.greedy
+    return token, other, cut
 
 
 def _token_stats(logits, *arrays, kind, entropy_top_k, alt):
@@ -366,7 +381,7 @@ def _token_stats(logits, *arrays, kind, entropy_top_k, alt):
     peak = cand[:, :1]
     lse = fastmath.logsumexp(logits, peak)
     top1, top2 = cand_idx[:, 0], cand_idx[:, 1]
-    token, other = _sampled(logits, cand, cand_idx, sampling, seeds, hashed, alt)
+    token, other, cut = _sampled(logits, cand, cand_idx, sampling, seeds, hashed, alt)
     fallback = mx.where(token == top1, top2, top1)  # the most probable token besides the sampled one
     other = fallback if other is None else mx.where(other < 0, fallback.astype(mx.int32), other)
     lp = mx.take_along_axis(logits, mx.stack([token, other], axis=1), axis=-1) - lse
@@ -375,7 +390,10 @@ def _token_stats(logits, *arrays, kind, entropy_top_k, alt):
         h = _renormalised_entropy(logits, peak)
     else:
         h = _renormalised_entropy(cand[:, :entropy_top_k], peak)
-    # The columns in Stat order: token, top-1, top-2, entropy, three log-probabilities, the runner-up and its.
+    # The columns in Stat order: token, top-1, top-2, entropy, three log-probabilities, the runner-up and its,
+    # whether the nucleus was cut.
     f32 = mx.float32
+    cut = mx.zeros_like(h) if cut is None else cut.astype(f32)
     return mx.concatenate([token[:, None].astype(f32), cand_idx[:, :2].astype(f32), h[:, None],
-                           lp[:, :1], cand[:, :2] - lse, other[:, None].astype(f32), lp[:, 1:]], axis=1)
+                           lp[:, :1], cand[:, :2] - lse, other[:, None].astype(f32), lp[:, 1:], cut[:, None]],
+                          axis=1)
