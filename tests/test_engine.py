@@ -229,26 +229,28 @@ def test_requests_with_different_entropy_settings_share_a_batch():
         np.testing.assert_allclose(seq.entropies[: len(want)], want, atol=2e-4)
 
 
-@pytest.mark.parametrize("rule", [None, "solo", "top2", "keep"])
+@pytest.mark.parametrize("rule", [None, "solo", "wide", "top2", "keep"])
 def test_a_nucleus_past_the_candidates_is_drawn_whole_and_the_next_pass_fed_with_it(rule):
     """Flat logits at top-p 0.99 put most of the 300-token vocabulary in the nucleus: every token is the exact
     draw (the whole vocabulary as candidates, the row's own noise), and the pass after it read that token,
     also where the row forks at that step (rule: the branch rule; None: parallel rows, "solo": one row alone in
-    its [prompt | suffix] buffer, tokens checked too)."""
+    its [prompt | suffix] buffer, "wide": a 6000-token vocabulary, past the 4096 wide candidates too; tokens checked
+    too)."""
     from eager_mlx.engine.sampling import RowSampling, request_key, row_seeds, sequence_key, token_stats
 
-    model = tiny_model("llama")
+    vocab = 6000 if rule == "wide" else 300
+    model = tiny_model("llama", vocab_size=vocab)
     prompt = TOK.encode("Flat")
     config = SamplingConfig(temperature=3.0, top_p=0.99)
     engine = Engine(model, TOK, max_rows=8, seed=5)
     engine.eos = set()
-    parallel = rule in (None, "solo")
+    parallel = rule in (None, "solo", "wide")
     shape = dict(parallel=True) if parallel else dict(threshold=2.5, branch_rule=rule)
     rows = 1 if rule == "solo" else 3
     engine.add("r", prompt, EagerConfig(max_sequences=rows, max_tokens=16, sampling=config, **shape))
     result = run_all(engine)["r"]
     assert parallel or result.num_sequences > 1, "the test needs branches"
-    whole = RowSampling.from_configs([config], whole_vocabulary=300)
+    whole = RowSampling.from_configs([config], candidates=vocab)
     ranks = []
     for seq in result.sequences:
         lp, _ = reference_stats(model, prompt, seq.token_ids)
@@ -262,4 +264,4 @@ def test_a_nucleus_past_the_candidates_is_drawn_whole_and_the_next_pass_fed_with
             want = np.array(token_stats(row, whole, row_seeds([key], [t]), 20))[0, 0]
             assert token == int(want)
             ranks.append(int((np.array(row)[0] > np.array(row)[0, token]).sum()))
-    assert not parallel or max(ranks) >= 256, "the test needs draws past the usual 256 candidates"
+    assert not parallel or max(ranks) >= (4096 if rule == "wide" else 256), "the test needs draws past the candidates"

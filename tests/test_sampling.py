@@ -282,7 +282,7 @@ def test_cut_marks_a_nucleus_that_reaches_past_the_candidates():
     cut = STAT_FIELDS.index("cut")
     got = np.array(token_stats(logits, RowSampling.from_configs(configs), seeds_for(4), 20))[:, cut]
     assert got.tolist() == [1, 0, 0, 0]  # cut; its candidates hold the nucleus; top-k bounds it; greedy
-    whole = RowSampling.from_configs(configs, whole_vocabulary=1000)
+    whole = RowSampling.from_configs(configs, candidates=1000)
     assert np.array(token_stats(logits, whole, seeds_for(4), 20))[:, cut].tolist() == [0, 0, 0, 0]
 
 
@@ -293,7 +293,7 @@ def test_the_whole_vocabulary_draws_from_the_exact_nucleus():
     rows = 64
     x = mx.broadcast_to(mx.array(logits, dtype=mx.float32)[None], (rows, 1000))
     keys = [sequence_key(request_key(3, "nucleus"), i) for i in range(rows)]
-    whole = RowSampling.from_configs([config] * rows, whole_vocabulary=1000)
+    whole = RowSampling.from_configs([config] * rows, candidates=1000)
     tokens = np.concatenate([np.array(token_stats(x, whole, row_seeds(keys, [t] * rows), 20))[:, 0]
                              for t in range(16)]).astype(int)
     assert tokens.max() < 600 and (tokens >= 256).mean() > 0.5  # about 314 / 570 of the draws
@@ -303,3 +303,21 @@ def test_the_whole_vocabulary_draws_from_the_exact_nucleus():
     seeds = row_seeds(keys, [0] * rows)
     usual = RowSampling.from_configs([config] * rows)
     assert np.array_equal(np.array(token_stats(y, usual, seeds, 20)), np.array(token_stats(y, whole, seeds, 20)))
+
+
+def test_wide_candidates_give_the_whole_vocabulary_draw_where_they_hold_the_nucleus():
+    vocab, rows = 10000, 32
+    config = SamplingConfig(temperature=1.0, top_p=0.95)
+    keys = [sequence_key(request_key(4, "wide"), i) for i in range(rows)]
+    cut = STAT_FIELDS.index("cut")
+    # 3000 equal tokens: past 256 candidates, within 4096; then all 10000: past 4096 as well
+    for flat, cut_wide in ((3000, 0), (vocab, 1)):
+        logits = np.where(np.arange(vocab) < flat, 0.0, -40.0) - 1e-4 * np.arange(vocab)  # no ties
+        x = mx.broadcast_to(mx.array(logits, dtype=mx.float32)[None], (rows, vocab))
+        seeds = row_seeds(keys, [2] * rows)
+        usual, wide, whole = (np.array(token_stats(x, RowSampling.from_configs([config] * rows, candidates=c), seeds,
+                                                    20)) for c in (256, 4096, vocab))
+        assert (usual[:, cut] == 1).all() and (wide[:, cut] == cut_wide).all() and (whole[:, cut] == 0).all()
+        assert (whole[:, 0] >= 256).any()
+        if not cut_wide:
+            assert np.array_equal(wide, whole)

@@ -45,6 +45,7 @@ from eager_mlx.results import (
 )
 from eager_mlx.engine.sampling import (
     RowSampling,
+    WIDE_CANDIDATES,
     Stat,
     child_key,
     entropy,
@@ -302,7 +303,7 @@ class Engine:
         cut = np.flatnonzero(stats[:, _CUT])
         if len(cut):
             stats = stats.copy()
-            stats[cut] = np.asarray(self._exact_nucleus(read, cut))
+            stats[cut] = self._exact_nucleus(read, cut)
         # 3. Decide: tokens, branches, finishes; then fork, and repair the rows not fed the token they took.
         events, forks = self._decide(stats, fed)  # children are in self._rows already
         repairs = {slot: token for f in forks for slot, token in f.repairs()}
@@ -366,15 +367,23 @@ class Engine:
         seeds = row_seeds([r.key for r in rows], steps)
         return _Pass(self._stats(logits, rows, self._sampling_cache[1], seeds), logits, seeds)
 
-    def _exact_nucleus(self, read: _Pass, slots: np.ndarray) -> mx.array:
-        """The statistics of the rows in `slots` drawn again with the whole vocabulary as top-p candidates (their
-        nucleus reached past the usual ones): the same noise, so the draw is from the exact nucleus."""
-        index = mx.array(slots, dtype=mx.int32)
-        rows = [self._rows[s] for s in slots]
-        logits = read.logits[index]
-        sampling = RowSampling.from_configs([r.request.config.sampling for r in rows],
-                                            whole_vocabulary=logits.shape[-1])
-        return self._stats(logits, rows, sampling, read.seeds[index])
+    def _exact_nucleus(self, read: _Pass, slots: np.ndarray) -> np.ndarray:
+        """The statistics of the rows in `slots` (their top-p nucleus reached past their candidates) drawn again
+        with WIDE_CANDIDATES, then the whole vocabulary, as candidates: the same noise, so the draw is from the
+        exact nucleus."""
+        vocab = read.logits.shape[-1]
+        out: dict[int, np.ndarray] = {}
+        todo = [int(s) for s in slots]
+        for width in (min(WIDE_CANDIDATES, vocab), vocab):
+            index = mx.array(todo, dtype=mx.int32)
+            rows = [self._rows[s] for s in todo]
+            sampling = RowSampling.from_configs([r.request.config.sampling for r in rows], candidates=width)
+            stats = np.asarray(self._stats(read.logits[index], rows, sampling, read.seeds[index]))
+            out.update((s, stats[j]) for j, s in enumerate(todo) if not stats[j, _CUT])
+            todo = [s for j, s in enumerate(todo) if stats[j, _CUT]]
+            if not todo:
+                break
+        return np.stack([out[int(s)] for s in slots])
 
     def _stats(self, logits: mx.array, rows: list[_Row], sampling: RowSampling, seeds: mx.array) -> mx.array:
         # Requests may differ in K or full entropy: compute each kind once, pick per row.

@@ -38,6 +38,7 @@ __all__ = [
     "child_key",
     "row_seeds",
     "gumbel_noise",
+    "WIDE_CANDIDATES",
 ]
 
 # Column order of the array returned by token_stats.
@@ -61,9 +62,10 @@ STAT_FIELDS = tuple(s.name.lower() for s in Stat)
 # top-k / top-p sample among this many most probable tokens (more if the row's top_k is larger).
 # The top-p mass is measured against the full vocabulary, so the nucleus is exact unless these
 # tokens hold less than top_p: then the CUT column says so, and the engine samples that row again
-# with the whole vocabulary as its candidates (`RowSampling.from_configs(..., whole_vocabulary=V)`),
+# with WIDE_CANDIDATES, then if need be the whole vocabulary (`RowSampling.from_configs(..., candidates=)`),
 # under the same noise (keyed on token ids), so every draw is from the exact nucleus.
 _CANDIDATES = 256
+WIDE_CANDIDATES = 4096  # a 4096-wide selection is ~6x cheaper than sorting a 49k-150k vocabulary
 _CHUNK = 64  # top_candidates: vocabulary chunk size (at most)
 
 
@@ -172,7 +174,7 @@ class RowSampling:
     min_p: mx.array
     greedy: mx.array  # bool (B,): temperature == 0
     filtered: mx.array  # bool (B,): top_k or top_p is on
-    open_nucleus: mx.array  # bool (B, 1): top-p without top-k, over `limit` candidates fewer than the vocabulary
+    open_nucleus: mx.array  # bool (B, 1): top-p without top-k (its candidates may not hold the nucleus)
     any_filtered: bool
     any_unfiltered: bool
     use_top_p: bool
@@ -181,13 +183,12 @@ class RowSampling:
     width: int  # candidates sorted per row: enough for every filtered row
 
     @classmethod
-    def from_configs(cls, configs: Sequence[SamplingConfig], whole_vocabulary: Optional[int] = None) -> "RowSampling":
-        """The batch's rows. A top-p row without top-k samples among its _CANDIDATES most probable tokens, or
-        with `whole_vocabulary` (the vocabulary's size) among all of them: exact whatever the nucleus, slower."""
+    def from_configs(cls, configs: Sequence[SamplingConfig], candidates: int = _CANDIDATES) -> "RowSampling":
+        """The batch's rows. A top-p row without top-k samples among its `candidates` most probable tokens
+        (the vocabulary's size or more: all of them, exact whatever the nucleus, slower)."""
         temps = [c.temperature for c in configs]
         filtered = [c.top_k > 0 or c.top_p < 1.0 for c in configs]
-        whole = whole_vocabulary is not None
-        limits = [c.top_k if c.top_k > 0 else (whole_vocabulary if whole else _CANDIDATES) for c in configs]
+        limits = [c.top_k if c.top_k > 0 else candidates for c in configs]
         col = lambda xs, dt=mx.float32: mx.array(xs, dtype=dt)[:, None]  # noqa: E731
         return cls(
             temperature=col([max(t, 1e-6) for t in temps]),
@@ -196,7 +197,7 @@ class RowSampling:
             min_p=col([c.min_p for c in configs]),
             greedy=mx.array([t == 0 for t in temps]),
             filtered=mx.array(filtered),
-            open_nucleus=col([c.top_k == 0 and c.top_p < 1.0 and not whole for c in configs], mx.bool_),
+            open_nucleus=col([c.top_k == 0 and c.top_p < 1.0 for c in configs], mx.bool_),
             any_filtered=any(filtered),
             any_unfiltered=not all(filtered),
             use_top_p=any(c.top_p < 1.0 for c in configs),
@@ -327,7 +328,7 @@ def token_stats(
     replacement, for the sampled branch rules); where the filters leave no second
     token, and without `alt`, ALT is the most probable token other than the sampled one.
     CUT is 1 where a top-p row's candidates hold less than its top_p: its draw stopped at them, so
-    sample that row again with `RowSampling.from_configs(..., whole_vocabulary=V)` (the engine does).
+    sample that row again with more `candidates` (RowSampling.from_configs; the engine does).
 
     Cost beyond sampling: one max and one exp pass over the vocabulary (top_candidates, the
     log-sum-exp); the candidates give top-1/top-2, the top-K entropy and the filters. The graph
@@ -358,7 +359,8 @@ def _sampled(logits, cand, cand_idx, sampling, seeds, hashed, alt):
             mass = mx.cumsum(probs, axis=-1)
             before = mass - probs  # mass strictly above each token
             held = mx.take_along_axis(mass, mx.minimum(sampling.limit, mass.shape[-1]) - 1, axis=-1)
-            cut = (sampling.open_nucleus & (held < sampling.top_p))[:, 0]  # the nucleus goes on past them
+            short = sampling.open_nucleus & (sampling.limit < logits.shape[-1]) & (held < sampling.top_p)
+            cut = short[:, 0]  # the nucleus goes on past the row's candidates
         picked, picked_other = _sample_candidates(cand_t, cand_idx, before, sampling, seeds, alt)
         token = picked if token is None else mx.where(sampling.filtered, picked, token)
         if alt:
