@@ -176,6 +176,24 @@ def test_refuses_to_overwrite_and_bad_settings(tmp_path):
         evaluate(FakeEngine(adapt_script), encode, make_dataset(), settings("beam"), tmp_path / "x")
 
 
+def test_resume_refuses_runs_of_another_engine_format(tmp_path):
+    from eager_mlx.evaluation.store import STORE_FORMAT
+
+    run = tmp_path / "r"
+    evaluate(FakeEngine(adapt_script), encode, make_dataset(3), settings(), run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["engine_format"] == STORE_FORMAT
+    manifest["engine_format"] = STORE_FORMAT - 1
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EvalError, match=f"another engine format \\({STORE_FORMAT - 1}; this one draws by format "
+                                        f"{STORE_FORMAT}\\)"):
+        evaluate(FakeEngine(adapt_script), encode, make_dataset(3), settings(), run, resume=True)
+    del manifest["engine_format"]  # a manifest from before the field: resumed as before
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    res = evaluate(FakeEngine(adapt_script), encode, make_dataset(3), settings(), run, resume=True)
+    assert len(res.records) == 3
+
+
 def test_resume_after_crash_with_torn_line(tmp_path):
     ds, st = make_dataset(6), settings()
 

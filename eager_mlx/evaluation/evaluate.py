@@ -62,7 +62,7 @@ from eager_mlx.evaluation.rundir import (JOURNAL, MANIFEST, RESULTS, EvalError, 
                                          read_manifest, read_records, run_lock, write_json_atomic)
 from eager_mlx.evaluation.policies import make_scheduler
 from eager_mlx.evaluation.scheduler import RunOutcome, RunRequest, SchedulerConfig, prompt_of_run
-from eager_mlx.evaluation.store import RunStore
+from eager_mlx.evaluation.store import STORE_FORMAT, RunStore
 
 __all__ = [
     "EvalError",
@@ -260,6 +260,7 @@ def _prompt_parts(dataset: Dataset) -> dict:
 def _manifest(dataset: Dataset, settings: EvalSettings, model: str, extra: Optional[dict]) -> dict:
     return {
         "format": FORMAT,
+        "engine_format": STORE_FORMAT,  # what the engine's samples are a function of (a resume must not mix two)
         "model": model,
         "method": settings.scheduler.method,
         "dataset": {"name": dataset.name, "source": dataset.source, "hash": dataset.hash, "size": len(dataset),
