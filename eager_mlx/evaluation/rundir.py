@@ -294,7 +294,7 @@ def prepare_run_dir(run_dir: Path, manifest: dict, resume: bool) -> tuple[list[d
     if diffs:
         raise EvalError(f"cannot resume {run_dir}: settings differ ({', '.join(diffs[:5])})")
     made, now = old.get("engine_format"), manifest.get("engine_format")
-    if made is not None and made != now:  # (manifests before 2026-12-08 do not say)
+    if made is not None and made != now:  # (manifests written before 824f3d2 do not say)
         raise EvalError(f"cannot resume {run_dir}: its runs were sampled by another engine format ({made}; this one "
                         f"draws by format {now}), so the records would mix two samplers: start a new --out")
     records, runs, _ = (Journal(run_dir / name).read(repair=True) for name in JOURNALS)
