@@ -15,9 +15,8 @@ import eager_mlx
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
+from eager_mlx.engine.sampling import CANDIDATES
 from eager_mlx.evaluation.data import load_dataset
-
-CANDIDATES = 256  # eager_mlx.engine.sampling._CANDIDATES
 
 
 def main() -> None:

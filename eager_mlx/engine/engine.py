@@ -116,26 +116,21 @@ class _Pass:
         return _Pass(self.stats[index], self.logits[index], self.seeds[index])
 
     def join(self, other: "_Pass") -> "_Pass":
-        return _Pass(*(mx.concatenate([a, b]) for a, b in
-                       ((self.stats, other.stats), (self.logits, other.logits), (self.seeds, other.seeds))))
+        return _Pass(mx.concatenate([self.stats, other.stats]), mx.concatenate([self.logits, other.logits]),
+                     mx.concatenate([self.seeds, other.seeds]))
 
 
 @dataclass(frozen=True)
 class Fork:
     """A branch decided at a step: the parent keeps `parent` (token, log-prob), a new child row in
-    `child_slot` takes `child`. Pass k+1 was dispatched before the decision, so the child's column,
-    and the parent's when its token is not the one it was fed (`repair_parent`), are computed again."""
+    `child_slot` takes `child`. Pass k+1 was dispatched before the decision, so the child's column is
+    computed again (and the parent's, like any row's, when its token is not the one it was fed)."""
 
     parent_slot: int
     child_slot: int
     parent: tuple[int, float]
     child: tuple[int, float]
     entropy: float
-    repair_parent: bool
-
-    def repairs(self) -> list[tuple[int, int]]:
-        """(slot, token to feed) of the rows whose column k+1 must be computed again."""
-        return [(self.child_slot, self.child[0])] + ([(self.parent_slot, self.parent[0])] if self.repair_parent else [])
 
 
 class Engine:
@@ -304,13 +299,14 @@ class Engine:
         if len(cut):
             stats = stats.copy()
             stats[cut] = self._exact_nucleus(read, cut)
-        # 3. Decide: tokens, branches, finishes; then fork, and repair the rows not fed the token they took.
-        events, forks = self._decide(stats, fed)  # children are in self._rows already
-        repairs = {slot: token for f in forks for slot, token in f.repairs()}
-        for s in cut:
+        # 3. Decide: tokens, branches, finishes; then fork, and repair the new children and every live row not
+        # fed the token it took (a fork's parent, a redrawn row).
+        events, forks = self._decide(stats)  # children are in self._rows already
+        repairs = {f.child_slot: f.child[0] for f in forks}
+        for s, token in enumerate(fed):
             row = self._rows[s]
-            if s not in repairs and row.finish is None and row.tokens[-1] != fed[s]:
-                repairs[int(s)] = row.tokens[-1]
+            if s not in repairs and row.finish is None and row.tokens[-1] != token:
+                repairs[s] = row.tokens[-1]
         if forks:
             self._kv.reserve(len(self._rows), self._column, min(r.start for r in self._rows))
             for f in forks:
@@ -462,9 +458,8 @@ class Engine:
         return nxt.join(fixed).take(mx.array(select, dtype=mx.int32))
 
     # ---- decisions ------------------------------------------------------------
-    def _decide(self, stats: np.ndarray, fed: np.ndarray) -> tuple[list[Event], list["Fork"]]:
-        """Apply the read statistics to every row (`fed`: the token each was fed in the pass already dispatched);
-        returns the events and the forks made.
+    def _decide(self, stats: np.ndarray) -> tuple[list[Event], list["Fork"]]:
+        """Apply the read statistics to every row; returns the events and the forks made.
 
         Requests are visited in the order they were added and a request's rows in sequence
         (creation) order, so children are numbered, and the M cap taken, independently of
@@ -485,8 +480,7 @@ class Engine:
                 row, st = self._rows[s], stats[s]
                 token, lp = int(st[_TOKEN]), float(st[_LP])
                 if row.sequence in branching:
-                    decision = self._fork_decision(s, st, int(fed[s]), req.config.branch_rule,
-                                                   spare[0] if spare else None)
+                    decision = self._fork_decision(s, st, req.config.branch_rule, spare[0] if spare else None)
                     if isinstance(decision, Fork):
                         if spare and decision.child_slot == spare[0]:
                             spare.pop(0)
@@ -544,18 +538,16 @@ class Engine:
         self._waiting[:0] = sorted(victims, key=lambda r: r.admitted)  # the oldest of them first
         return events
 
-    def _fork_decision(self, slot: int, st: np.ndarray, fed: int, rule: str,
-                       spare: Optional[int]) -> Union["Fork", str]:
-        """The fork of the row in `slot`, fed `fed` in the pass already dispatched (its child takes a preempted
-        row's `spare` slot, else a new one), or why it cannot be made: "full" (no row left) or "memory" (past
-        max_kv_memory)."""
+    def _fork_decision(self, slot: int, st: np.ndarray, rule: str, spare: Optional[int]) -> Union["Fork", str]:
+        """The fork of the row in `slot` (its child takes a preempted row's `spare` slot, else a new one), or
+        why it cannot be made: "full" (no row left) or "memory" (past max_kv_memory)."""
         if spare is None and len(self._rows) >= self.max_rows:
             return "full"
         if self._over_memory(len(self._rows) + (0 if spare is not None else 1)):
             return "memory"
         parent, child = branch_tokens(st, rule)
         child_slot = spare if spare is not None else len(self._rows)
-        return Fork(slot, child_slot, parent, child, float(st[_ENT]), fed != parent[0])
+        return Fork(slot, child_slot, parent, child, float(st[_ENT]))
 
     def _make_child(self, fork: "Fork", events: list[Event]) -> None:
         """Create the child row of `fork` in its slot (it inherits the parent's tokens so far)."""

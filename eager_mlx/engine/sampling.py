@@ -38,6 +38,7 @@ __all__ = [
     "child_key",
     "row_seeds",
     "gumbel_noise",
+    "CANDIDATES",
     "WIDE_CANDIDATES",
 ]
 
@@ -64,7 +65,7 @@ STAT_FIELDS = tuple(s.name.lower() for s in Stat)
 # tokens hold less than top_p: then the CUT column says so, and the engine samples that row again
 # with WIDE_CANDIDATES, then if need be the whole vocabulary (`RowSampling.from_configs(..., candidates=)`),
 # under the same noise (keyed on token ids), so every draw is from the exact nucleus.
-_CANDIDATES = 256
+CANDIDATES = 256
 WIDE_CANDIDATES = 4096  # a 4096-wide selection is ~6x cheaper than sorting a 49k-150k vocabulary
 _CHUNK = 64  # top_candidates: vocabulary chunk size (at most)
 
@@ -170,7 +171,7 @@ class RowSampling:
 
     temperature: mx.array
     top_p: mx.array
-    limit: mx.array  # int32: candidates a filtered row may take (its top_k, else _CANDIDATES)
+    limit: mx.array  # int32: candidates a filtered row may take (its top_k, else CANDIDATES)
     min_p: mx.array
     greedy: mx.array  # bool (B,): temperature == 0
     filtered: mx.array  # bool (B,): top_k or top_p is on
@@ -183,7 +184,7 @@ class RowSampling:
     width: int  # candidates sorted per row: enough for every filtered row
 
     @classmethod
-    def from_configs(cls, configs: Sequence[SamplingConfig], candidates: int = _CANDIDATES) -> "RowSampling":
+    def from_configs(cls, configs: Sequence[SamplingConfig], candidates: int = CANDIDATES) -> "RowSampling":
         """The batch's rows. A top-p row without top-k samples among its `candidates` most probable tokens
         (the vocabulary's size or more: all of them, exact whatever the nucleus, slower)."""
         temps = [c.temperature for c in configs]
