@@ -170,6 +170,22 @@ def test_greedy_rows_take_top1_and_noise_is_keyed_on_token_ids():
     np.testing.assert_array_equal(some, [[full[0, 7], full[0, 250]], [full[1, 3], full[1, 9]]])
 
 
+def test_noise_is_finite_at_the_largest_hash():
+    # Seed 14901 hashes token 25 to the largest 24-bit uniform: (2**24 - 1 + 0.5) / 2**24 rounds to 1.0 in
+    # float32, which gave infinite noise, so token 25 won at any probability (0.3-0.9% of full-vocabulary rows).
+    assert sampling_module.uniform(mx.array([0xFFFFFFFF, 0], dtype=mx.uint32)).tolist() == [1.0 - 2.0**-24, 2.0**-25]
+    seeds = mx.array([14901], dtype=mx.uint32)
+    hashed = sampling_module._fmix32(sampling_module._fmix32(seeds[:, None] ^ sampling_module._vocabulary_hashes(300))
+                                     + seeds[:, None])
+    assert int(hashed[0, 25].item()) >> 8 == 2**24 - 1  # the case this test is about
+    noise = np.array(gumbel_noise(seeds, mx.arange(300)[None]))
+    assert np.isfinite(noise).all() and noise.max() < 17
+    logits = mx.array(np.where(np.arange(300) == 25, -40.0, 0.0)[None].astype(np.float32))
+    for config in (SamplingConfig(temperature=1.0), SamplingConfig(temperature=1.0, top_k=300)):
+        out = np.array(token_stats(logits, RowSampling.from_configs([config]), seeds, 20))
+        assert out[0, sampling_module.Stat.TOKEN] != 25
+
+
 def test_temperature_is_applied_before_top_p():
     # Tempered at 0.5 the top token holds 88% of the mass, so top_p=0.85 keeps it alone;
     # at temperature 1 (filter first, as mlx-lm does) it holds 73% and two tokens survive.

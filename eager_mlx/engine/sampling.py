@@ -126,10 +126,19 @@ def _hash_ids(token_ids: mx.array) -> mx.array:
     return _fmix32(token_ids.astype(mx.uint32) * _GOLDEN)
 
 
+# The largest float32 below 1. From 2**23 on, k + 0.5 rounds to an even integer in float32, so the top
+# 24-bit k gave u = 1.0 exactly and infinite noise: that token won whatever its probability.
+_BELOW_ONE = 1.0 - 2.0**-24
+
+
+def uniform(h: mx.array) -> mx.array:
+    """uint32 hashes -> float32 uniforms in (0, 1), from their top 24 bits (never 0, never 1)."""
+    return mx.minimum(((h >> 8).astype(mx.float32) + 0.5) * (2.0**-24), _BELOW_ONE)
+
+
 def _noise(seeds: mx.array, hashed_ids: mx.array) -> mx.array:
-    h = _fmix32(_fmix32(seeds ^ hashed_ids) + seeds)
-    u = ((h >> 8).astype(mx.float32) + 0.5) * (2.0**-24)  # in (0, 1)
-    return -mx.log(-mx.log(u))
+    h = fastmath.materialize(_fmix32(_fmix32(seeds ^ hashed_ids) + seeds))
+    return -mx.log(fastmath.materialize(-mx.log(fastmath.materialize(uniform(h)))))
 
 
 @partial(mx.compile, shapeless=True)

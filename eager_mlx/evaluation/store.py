@@ -31,7 +31,8 @@ from eager_mlx.results import RunResult, SequenceResult
 
 __all__ = ["STORE_FORMAT", "RunStore", "model_digest", "backend_name", "default_store_dir"]
 
-STORE_FORMAT = 2  # bump when a change to the engine or the sampler changes what a key produces (2: exact top-p nucleus)
+STORE_FORMAT = 3  # bump when a change to the engine or the sampler changes what a key produces
+# (2: exact top-p nucleus; 3: no infinite Gumbel noise at the largest hash)
 _PARALLEL_FIELDS = ("entropy_top_k", "full_entropy", "max_tokens", "stop", "sampling")  # all a sample depends on
 
 
