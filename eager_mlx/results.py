@@ -26,6 +26,7 @@ class FinishReason(str, Enum):
     LENGTH = "length"  # max_tokens or the model's context
     ABORTED = "aborted"  # its request was aborted
     PRUNED = "pruned"  # stopped for low confidence (eager_mlx/adaptive/online.py)
+    NONFINITE = "nonfinite"  # the model's logits were NaN or infinite at this step (its numerics failed)
     PREEMPTED = "preempted"  # engine-internal: the row was given up and its request runs again (never in a result)
 
     def __str__(self) -> str:

@@ -102,7 +102,7 @@ class ScriptedModel(nn.Module):
 
     `schedule` maps a generation step (0 = first generated token) to a kind:
     "high" (near-uniform over 20 tokens, entropy ~ln 20), "mid" (near-uniform over 8,
-    ~ln 8), "think" (the end-of-thinking token), "eos"; any other step is "low"
+    ~ln 8), "think" (the end-of-thinking token), "eos", "nan" (NaN logits); any other step is "low"
     (almost surely 'x'). In "high"/"mid" steps top-1 is 'a' and top-2 is 'b'.
     """
 
@@ -126,6 +126,8 @@ class ScriptedModel(nn.Module):
             row[ByteTokenizer.THINK_END] = 30.0
         elif kind == "eos":
             row[ByteTokenizer.EOS] = 30.0
+        elif kind == "nan":  # a model whose numerics failed (e.g. float16 overflow)
+            row = [float("nan")] * vocab_size
         else:
             row[cls.LOW] = 30.0
         return mx.array(row)

@@ -93,6 +93,17 @@ def test_eos_and_stop_strings():
     assert result.sequences[0].finish_reason == "length" and len(result.sequences[0].token_ids) == 4
 
 
+def test_non_finite_logits_end_the_sequence_by_name():
+    # NaN logits at step 3 (a model's numerics failing): each row ends there as "nonfinite", nothing non-finite
+    # recorded, never a token drawn from them; the branch made at step 1 is kept
+    branches, result = run({1: "high", 3: "nan"}, max_sequences=2)
+    assert [b[2] for b in branches] == [1]
+    for seq in result.sequences:
+        assert seq.finish_reason == "nonfinite" and len(seq.token_ids) == 3
+        assert np.isfinite(seq.entropies).all() and np.isfinite(seq.logprobs).all() and len(seq.logprobs) == 3
+    assert result.generated_tokens == 5  # 3 + the child's own 2
+
+
 @pytest.mark.parametrize(
     "cfg, message",
     [

@@ -11,7 +11,7 @@ from eager_mlx.results import BranchEvent, RunResult, SequenceFinished, Sequence
 from eager_mlx.server import APIError, GenerationRequest, ServerConfig, parse_request
 from eager_mlx.server.access import check_api_key, check_origin, cors_headers, exposure_warning, valid_origin
 from eager_mlx.server.requests import MAX_DEPTH, content_length, parse_json
-from eager_mlx.server.responses import ResponseShaper
+from eager_mlx.server.responses import ResponseShaper, finish_reason
 
 from fakes import ByteTokenizer
 
@@ -169,6 +169,7 @@ def test_completion_has_a_choice_per_sequence_and_the_vote():
     assert body["eager"]["num_sequences"] == 2 and body["eager"]["elapsed_s"] == 0.012
     text = shaper("text").completion(result_of(["x"]))
     assert text["object"] == "text_completion" and text["choices"][0]["text"] == "x"
+    assert [finish_reason(r) for r in ("eos", "length", "pruned", "nonfinite")] == ["stop", "length", "stop", "error"]
 
 
 def test_stream_chunks_a_branch_inherits_its_parents_text():

@@ -17,6 +17,7 @@ A step, pipelined like mlx-lm's `generate_step`:
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Union
@@ -573,6 +574,10 @@ class Engine:
 
     def _append(self, row: _Row, token: int, entropy: float, lp: float, events: list[Event]) -> None:
         req, cfg = row.request, row.request.config
+        if not math.isfinite(lp):  # any NaN or inf in the row's logits makes its log-sum-exp, so lp, non-finite
+            row.finish = FinishReason.NONFINITE
+            events.append(SequenceFinished(req.id, row.sequence, row.finish))
+            return
         req.generated += 1
         row.entropies.append(entropy)
         row.logprobs.append(lp)

@@ -18,11 +18,12 @@ from .requests import GenerationRequest
 
 __all__ = ["ResponseShaper", "finish_reason"]
 
-_FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+_FINISH = {"eos": "stop", "stop": "stop", "length": "length", "nonfinite": "error"}
 
 
 def finish_reason(reason: str) -> str:
-    """OpenAI's finish_reason for an engine finish reason (aborted, pruned... read as "stop")."""
+    """OpenAI's finish_reason for an engine finish reason (aborted, pruned... read as "stop"; the model's
+    numerics failing as "error")."""
     return _FINISH.get(reason, "stop")
 
 
