@@ -7,23 +7,36 @@ import pytest
 
 from eager_mlx.cli.entry import main  # noqa: F401 (the console script's entry point exists)
 
-# The child sends itself a SIGINT (as a Ctrl-C) `delay` seconds after main() is called: while it imports mlx.
+# The child sends itself a SIGINT (as a Ctrl-C) `delay` seconds after main() is called: while it starts, or (on
+# a fast machine) after it has already refused the missing model.
 CHILD = ("import os, signal, sys, threading; from eager_mlx.cli.entry import main; "
          "threading.Timer(float(sys.argv.pop(1)), os.kill, (os.getpid(), signal.SIGINT)).start(); main()")
 
 
-@pytest.mark.parametrize("delay", [0.02, 0.1, 0.3])
+# The same, the SIGINT sent while the commands' module is being imported: always during startup.
+AT_IMPORT = ("import os, signal, sys; from eager_mlx.cli.entry import main\n"
+             "class Interrupt:\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name == 'eager_mlx.cli.main':\n"
+             "            os.kill(os.getpid(), signal.SIGINT)\n"
+             "sys.meta_path.insert(0, Interrupt()); sys.argv.pop(1); main()")
+
+
+@pytest.mark.parametrize("delay", ["import", 0.02, 0.1, 0.3])
 def test_ctrl_c_while_starting(tmp_path, delay):
     data = tmp_path / "d.jsonl"
     data.write_text('{"question": "q", "answer": "1"}\n')
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(delay), "eval", "--data", str(data), "--model",
+    child = AT_IMPORT if delay == "import" else CHILD
+    proc = subprocess.run([sys.executable, "-c", child, str(delay), "eval", "--data", str(data), "--model",
                            str(tmp_path / "no"), "--out", str(tmp_path / "run")], capture_output=True, text=True,
                           timeout=120)
     err = proc.stderr
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
-    if delay < 0.1 or proc.returncode != 1:  # (1: it had already finished, refusing the missing model)
+    if delay == "import" or proc.returncode != 1:  # (1: a timer fired after it had refused the missing model)
         assert proc.returncode == 130, err
         assert err.strip().splitlines()[-1].startswith("interrupted (SIGINT)"), err
+    else:
+        assert "no such file or directory" in err, err
     assert not (tmp_path / "run").exists()
 
 
