@@ -200,3 +200,13 @@ def test_replayed_runs_hold_no_rows():
         again.replay(i, sched.runs_of(i))
     assert again.schedule(8).runs == [] and again.done
     assert again.rows_reserved == 0
+
+
+def test_reserve_rows_holds_m_rows_per_branching_run_under_a_wave_policy():
+    # With reserve_rows the engine never preempts, so a branching run must hold its M rows from the start (else
+    # its branches are skipped when the batch is full, and its result depends on the load); it held 1 row here.
+    config = SchedulerConfig(method="eager-adapt", policy="rank", max_sequences=4, max_rows=8, reserve_rows=True)
+    s = make_scheduler(5, config)
+    assert [r.prompt_index for r in s.schedule().runs] == [0, 1] and s.rows_reserved == 8
+    plain = make_scheduler(5, dataclasses.replace(config, reserve_rows=False))
+    assert len(plain.schedule().runs) == 5 and plain.rows_reserved == 5

@@ -48,8 +48,8 @@ from typing import Any, Callable, Optional
 
 from eager_mlx.adaptive.consensus import beta_mode_probability
 from eager_mlx.answers import normalize_answer
-from eager_mlx.evaluation.scheduler import (ROUND_METHODS, RunOutcome, RunRequest, Scheduler, SchedulerConfig,
-                                            SchedulerOutput, run_id)
+from eager_mlx.evaluation.scheduler import (ROUND_METHODS, RunOutcome, RunRequest, Scheduler, SchedulerBase,
+                                            SchedulerConfig, run_id)
 
 __all__ = ["uncertainty", "priority", "AdaptiveScheduler", "make_scheduler", "eval_defaults"]
 
@@ -85,84 +85,29 @@ class _Prompt:
     replay: dict[str, RunOutcome] = field(default_factory=dict)
 
 
-class AdaptiveScheduler:
-    """The Scheduler interface (schedule / update_from_output / replay / pop_finished) for the wave policies."""
+class AdaptiveScheduler(SchedulerBase):
+    """The Scheduler interface (schedule / update_from_output / replay / pop_finished) for the wave policies;
+    the pool is the budget's sequences beyond the first runs."""
 
     def __init__(self, num_prompts: int, config: SchedulerConfig, prompt_ids: Optional[list[int]] = None) -> None:
-        config.validate()
-        self.config = config
-        self._ids = list(range(num_prompts)) if prompt_ids is None else list(prompt_ids)
-        self._p = [_Prompt() for _ in range(num_prompts)]
+        super().__init__(num_prompts, config, prompt_ids, [_Prompt() for _ in range(max(0, num_prompts))])
         self._parallel = config.method == "parallel-adapt"  # first runs are parallel samples
         self._extra_parallel = config.method in ROUND_METHODS  # extra runs are parallel samples
-        self._next_first = 0
-        self._first_pending = num_prompts
-        self._pool: Optional[int] = None  # sequences of the budget beyond the first runs; None before the barrier
         self._waves: list[list[RunRequest]] = [[]]  # wave 0: the first runs (not listed)
         self._wave_by_id: dict[str, int] = {}
         self._open = [num_prompts]  # runs of each wave not yet back
         self._lag_tried: set[int] = set()
         self._queue: list[RunRequest] = []  # decided, not yet started
         self._over = False
-        self._reserved = 0
-        self._new_done: list[int] = []
 
     # ---- the Scheduler interface ----------------------------------------------------------------
-    @property
-    def num_prompts(self) -> int:
-        return len(self._p)
-
-    @property
-    def done(self) -> bool:
-        return all(p.done for p in self._p)
-
-    @property
-    def pool(self) -> Optional[int]:
-        return self._pool
-
-    @property
-    def rows_reserved(self) -> int:
-        """Rows reserved by runs in flight."""
-        return self._reserved
-
     @property
     def waves(self) -> int:
         """Waves of extra runs decided so far."""
         return len(self._waves) - 1
 
-    def pop_finished(self) -> list[int]:
-        out, self._new_done = self._new_done, []
-        return out
-
     def runs_of(self, i: int) -> list[RunOutcome]:
         return [o for _, (_, o) in sorted(self._p[i].outcomes.items())]
-
-    def replay(self, i: int, outcomes: list[RunOutcome]) -> None:
-        """Recorded runs of prompt i (resume): consumed when the policy asks for them, not run again."""
-        p = self._p[i]
-        if p.outcomes or p.in_flight:
-            raise ValueError(f"prompt {i} already has runs")
-        p.replay = {o.request_id: o for o in outcomes}
-
-    def schedule(self, free_rows: Optional[int] = None) -> SchedulerOutput:
-        """Runs to start now: decided extra runs first, then first runs in prompt order."""
-        out = SchedulerOutput()
-        cap = self.config.max_rows - self._reserved
-        if free_rows is not None:
-            cap = min(cap, free_rows)
-        while (req := self._peek()) is not None:
-            p = self._p[req.prompt_index]
-            if req.request_id in p.replay:
-                self._commit(req, 0)
-                self.update_from_output([p.replay.pop(req.request_id)])
-                continue
-            rows = req.max_sequences if req.parallel else 1
-            if rows > cap:
-                break
-            cap -= rows
-            self._commit(req, rows)
-            out.runs.append(req)
-        return out
 
     def update_from_output(self, outcomes: list[RunOutcome]) -> None:
         for o in outcomes:

@@ -66,6 +66,7 @@ reserves min(M, max_rows) rows (exact without preemption, most rows idle).
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -82,6 +83,7 @@ __all__ = [
     "RunRequest",
     "SchedulerOutput",
     "RunOutcome",
+    "SchedulerBase",
     "Scheduler",
     "split_evenly",
     "chunks",
@@ -262,12 +264,18 @@ class _Prompt:
     replay: dict[str, RunOutcome] = field(default_factory=dict)
 
 
-class Scheduler:
-    """Decides the runs for ``num_prompts`` prompts under one SchedulerConfig."""
+class SchedulerBase(ABC):
+    """What every scheduler shares: its prompts' bookkeeping, recorded runs fed back, and `schedule()`.
 
-    def __init__(self, num_prompts: int, config: SchedulerConfig, prompt_ids: Optional[list[int]] = None) -> None:
+    A subclass's prompts (`_p`) have `done`, `in_flight` and `replay`; it says which run comes next
+    (`_peek`), takes a started one (`_commit`), lists a prompt's finished runs (`runs_of`) and takes
+    outcomes back (`update_from_output`).
+    """
+
+    def __init__(self, num_prompts: int, config: SchedulerConfig, prompt_ids: Optional[list[int]],
+                 prompts: list) -> None:
         """`prompt_ids`: the number each prompt's run ids carry (`run_id`), e.g. its index in the whole
-        dataset when this is one shard of it (default 0 .. num_prompts - 1)."""
+        dataset when this is one shard of it (default 0 .. num_prompts - 1); `prompts`: one state each."""
         config.validate()
         if num_prompts < 0:
             raise ValueError("num_prompts must be >= 0")
@@ -275,15 +283,13 @@ class Scheduler:
         if len(self._ids) != num_prompts:
             raise ValueError(f"{len(self._ids)} prompt ids for {num_prompts} prompts")
         self.config = config
-        self._p = [_Prompt(theta=config.threshold) for _ in range(num_prompts)]
+        self._p = prompts
         self._next_first = 0  # next prompt whose first run has not started
         self._first_pending = num_prompts  # first runs not yet finished
         self._pool: Optional[int] = None  # None until the barrier
         self._reserved = 0
         self._new_done: list[int] = []
-        self.rounds = 0  # budget rounds handed out so far
 
-    # ----------------------------------------------------------------- queries
     @property
     def num_prompts(self) -> int:
         return len(self._p)
@@ -295,7 +301,7 @@ class Scheduler:
 
     @property
     def pool(self) -> Optional[int]:
-        """Budget not yet handed out (sequences or tokens); None before the barrier."""
+        """Budget not yet handed out; None before the barrier."""
         return self._pool
 
     @property
@@ -303,55 +309,34 @@ class Scheduler:
         """Rows reserved by runs in flight."""
         return self._reserved
 
-    @property
-    def has_ready_run(self) -> bool:
-        """True when a run could start now if rows were free."""
-        return self._peek() is not None
-
-    def is_prompt_done(self, i: int) -> bool:
-        """True once prompt i will never get another run."""
-        return self._p[i].done
-
-    def finished_prompts(self) -> list[int]:
-        """Every prompt done so far, in index order."""
-        return [i for i, p in enumerate(self._p) if p.done]
-
     def pop_finished(self) -> list[int]:
         """Prompts that became done since the last call, in the order they finished."""
         out, self._new_done = self._new_done, []
         return out
 
+    @abstractmethod
     def runs_of(self, i: int) -> list[RunOutcome]:
-        """The finished runs of prompt i, in the order they finished."""
-        return list(self._p[i].runs)
+        """The finished runs of prompt i."""
 
-    def sequences_used(self) -> int:
-        return sum(r.num_sequences for p in self._p for r in p.runs)
+    @abstractmethod
+    def update_from_output(self, outcomes: list[RunOutcome]) -> None:
+        """Take finished runs back."""
 
-    def tokens_used(self) -> int:
-        return sum(r.generated_tokens for p in self._p for r in p.runs)
-
-    # ---------------------------------------------------------------- schedule
     def replay(self, i: int, outcomes: list[RunOutcome]) -> None:
         """Feed back recorded runs of prompt i (resume); they are consumed instead of being run again."""
         p = self._p[i]
-        if p.runs or p.in_flight:
+        if self.runs_of(i) or p.in_flight:
             raise ValueError(f"prompt {i} already has runs")
         p.replay = {o.request_id: o for o in outcomes}
 
     def schedule(self, free_rows: Optional[int] = None) -> SchedulerOutput:
-        """Runs to start now, given the engine's free rows (None: limited by max_rows only).
-
-        Extra runs come first (they finish prompts), then first runs in prompt order.
-        """
+        """Runs to start now, given the engine's free rows (None: limited by max_rows only), in the order
+        `_peek` gives them (extra runs first: they finish prompts; then first runs in prompt order)."""
         out = SchedulerOutput()
         cap = self.config.max_rows - self._reserved
         if free_rows is not None:
             cap = min(cap, free_rows)
-        while True:
-            req = self._peek()
-            if req is None:
-                break
+        while (req := self._peek()) is not None:
             p = self._p[req.prompt_index]
             if req.request_id in p.replay:  # recorded by an earlier session: consume it instead of running it
                 self._commit(req, rows=0)
@@ -368,6 +353,56 @@ class Scheduler:
             out.runs.append(req)
         return out
 
+    def _rows_needed(self, req: RunRequest) -> int:
+        """Rows a run holds: its samples; a branching run 1 (the engine preempts to make room for its
+        branches) or, with reserve_rows (the engine then never preempts), its M."""
+        if req.parallel:
+            return req.max_sequences
+        return min(req.max_sequences, self.config.max_rows) if self.config.reserve_rows else 1
+
+    @abstractmethod
+    def _peek(self) -> Optional[RunRequest]:
+        """The next run to start, or None; no state change."""
+
+    @abstractmethod
+    def _commit(self, req: RunRequest, rows: int) -> None:
+        """Take the started run `req`, holding `rows` rows."""
+
+
+class Scheduler(SchedulerBase):
+    """Decides the runs for ``num_prompts`` prompts under one SchedulerConfig: the paper's methods."""
+
+    def __init__(self, num_prompts: int, config: SchedulerConfig, prompt_ids: Optional[list[int]] = None) -> None:
+        """`prompt_ids`: as SchedulerBase's."""
+        super().__init__(num_prompts, config, prompt_ids, [_Prompt(theta=config.threshold) for _ in
+                                                           range(max(0, num_prompts))])
+        self.rounds = 0  # budget rounds handed out so far
+
+    # ----------------------------------------------------------------- queries
+    @property
+    def has_ready_run(self) -> bool:
+        """True when a run could start now if rows were free."""
+        return self._peek() is not None
+
+    def is_prompt_done(self, i: int) -> bool:
+        """True once prompt i will never get another run."""
+        return self._p[i].done
+
+    def finished_prompts(self) -> list[int]:
+        """Every prompt done so far, in index order."""
+        return [i for i, p in enumerate(self._p) if p.done]
+
+    def runs_of(self, i: int) -> list[RunOutcome]:
+        """The finished runs of prompt i, in the order they finished."""
+        return list(self._p[i].runs)
+
+    def sequences_used(self) -> int:
+        return sum(r.num_sequences for p in self._p for r in p.runs)
+
+    def tokens_used(self) -> int:
+        return sum(r.generated_tokens for p in self._p for r in p.runs)
+
+    # ---------------------------------------------------------------- schedule
     def update_from_output(self, outcomes: list[RunOutcome]) -> None:
         """Take finished runs back and update the budget."""
         for o in outcomes:
@@ -409,11 +444,6 @@ class Scheduler:
     def _recycling(self) -> bool:
         """Unspent shares go back to the pool and are split again in later rounds."""
         return (self.config.method == "eager" and self.config.recycle_unused) or self.config.consensus is not None
-
-    def _rows_needed(self, req: RunRequest) -> int:
-        if req.parallel:
-            return req.max_sequences
-        return min(req.max_sequences, self.config.max_rows) if self.config.reserve_rows else 1
 
     def _answers(self, p: _Prompt) -> list[Optional[str]]:
         """The prompt's answers in run order (attempt), then sequence order: what consensus reads."""
