@@ -4,6 +4,7 @@ import dataclasses
 import gzip
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -148,3 +149,73 @@ def test_a_folder_from_before_the_policy_settings_resumes(tmp_path, data):
     r = CliRunner().invoke(cli, ["eval", "--data", str(data), "--out", str(out), *ARGS, "--method", "eager-adapt",
                                  "--limit", "3", "--policy", "rank", "--resume", "--no-store"])
     assert r.exit_code == 1 and "settings.scheduler.policy" in r.output
+
+
+def test_format_2_samples_drawn_the_same_by_format_3_are_kept(tmp_path, data):
+    """A store written before format 3 (simulated: this store's entries moved under format-2 keys) is not lost:
+    each parallel sample none of whose draws had the largest hash is read again, and kept under its new key."""
+    from eager_mlx.evaluation.store import same_in_format_3
+
+    store = tmp_path / "store"
+    plain, _ = evaluate(data, tmp_path / "plain", "--method", "parallel")
+    evaluate(data, tmp_path / "first", "--method", "parallel", store=store)
+    kept = 0
+    for path in list(store.glob("*/*.json.gz")):
+        entry = json.loads(gzip.decompress(path.read_bytes()))
+        old = dict(entry, key=dict(entry["key"], format=2))
+        kept += same_in_format_3(old, entry["key"])
+        path.unlink()
+        RunStore(store, model="-")._write(old["key"], {k: v for k, v in old.items() if k != "key"})
+    again, read = evaluate(data, tmp_path / "again", "--method", "parallel", store=store)
+    assert again == plain and read["migrated"] == kept > 0
+    assert len(list(store.glob("*/*.json.gz"))) == 2 * 3 * len(QUESTIONS)  # the old entries and the new ones
+
+
+def test_a_format_2_sample_with_infinite_noise_is_drawn_again():
+    from eager_mlx.engine.sampling import infinite_before_format_3, request_key, sequence_key
+    from eager_mlx.evaluation.store import same_in_format_3
+
+    key = {"format": 3, "seed": 7, "key_id": "p0-r0", "sequence": 1,
+           "settings": {"sampling": {"temperature": 0.6, "top_p": 1.0, "top_k": 0, "min_p": 0.0}}}
+    row = sequence_key(request_key(7, "p0-r0"), 1)
+    n = 300
+    tokens = [5] * n
+    hit = [(j, t) for j in range(n) for t in np.flatnonzero(infinite_before_format_3([row], [j], [range(1 << 18)])[0])]
+    step, token = hit[0]  # the test needs one: about 1 step in 64 has a token id below 2**18 with the largest hash
+    entry = lambda ids, reason: {"sequence": {"token_ids": ids, "finish_reason": reason}}  # noqa: E731
+    assert not infinite_before_format_3([row] * n, range(n), [[t] for t in tokens]).any()
+    assert same_in_format_3(entry(tokens, "length"), key)
+    assert not same_in_format_3(entry(tokens[:step] + [int(token)] + tokens[step + 1:], "length"), key)
+    assert not same_in_format_3(entry(tokens[:step], "eos"), key)  # its EOS step: that token may have been drawn
+    assert same_in_format_3(entry(tokens[:step], "length"), key)
+    greedy = dict(key, settings={"sampling": dict(key["settings"]["sampling"], temperature=0.0)})
+    assert same_in_format_3(entry(tokens[:step] + [int(token)], "length"), greedy)  # no noise at all
+    assert not same_in_format_3({"result": {}}, dict(key, sequence=None))  # branching runs: drawn again
+
+
+def test_the_store_derives_each_sample_row_key_as_the_engine_does():
+    """Every token of parallel rows added with a key id and a first sequence is the Gumbel-max over the
+    whole vocabulary with the noise of (sequence_key(request_key(seed, key id), first + k), step): the
+    keys same_in_format_3 checks are the ones the engine drew with."""
+    import mlx.core as mx
+
+    from eager_mlx import Engine, SamplingConfig
+    from eager_mlx.engine.sampling import RowSampling, request_key, row_seeds, sequence_key, token_stats
+    from fakes import ByteTokenizer, tiny_model
+
+    model, prompt = tiny_model(), list(b"Keys")
+    config = SamplingConfig(temperature=1.0)
+    engine = Engine(model, ByteTokenizer(), max_rows=4, seed=7)
+    engine.eos = set()
+    engine.add("p3-r2", prompt, EagerConfig(parallel=True, max_sequences=2, max_tokens=12, sampling=config),
+               key_id="p3-r0", first_sequence=2)
+    result = None
+    while engine.has_work:
+        result = next((e.result for e in engine.step() if hasattr(e, "result")), result)
+    for k, seq in enumerate(result.sequences):
+        row = sequence_key(request_key(7, "p3-r0"), 2 + k)
+        logits = model(mx.array(prompt + seq.token_ids)[None])[0].astype(mx.float32)
+        for t, token in enumerate(seq.token_ids):
+            drawn = token_stats(logits[len(prompt) - 1 + t][None], RowSampling.from_configs([config]),
+                                row_seeds([row], [t]), 20)
+            assert int(np.array(drawn)[0, 0]) == token

@@ -38,6 +38,7 @@ __all__ = [
     "child_key",
     "row_seeds",
     "gumbel_noise",
+    "infinite_before_format_3",
     "CANDIDATES",
     "WIDE_CANDIDATES",
 ]
@@ -113,13 +114,26 @@ def _np_fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> 16)
 
 
-def row_seeds(keys: Sequence[int], steps: Sequence[int]) -> mx.array:
-    """(B,) uint32: a hash of each row's 64-bit key and its generation step, computed on the host
-    (no graph nodes per step)."""
+def _np_row_seeds(keys: Sequence[int], steps: Sequence[int]) -> np.ndarray:
     k = np.array(keys, dtype=np.uint64)
     h = _np_fmix32(np.array(steps, dtype=np.int64).astype(np.uint32) * np.uint32(_GOLDEN) + np.uint32(0x7F4A7C15))
     h = _np_fmix32(h ^ (k & 0xFFFFFFFF).astype(np.uint32))
-    return mx.array(_np_fmix32(h ^ (k >> np.uint64(32)).astype(np.uint32)))
+    return _np_fmix32(h ^ (k >> np.uint64(32)).astype(np.uint32))
+
+
+def row_seeds(keys: Sequence[int], steps: Sequence[int]) -> mx.array:
+    """(B,) uint32: a hash of each row's 64-bit key and its generation step, computed on the host
+    (no graph nodes per step)."""
+    return mx.array(_np_row_seeds(keys, steps))
+
+
+def infinite_before_format_3(keys: Sequence[int], steps: Sequence[int], token_ids: np.ndarray) -> np.ndarray:
+    """(B, T) bool: whether token `token_ids[b, t]` had infinite noise at row b's (key, step) under store formats
+    1-2 (its hash's top 24 bits all set: the uniform rounded to 1.0, see `uniform`); such a token, if allowed,
+    won that draw. Host-side, the same hash as `_noise`."""
+    seeds = _np_row_seeds(keys, steps)[:, None]
+    hashed = _np_fmix32(np.asarray(token_ids, dtype=np.uint32) * np.uint32(_GOLDEN))
+    return (_np_fmix32(_np_fmix32(seeds ^ hashed) + seeds) >> 8) == 0xFFFFFF
 
 
 def _hash_ids(token_ids: mx.array) -> mx.array:

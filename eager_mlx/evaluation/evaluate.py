@@ -575,7 +575,8 @@ class Evaluation:
             return None
         before = old.get("store") or {}
         return {"dir": str(self.store.root), "replayed": before.get("replayed", 0) + self.store.replayed,
-                "stored": before.get("stored", 0) + self.store.stored}
+                "stored": before.get("stored", 0) + self.store.stored,
+                "migrated": before.get("migrated", 0) + self.store.migrated}
 
 
 def evaluate(engine: EngineLike, encode: Callable[[str], list[int]], dataset: Dataset, settings: EvalSettings,

@@ -29,7 +29,7 @@ from typing import Any, Optional
 from eager_mlx.config import EagerConfig
 from eager_mlx.results import RunResult, SequenceResult
 
-__all__ = ["STORE_FORMAT", "RunStore", "model_digest", "backend_name", "default_store_dir"]
+__all__ = ["STORE_FORMAT", "RunStore", "model_digest", "backend_name", "default_store_dir", "same_in_format_3"]
 
 STORE_FORMAT = 3  # bump when a change to the engine or the sampler changes what a key produces
 # (2: exact top-p nucleus; 3: no infinite Gumbel noise at the largest hash)
@@ -109,6 +109,7 @@ class RunStore:
     backend: str = field(default_factory=backend_name)
     replayed: int = 0
     stored: int = 0
+    migrated: int = 0  # format-2 entries found drawn the same by format 3 (see same_in_format_3)
 
     def key(self, *, prompt: list[int], seed: int, key_id: str, config: EagerConfig, context: Optional[int],
             sequence: Optional[int] = None) -> dict[str, Any]:
@@ -126,6 +127,17 @@ class RunStore:
         return Path(self.root) / sha[:2] / f"{sha}.json.gz"
 
     def _read(self, key: dict) -> Optional[dict]:
+        """The entry of `key`, or a format-2 entry that format 3 draws the same (kept under `key` from now on)."""
+        entry = self._load(key)
+        if entry is None and key["format"] == 3:
+            old = self._load({**key, "format": 2})
+            if old is not None and same_in_format_3(old, key):
+                entry = {**old, "key": key}
+                self._write(key, {k: v for k, v in old.items() if k != "key"})
+                self.migrated += 1
+        return entry
+
+    def _load(self, key: dict) -> Optional[dict]:
         path = self._path(key)
         try:
             with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -175,6 +187,30 @@ class RunStore:
                             "elapsed_s": result.elapsed_s})
         self.stored += 1
         return True
+
+
+# Token ids below this cover every vocabulary the engine runs (the largest here: 152k).
+_ANY_TOKEN = 1 << 18
+
+
+def same_in_format_3(entry: dict, key: dict) -> bool:
+    """Whether a stored format-2 parallel sample is what format 3 draws for `key`. Format 2's noise was infinite
+    where a token's hash had its top 24 bits set (sampling.uniform), and that token won the draw; a sample none of
+    whose tokens had it at its step, and at whose ending EOS step no token id had it, is drawn the same now.
+    Branching runs are not checked (their branch steps' draws are not all recorded): they are drawn again."""
+    if key.get("sequence") is None or "sequence" not in entry:
+        return False
+    if key["settings"]["sampling"]["temperature"] == 0:
+        return True  # greedy: no noise
+    from eager_mlx.engine.sampling import infinite_before_format_3, request_key, sequence_key
+
+    row = sequence_key(request_key(key["seed"], key["key_id"]), key["sequence"])
+    tokens = entry["sequence"]["token_ids"]
+    if tokens and infinite_before_format_3([row] * len(tokens), range(len(tokens)), [[t] for t in tokens]).any():
+        return False
+    if entry["sequence"]["finish_reason"] == "eos":  # the EOS drawn at the last step is not recorded
+        return not infinite_before_format_3([row], [len(tokens)], [range(_ANY_TOKEN)]).any()
+    return True
 
 
 def _sequence(d: dict) -> SequenceResult:
