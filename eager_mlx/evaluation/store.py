@@ -189,8 +189,8 @@ class RunStore:
         return True
 
 
-# Token ids below this cover every vocabulary the engine runs (the largest here: 152k).
-_ANY_TOKEN = 1 << 18
+# Token ids below this cover any vocabulary (the largest in use: 262,144); an id past the model's is never drawn.
+_ANY_TOKEN = 1 << 20
 
 
 def same_in_format_3(entry: dict, key: dict) -> bool:
