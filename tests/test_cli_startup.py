@@ -9,12 +9,16 @@ from eager_mlx.cli.entry import main  # noqa: F401 (the console script's entry p
 
 # The child sends itself a SIGINT (as a Ctrl-C) `delay` seconds after main() is called: while it starts, or (on
 # a fast machine) after it has already refused the missing model.
+# Python leaves SIGINT ignored when it starts with it ignored (a test run launched in the background with `&`),
+# so the children put back the handler an interactive start gets.
 CHILD = ("import os, signal, sys, threading; from eager_mlx.cli.entry import main; "
+         "signal.signal(signal.SIGINT, signal.default_int_handler); "
          "threading.Timer(float(sys.argv.pop(1)), os.kill, (os.getpid(), signal.SIGINT)).start(); main()")
 
 
 # The same, the SIGINT sent while the commands' module is being imported: always during startup.
 AT_IMPORT = ("import os, signal, sys; from eager_mlx.cli.entry import main\n"
+             "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
              "class Interrupt:\n"
              "    def find_spec(self, name, path=None, target=None):\n"
              "        if name == 'eager_mlx.cli.main':\n"
