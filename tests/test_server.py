@@ -138,8 +138,9 @@ def test_a_seeded_request_gives_the_same_text_alone_and_beside_another_client(cl
 
     alone = run()
     assert len(alone[1]) > 1  # the eager request branched: its children's draws are seeded too
+    # greedy, the other client's rows run their 2000 tokens (sampled at 1.0 they could draw EOS within 50)
     other = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Go on"}],
-                                           max_tokens=2000, n=4, stream=True)
+                                           max_tokens=2000, n=4, stream=True, temperature=0)
     next(iter(other))  # the other client's rows are decoding
     beside = run()
     assert health(server)["rows"] >= 1  # ... and still were while the seeded requests ran
