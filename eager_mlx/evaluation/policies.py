@@ -90,7 +90,7 @@ class AdaptiveScheduler(SchedulerBase):
     the pool is the budget's sequences beyond the first runs."""
 
     def __init__(self, num_prompts: int, config: SchedulerConfig, prompt_ids: Optional[list[int]] = None) -> None:
-        super().__init__(num_prompts, config, prompt_ids, [_Prompt() for _ in range(max(0, num_prompts))])
+        super().__init__(num_prompts, config, prompt_ids, _Prompt)
         self._parallel = config.method == "parallel-adapt"  # first runs are parallel samples
         self._extra_parallel = config.method in ROUND_METHODS  # extra runs are parallel samples
         self._waves: list[list[RunRequest]] = [[]]  # wave 0: the first runs (not listed)

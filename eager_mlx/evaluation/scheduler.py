@@ -68,7 +68,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from eager_mlx.adaptive.consensus import ConsensusConfig, consensus_reached
 from eager_mlx.settings import SettingError
@@ -273,9 +273,9 @@ class SchedulerBase(ABC):
     """
 
     def __init__(self, num_prompts: int, config: SchedulerConfig, prompt_ids: Optional[list[int]],
-                 prompts: list) -> None:
+                 new_prompt: Callable[[], Any]) -> None:
         """`prompt_ids`: the number each prompt's run ids carry (`run_id`), e.g. its index in the whole
-        dataset when this is one shard of it (default 0 .. num_prompts - 1); `prompts`: one state each."""
+        dataset when this is one shard of it (default 0 .. num_prompts - 1); `new_prompt`: a prompt's state."""
         config.validate()
         if num_prompts < 0:
             raise ValueError("num_prompts must be >= 0")
@@ -283,7 +283,7 @@ class SchedulerBase(ABC):
         if len(self._ids) != num_prompts:
             raise ValueError(f"{len(self._ids)} prompt ids for {num_prompts} prompts")
         self.config = config
-        self._p = prompts
+        self._p = [new_prompt() for _ in range(num_prompts)]
         self._next_first = 0  # next prompt whose first run has not started
         self._first_pending = num_prompts  # first runs not yet finished
         self._pool: Optional[int] = None  # None until the barrier
@@ -374,8 +374,7 @@ class Scheduler(SchedulerBase):
 
     def __init__(self, num_prompts: int, config: SchedulerConfig, prompt_ids: Optional[list[int]] = None) -> None:
         """`prompt_ids`: as SchedulerBase's."""
-        super().__init__(num_prompts, config, prompt_ids, [_Prompt(theta=config.threshold) for _ in
-                                                           range(max(0, num_prompts))])
+        super().__init__(num_prompts, config, prompt_ids, lambda: _Prompt(theta=config.threshold))
         self.rounds = 0  # budget rounds handed out so far
 
     # ----------------------------------------------------------------- queries
