@@ -34,7 +34,7 @@ SIGNALS: dict[str, Signal] = {
     "length (longest first)": lambda s: float(s["tokens"]),
     "no answer / cut, then confidence": lambda s: (
         (s["answer"] is None or s["finish_reason"] == "length") * 1e6 - (s.get("confidence") or 0.0)),
-    "random": lambda s: random.random(),
+    "random": lambda s: 0.0,  # every score tied: the draw's random tie-break orders the problems
 }
 
 
@@ -136,7 +136,6 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=400, help="random first samples per ranking (default 400)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    random.seed(args.seed)
     for run_dir in args.runs:
         print(report(run_dir, args.budget, args.draws, args.seed))
         print()
