@@ -18,7 +18,6 @@ right) over problems. Means over draws. The rankings are read off the test set i
 from __future__ import annotations
 
 import argparse
-import itertools
 import random
 from pathlib import Path
 from typing import Callable
@@ -46,15 +45,12 @@ def problems(run_dir: Path) -> tuple[int, list[list[Sample]]]:
 
 
 def label_oracle_tokens(samples: list[Sample]) -> float:
-    """Expected tokens to sample until one is right (or all are), over the samples' orders."""
-    total = 0
-    orders = list(itertools.permutations(samples))
-    for order in orders:
-        for s in order:
-            total += s["tokens"]
-            if s["correct"]:
-                break
-    return total / len(orders)
+    """Expected tokens to sample until one is right (or all are), over the samples' orders: with c right ones, a
+    wrong sample comes before all of them with probability 1/(c+1), a right one is the first right with 1/c."""
+    c = sum(s["correct"] for s in samples)
+    if c == 0:
+        return float(sum(s["tokens"] for s in samples))
+    return sum(s["tokens"] / c if s["correct"] else s["tokens"] / (c + 1) for s in samples)
 
 
 def auroc(scores: list[float], positive: list[bool]) -> float:

@@ -21,6 +21,13 @@ def test_the_label_oracle_stops_at_the_first_right_sample():
     # orders (wrong 10, right 20): 30 tokens; (right 20, ...): 20
     assert cheap_bound.label_oracle_tokens([sample(10, False), sample(20, True)]) == 25
     assert cheap_bound.label_oracle_tokens([sample(10, False), sample(30, False)]) == 40
+    # against every order of four samples, two of them right
+    import itertools
+    four = [sample(10, False), sample(20, True), sample(40, False), sample(80, True)]
+    orders = list(itertools.permutations(four))
+    by_order = sum(sum(s["tokens"] for s in o[:next(k for k, s in enumerate(o) if s["correct"]) + 1])
+                   for o in orders) / len(orders)
+    assert cheap_bound.label_oracle_tokens(four) == pytest.approx(by_order)
 
 
 def test_auroc_counts_pairs_and_half_ties():
