@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+
 from eager_mlx.config import EagerConfig
 from eager_mlx.results import RunResult, SequenceResult
 
@@ -209,7 +211,7 @@ def same_in_format_3(entry: dict, key: dict) -> bool:
     if tokens and infinite_before_format_3([row] * len(tokens), range(len(tokens)), [[t] for t in tokens]).any():
         return False
     if entry["sequence"]["finish_reason"] == "eos":  # the EOS drawn at the last step is not recorded
-        return not infinite_before_format_3([row], [len(tokens)], [range(_ANY_TOKEN)]).any()
+        return not infinite_before_format_3([row], [len(tokens)], np.arange(_ANY_TOKEN, dtype=np.uint32)[None]).any()
     return True
 
 
